@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.timesince import timesince
+
+from apps.agents.models import Agent, AgentPool
+
+
+@admin.register(AgentPool)
+class AgentPoolAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "min_replicas", "max_replicas", "agent_capacity", "desired_replicas", "scaled_at")
+    list_filter = ("kind",)
+    search_fields = ("name", "k8s_deployment")
+    readonly_fields = ("desired_replicas", "scale_down_pending_since", "scaled_at", "created_at", "updated_at")
+
+
+class ConnectedPodFilter(admin.SimpleListFilter):
+    title = "connected pod"
+    parameter_name = "connected_pod"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        pods = Agent.objects.exclude(connected_pod=None).values_list("connected_pod", flat=True).distinct()
+        return [("-", "(not connected)")] + [(pod, pod) for pod in sorted(p for p in pods if p)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> QuerySet[Agent]:
+        if self.value() == "-":
+            return queryset.filter(connected_pod=None)
+        if self.value():
+            return queryset.filter(connected_pod=self.value())
+        return queryset
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("agent_id", "name", "pool", "status", "connected_pod", "heartbeat_age", "version", "capacity")
+    list_filter = ("status", "pool", ConnectedPodFilter)
+    search_fields = ("agent_id", "name", "connected_pod")
+    list_select_related = ("pool",)
+    # Everything but the display name is reported by the agent or set by the system.
+    readonly_fields = (
+        "agent_id",
+        "pool",
+        "status",
+        "last_heartbeat",
+        "connected_pod",
+        "connected_at",
+        "version",
+        "capacity",
+        "labels",
+        "created_at",
+        "updated_at",
+    )
+
+    @admin.display(description="heartbeat age", ordering="last_heartbeat")
+    def heartbeat_age(self, obj: Agent) -> str:
+        if obj.last_heartbeat is None:
+            return "never"
+        return timesince(obj.last_heartbeat, timezone.now())
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

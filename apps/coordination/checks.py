@@ -1,0 +1,49 @@
+"""System checks for settings that are individually valid but wrong together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+BACKENDS = ("auto", "kubernetes", "postgres")
+
+
+@register()
+def check_leader_election(app_configs: Any, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    duration = settings.LEADER_ELECTION_LEASE_DURATION
+    deadline = settings.LEADER_ELECTION_RENEW_DEADLINE
+    retry = settings.LEADER_ELECTION_RETRY_PERIOD
+    if settings.LEADER_ELECTION_BACKEND not in BACKENDS:
+        errors.append(
+            Error(
+                "LEADER_ELECTION_BACKEND is %r" % settings.LEADER_ELECTION_BACKEND,
+                hint="Use one of: %s." % ", ".join(BACKENDS),
+                id="coordination.E001",
+            )
+        )
+    if min(duration, deadline, retry) <= 0:
+        errors.append(Error("Leader-election timings must be positive.", id="coordination.E002"))
+    if deadline >= duration:
+        errors.append(
+            Error(
+                "LEADER_ELECTION_RENEW_DEADLINE (%ss) must be shorter than LEADER_ELECTION_LEASE_DURATION (%ss)."
+                % (deadline, duration),
+                hint="A leader must give up before its lease can expire for the others, or two may lead.",
+                id="coordination.E003",
+            )
+        )
+    if deadline <= 1.2 * retry:
+        errors.append(
+            Error(
+                "LEADER_ELECTION_RENEW_DEADLINE (%ss) must be longer than 1.2 x LEADER_ELECTION_RETRY_PERIOD (%ss)."
+                % (deadline, retry),
+                hint="The leader needs room for at least one jittered retry before its deadline.",
+                id="coordination.E004",
+            )
+        )
+    if not settings.POD_NAME:
+        errors.append(Error("POD_NAME is empty.", hint="Set it from the downward API.", id="coordination.E005"))
+    return errors

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Lease(models.Model):
+    """The Postgres lease backend's record: the same shape as a coordination.k8s.io/v1 Lease.
+
+    Writers compare-and-set on resource_version; the one whose UPDATE matches no row lost the race.
+    """
+
+    name = models.CharField(max_length=253, unique=True)
+    holder_identity = models.CharField(max_length=253, blank=True)
+    lease_duration_seconds = models.PositiveIntegerField(default=15)
+    acquire_time = models.DateTimeField(null=True, blank=True)
+    renew_time = models.DateTimeField(null=True, blank=True)
+    lease_transitions = models.PositiveIntegerField(default=0)
+    resource_version = models.BigIntegerField(default=1)
+
+    def __str__(self) -> str:
+        return "%s (held by %s)" % (self.name, self.holder_identity or "nobody")
+
+
+class Fence(models.Model):
+    """The fencing token of a lease: the epoch of the newest term. It only ever increases.
+
+    Job transactions lock this row FOR SHARE and compare the epoch with their own; a new leader
+    raising the epoch waits for them, and every tick of the old term that starts later sees the
+    new epoch and writes nothing.
+    """
+
+    name = models.CharField(max_length=253, unique=True)
+    epoch = models.BigIntegerField(default=0)
+    holder_identity = models.CharField(max_length=253, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(epoch__gte=0), name="fence_epoch_non_negative")]
+
+    def __str__(self) -> str:
+        return "%s epoch %d" % (self.name, self.epoch)
+
+
+class JobRun(models.Model):
+    """One tick of one background job, recorded so overlap between holders can be checked."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running"
+        OK = "ok"
+        ERROR = "error"
+        FENCED = "fenced"
+        SKIPPED = "skipped"
+
+    job = models.CharField(max_length=100)
+    holder = models.CharField(max_length=253)
+    epoch = models.BigIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.RUNNING)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "started_at"]), models.Index(fields=["started_at"])]
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return "%s by %s (epoch %d): %s" % (self.job, self.holder, self.epoch, self.outcome)

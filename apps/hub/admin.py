@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from apps.hub.models import Draft, EditingSession, TakeoverRequest
+
+
+@admin.register(EditingSession)
+class EditingSessionAdmin(admin.ModelAdmin):
+    list_display = ("session_id", "workspace", "resource_address", "user", "active", "started_at", "last_seen_at")
+    list_filter = ("active", "workspace")
+    search_fields = ("resource_address", "user__username")
+    readonly_fields = ("session_id", "started_at", "last_seen_at", "ended_at", "ended_reason")
+
+
+@admin.register(TakeoverRequest)
+class TakeoverRequestAdmin(admin.ModelAdmin):
+    list_display = ("id", "session", "requester", "status", "created_at", "responded_at")
+    list_filter = ("status",)
+    readonly_fields = ("session", "requester", "requester_session_id", "status", "created_at", "responded_at")
+
+
+@admin.register(Draft)
+class DraftAdmin(admin.ModelAdmin):
+    list_display = ("workspace", "resource_address", "user", "updated_at", "expires_at")
+    list_filter = ("workspace",)
+    readonly_fields = ("updated_at",)

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Workspace(models.Model):
+    class DriftStatus(models.TextChoices):
+        UNKNOWN = "unknown"
+        IN_SYNC = "in_sync"
+        DRIFTED = "drifted"
+        ERROR = "error"
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    pool = models.ForeignKey("agents.AgentPool", on_delete=models.PROTECT, related_name="workspaces")
+    # {"main.tf": "...", ...}: the configuration an agent writes into a fresh directory.
+    terraform_files = models.JSONField(default=dict, blank=True)
+    # {"name": "value"}: passed to Terraform as TF_VAR_<name>.
+    variables = models.JSONField(default=dict, blank=True)
+    locked = models.BooleanField(default=False)
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    locked_at = models.DateTimeField(null=True, blank=True)
+    lock_reason = models.CharField(max_length=200, blank=True)
+    drift_check_enabled = models.BooleanField(default=False)
+    drift_check_interval_minutes = models.PositiveIntegerField(default=60)
+    drift_next_check_at = models.DateTimeField(null=True, blank=True)
+    drift_last_checked_at = models.DateTimeField(null=True, blank=True)
+    drift_status = models.CharField(max_length=10, choices=DriftStatus.choices, default=DriftStatus.UNKNOWN)
+    cmdb_synced_serial = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["drift_check_enabled", "drift_next_check_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(drift_check_interval_minutes__gte=1), name="workspace_drift_interval_positive"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Task(models.Model):
+    class Type(models.TextChoices):
+        PLAN = "plan"
+        APPLY = "apply"
+        DRIFT_CHECK = "drift_check"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DISPATCHED = "dispatched"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        ERRORED = "errored"
+        CANCELLED = "cancelled"
+        TIMED_OUT = "timed_out"
+
+    ACTIVE = (Status.DISPATCHED, Status.RUNNING)
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.ERRORED, Status.CANCELLED, Status.TIMED_OUT)
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="tasks")
+    type = models.CharField(max_length=12, choices=Type.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    agent = models.ForeignKey("agents.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks")
+    attempt = models.PositiveIntegerField(default=1)
+    timeout_seconds = models.PositiveIntegerField(default=3600)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    # {"add": n, "change": n, "destroy": n} from the plan.
+    plan_summary = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            # The invariant of the queue: at most one dispatched or running task per workspace.
+            # The advisory lock (workspace, id) serialises scheduling; this index makes a bug in
+            # it impossible to commit.
+            models.UniqueConstraint(
+                fields=["workspace"],
+                condition=Q(status__in=["dispatched", "running"]),
+                name="one_active_task_per_workspace",
+            ),
+            models.CheckConstraint(condition=Q(attempt__gte=1), name="task_attempt_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["workspace", "status"]),
+            models.Index(fields=["agent", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return "%s #%d on %s (%s)" % (self.type, self.pk or 0, self.workspace_id, self.status)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class TaskLogChunk(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "seq"], name="log_chunk_unique_seq")]
+        ordering = ["task", "seq"]
+
+    def __str__(self) -> str:
+        return "task %d chunk %d" % (self.task_id, self.seq)
+
+
+class StateVersion(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="state_versions")
+    serial = models.PositiveIntegerField()
+    lineage = models.CharField(max_length=64, blank=True)
+    state = models.JSONField()
+    task = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="state_versions")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "serial"], name="state_version_unique_serial")]
+        ordering = ["workspace", "-serial"]
+
+    def __str__(self) -> str:
+        return "%s serial %d" % (self.workspace_id, self.serial)
+
+
+class Resource(models.Model):
+    """The CMDB: one row per resource instance of a workspace's newest state version."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="resources")
+    address = models.CharField(max_length=1000)
+    type = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+    provider = models.CharField(max_length=300, blank=True)
+    module = models.CharField(max_length=700, blank=True)
+    mode = models.CharField(max_length=10, default="managed")
+    index_key = models.JSONField(null=True, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    state_serial = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "address"], name="resource_unique_address")]
+        indexes = [models.Index(fields=["type"])]
+        ordering = ["workspace", "address"]
+
+    def __str__(self) -> str:
+        return self.address

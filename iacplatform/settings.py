@@ -1,0 +1,212 @@
+"""Settings: every value comes from the environment (12-factor), with the defaults documented in
+README.md. Nothing else in the project reads os.environ; system checks in
+apps/coordination/checks.py reject bad combinations."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured("%s must be a boolean (1/0, true/false), got %r" % (name, raw))
+
+
+def env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured("%s must be a number, got %r" % (name, raw)) from None
+
+
+def env_int(name: str, default: int) -> int:
+    value = env_number(name, default)
+    if value != int(value):
+        raise ImproperlyConfigured("%s must be an integer, got %r" % (name, os.environ[name]))
+    return int(value)
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _default_role() -> str:
+    argv = " ".join(sys.argv[:2])
+    for command, role in (("runleader", "leader"), ("runagent", "agent"), ("pytest", "test")):
+        if command in argv:
+            return role
+    return "web"
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-only-for-debug"  # noqa: S105 - DEBUG only
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Identity of this process: names its database sessions, its lease holder identity, its
+# connected_pod value. In Kubernetes both come from the downward API.
+POD_NAME = env_str("POD_NAME", socket.gethostname())[:100]
+POD_NAMESPACE = env_str("POD_NAMESPACE", "default")
+PROCESS_ROLE = env_str("PROCESS_ROLE", _default_role())
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "apps.coordination",
+    "apps.agents",
+    "apps.workspaces",
+    "apps.hub",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "iacplatform.urls"
+ASGI_APPLICATION = "iacplatform.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: DATABASE_URL is required (make run / make test start an embedded server and set it).
+DATABASE_URL = env_str("DATABASE_URL", "")
+if not DATABASE_URL:
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set. `make run` and `make test` start an embedded PostgreSQL and set it; "
+        "elsewhere set it to postgresql://user:password@host:port/dbname"
+    )
+DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60)
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True)
+if _db["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL, got engine %s" % _db["ENGINE"])
+_db.setdefault("OPTIONS", {})
+# "<pod>:<role>" names every session in pg_stat_activity, and so the holder of every advisory lock.
+DB_APPLICATION_NAME = ("%s:%s" % (POD_NAME, PROCESS_ROLE))[:63]
+_db["OPTIONS"]["application_name"] = DB_APPLICATION_NAME
+_db["OPTIONS"].setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
+_db["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_%s" % _db["NAME"])}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Channel layer: carries group messages between web replicas.
+CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "memory")
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS: dict[str, dict[str, object]]
+if CHANNEL_LAYER_BACKEND == "memory":
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+elif CHANNEL_LAYER_BACKEND == "redis":
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    raise ImproperlyConfigured("CHANNEL_LAYER_BACKEND must be memory or redis, got %r" % CHANNEL_LAYER_BACKEND)
+
+# Leader election (apps/coordination). Defaults are client-go's.
+LEADER_ELECTION_BACKEND = env_str("LEADER_ELECTION_BACKEND", "auto")
+LEADER_ELECTION_LEASE_NAME = env_str("LEADER_ELECTION_LEASE_NAME", "iacplatform-leader")
+LEADER_ELECTION_NAMESPACE = env_str("LEADER_ELECTION_NAMESPACE", POD_NAMESPACE)
+LEADER_ELECTION_LEASE_DURATION = env_number("LEADER_ELECTION_LEASE_DURATION", 15.0)
+LEADER_ELECTION_RENEW_DEADLINE = env_number("LEADER_ELECTION_RENEW_DEADLINE", 10.0)
+LEADER_ELECTION_RETRY_PERIOD = env_number("LEADER_ELECTION_RETRY_PERIOD", 2.0)
+KUBECONFIG = env_str("KUBECONFIG", "")
+KUBERNETES_SERVICE_HOST = env_str("KUBERNETES_SERVICE_HOST", "")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "IaC Platform API",
+    "DESCRIPTION": "Workspaces, Terraform runs, agents and editing sessions.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOG_FORMAT = env_str("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be text or json, got %r" % LOG_FORMAT)
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s [%(name)s] %(message)s"},
+        "json": {"()": "iacplatform.logformat.JsonFormatter", "pod": POD_NAME, "role": PROCESS_ROLE},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

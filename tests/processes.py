@@ -1,0 +1,170 @@
+"""Real processes for multi-process tests: daphne replicas, runleader, runagent.
+
+Each process gets the test database's URL, its own POD_NAME, and its output in a log file that is
+printed when a test fails. Everything started is killed (process group) at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """The URL of the database the suite runs on (pytest-django's test database)."""
+    s = connection.settings_dict
+    host = s.get("HOST") or s.get("OPTIONS", {}).get("host") or ""
+    auth = quote(s["USER"] or "", safe="")
+    if s.get("PASSWORD"):
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    port = ":%s" % s["PORT"] if s.get("PORT") else ""
+    return "postgresql://%s@%s%s/%s" % (auth, quote(host, safe=""), port, s["NAME"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "%s has no port" % self.name
+        return "http://127.0.0.1:%d" % self.port
+
+    @property
+    def ws_url(self) -> str:
+        assert self.port is not None, "%s has no port" % self.name
+        return "ws://127.0.0.1:%d" % self.port
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+
+class ProcessGroup:
+    def __init__(self, tmp_path: Path, db_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.db_url = db_url
+        self.procs: list[Proc] = []
+
+    def env(self, pod: str, role: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.db_url,
+            POD_NAME=pod,
+            PROCESS_ROLE=role,
+            SECRET_KEY="test-secret-key-not-for-production",
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE="iacplatform.settings",
+        )
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        env.update(extra or {})
+        return env
+
+    def start(
+        self, name: str, argv: list[str], *, role: str, port: int | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        log_path = self.tmp_path / ("%s.log" % name)
+        full_env = self.env(name, role, env)
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=full_env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc = Proc(name=name, popen=popen, log_path=log_path, port=port, env=full_env)
+        self.procs.append(proc)
+        return proc
+
+    def daphne(self, name: str, env: dict[str, str] | None = None, *, ready: bool = True) -> Proc:
+        port = free_port()
+        proc = self.start(
+            name,
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "iacplatform.asgi:application"],
+            role="web",
+            port=port,
+            env=env,
+        )
+        if ready:
+            wait_http(proc, "/healthz")
+        return proc
+
+    def manage(
+        self, name: str, args: list[str], *, role: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> Proc:
+        return self.start(name, [sys.executable, "manage.py", *args], role=role, env=env, port=port)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.alive():
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGCONT)
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(10)
+
+    def logs(self) -> str:
+        return "\n".join("===== %s =====\n%s" % (p.name, p.log()[-6000:]) for p in self.procs)
+
+
+def wait_http(proc: Proc, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError("%s exited with %s:\n%s" % (proc.name, proc.popen.returncode, proc.log()))
+        try:
+            with urllib.request.urlopen(proc.url + path, timeout=2) as response:  # noqa: S310 - local test URL
+                if response.status == 200:
+                    return
+        except Exception as exc:  # connection refused while starting
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError("%s did not answer %s within %ss (%s):\n%s" % (proc.name, path, timeout, last, proc.log()))
+
+
+@pytest.fixture
+def processes(transactional_db: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessGroup]:
+    group = ProcessGroup(tmp_path, test_database_url())
+    yield group
+    group.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(group.logs())

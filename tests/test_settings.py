@@ -1,0 +1,63 @@
+"""Settings come from the environment, fail clearly, and name every database session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from tests.processes import ROOT
+
+
+def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", "import iacplatform.settings as s; print(s.DB_APPLICATION_NAME, s.DEBUG)"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_secret_key_is_required_when_debug_is_off() -> None:
+    result = _import_settings(DEBUG="0")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+
+
+def test_debug_runs_without_a_secret_key() -> None:
+    result = _import_settings(DEBUG="1", POD_NAME="web-7", PROCESS_ROLE="web")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["web-7:web", "True"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEBUG": "maybe"}, "DEBUG must be a boolean"),
+        ({"LEADER_ELECTION_LEASE_DURATION": "soon"}, "LEADER_ELECTION_LEASE_DURATION must be a number"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be text or json"),
+        ({"DATABASE_URL": "sqlite:///x.db"}, "DATABASE_URL must point at PostgreSQL"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL is not set"),
+    ],
+)
+def test_bad_environment_values_fail_with_a_clear_message(env: dict[str, str], message: str) -> None:
+    result = _import_settings(SECRET_KEY="x", **env)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.django_db
+def test_database_sessions_carry_pod_and_role_as_application_name() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        (name,) = cursor.fetchone()
+    assert name == "%s:%s" % (settings.POD_NAME, settings.PROCESS_ROLE)
+    assert name == "pytest:test"
