@@ -16,7 +16,7 @@ if settings.DEBUG:
     # daphne serves no static files; under `make run` (DEBUG) the admin still gets its CSS.
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)  # type: ignore[assignment]
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
