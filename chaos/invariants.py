@@ -1,0 +1,178 @@
+"""The invariants checked after every chaos round, from the database and from the agents' own
+execution logs (JSON lines written by ``runagent --execution-log``).
+
+Each check returns a list of human-readable violations; empty means the invariant held. They read
+only: they never repair anything, so a violation is reported exactly as the cluster left it.
+Guarantees: the execution-log checks use the agents' timestamps, never the server's view of a task.
+Does NOT: prove an invariant held between two checks for state the database does not keep
+(advisory locks and connected_pod are sampled at check time).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.db import connection
+
+TERMINAL = ("succeeded", "failed", "errored", "cancelled", "timed_out")
+
+
+def job_overlaps(*, since: datetime | None = None) -> list[str]:
+    """Ticks of the same job by different holders whose run intervals overlap.
+
+    Only ticks that ran their body count (ok, error, or still running); fenced and skipped ticks
+    wrote nothing. A tick still running is taken to run until now.
+    """
+    sql = """
+        SELECT a.job, a.holder, a.epoch, a.started_at, a.finished_at, b.holder, b.epoch, b.started_at, b.finished_at
+        FROM coordination_jobrun a
+        JOIN coordination_jobrun b ON a.job = b.job AND a.id < b.id AND a.holder <> b.holder
+        WHERE a.outcome IN ('ok', 'error', 'running') AND b.outcome IN ('ok', 'error', 'running')
+          AND a.started_at < COALESCE(b.finished_at, now()) AND b.started_at < COALESCE(a.finished_at, now())
+          AND (%(since)s::timestamptz IS NULL OR a.started_at >= %(since)s::timestamptz)
+        ORDER BY a.started_at
+        LIMIT 20
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"since": since})
+        rows = cursor.fetchall()
+    return ["job %s: %s (epoch %s, %s..%s) overlaps %s (epoch %s, %s..%s)" % row for row in rows]
+
+
+def tasks_not_terminal(*, created_before: datetime) -> list[str]:
+    """Tasks created before ``created_before`` that have still not reached a terminal state."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, workspace_id, type, status, created_at FROM workspaces_task "
+            "WHERE created_at < %s AND status <> ALL(%s) ORDER BY id LIMIT 50",
+            [created_before, list(TERMINAL)],
+        )
+        rows = cursor.fetchall()
+    return ["task %d (workspace %d, %s) still %s since %s" % row for row in rows]
+
+
+def advisory_locks_held() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+def stale_connected_pods(live_pods: Iterable[str]) -> list[str]:
+    """Online agents whose connected_pod does not name a live web replica."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT agent_id, status, connected_pod FROM agents_agent "
+            "WHERE status <> 'offline' AND (connected_pod IS NULL OR NOT (connected_pod = ANY(%s)))",
+            [list(live_pods)],
+        )
+        rows = cursor.fetchall()
+    return ["agent %s is %s with connected_pod %r" % row for row in rows]
+
+
+@dataclass(frozen=True)
+class Execution:
+    task_id: int
+    workspace_id: int
+    type: str
+    agent_id: str
+    pid: int
+    start: float
+    end: float | None  # None: the agent died mid-run (its process group was killed with it)
+
+
+def read_executions(paths: Sequence[Path]) -> list[Execution]:
+    """Pair start/end events of each agent's execution log into executions.
+
+    A line cut short by a kill is ignored; a start without an end is an execution that ran until
+    the agent died.
+    """
+    starts: dict[tuple[str, int, int], dict[str, object]] = {}
+    executions: list[Execution] = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # the last line of an agent killed mid-write
+            if not isinstance(event, dict):
+                continue
+            key = (str(event.get("agent_id")), int(event.get("pid", 0)), int(event["task_id"]))
+            if event.get("event") == "start":
+                starts[key] = event
+            elif event.get("event") == "end" and key in starts:
+                begin = starts.pop(key)
+                executions.append(_execution(begin, end=float(event["t"])))
+    executions.extend(_execution(begin, end=None) for begin in starts.values())
+    return executions
+
+
+def _execution(begin: dict[str, object], *, end: float | None) -> Execution:
+    return Execution(
+        task_id=int(begin["task_id"]),  # type: ignore[call-overload]
+        workspace_id=int(begin["workspace_id"]),  # type: ignore[call-overload]
+        type=str(begin["type"]),
+        agent_id=str(begin["agent_id"]),
+        pid=int(begin["pid"]),  # type: ignore[call-overload]
+        start=float(begin["t"]),  # type: ignore[arg-type]
+        end=end,
+    )
+
+
+def applies_executed_twice(executions: Sequence[Execution]) -> list[str]:
+    seen: dict[int, list[Execution]] = defaultdict(list)
+    for execution in executions:
+        if execution.type == "apply":
+            seen[execution.task_id].append(execution)
+    return [
+        "apply task %d executed %d times (agents %s)" % (task_id, len(runs), ", ".join(r.agent_id for r in runs))
+        for task_id, runs in sorted(seen.items())
+        if len(runs) > 1
+    ]
+
+
+def overlapping_executions(executions: Sequence[Execution], *, died_at: dict[tuple[str, int], float]) -> list[str]:
+    """Two executions in one workspace whose intervals overlap, by the agents' own clocks.
+
+    An execution without an end ran until its agent process died: ``died_at[(agent_id, pid)]``
+    (recorded by the harness when it killed it); if the agent is unknown there, until forever,
+    which makes any later execution in that workspace a violation, as it should.
+    """
+    by_workspace: dict[int, list[tuple[float, float, Execution]]] = defaultdict(list)
+    for execution in executions:
+        end = execution.end
+        if end is None:
+            end = died_at.get((execution.agent_id, execution.pid), float("inf"))
+        by_workspace[execution.workspace_id].append((execution.start, end, execution))
+    violations = []
+    for workspace_id, intervals in sorted(by_workspace.items()):
+        intervals.sort(key=lambda item: item[0])
+        latest_end, latest = -1.0, None
+        for start, end, execution in intervals:
+            if latest is not None and start < latest_end:
+                violations.append(
+                    "workspace %d: task %d on %s started while task %d on %s was running"
+                    % (workspace_id, execution.task_id, execution.agent_id, latest.task_id, latest.agent_id)
+                )
+            if end > latest_end:
+                latest_end, latest = end, execution
+    return violations
+
+
+def leader_elected_within(*, lease: str, since: datetime, bound: timedelta, now: datetime) -> list[str]:
+    """The Postgres lease has a holder that renewed after ``since``, or ``bound`` has not passed yet."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT holder_identity, renew_time FROM coordination_lease WHERE name = %s", [lease])
+        row = cursor.fetchone()
+    if row is not None and row[0] and row[1] is not None and row[1] >= since:
+        return []
+    if now - since < bound:
+        return []
+    return ["no leader renewed lease %s within %s of %s (record: %r)" % (lease, bound, since.isoformat(), row)]

@@ -1,0 +1,119 @@
+"""The chaos checks find the violations they exist for (each check is shown failing, then holding)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.agents.models import Agent, AgentPool
+from apps.coordination.lockkeys import workspace_key
+from apps.coordination.models import JobRun
+from apps.workspaces.models import Task, Workspace
+from chaos import invariants
+
+
+def _run(job: str, holder: str, start: int, end: int | None, outcome: str = "ok") -> None:
+    t0 = timezone.now() - timedelta(hours=1)
+    JobRun.objects.create(
+        job=job,
+        holder=holder,
+        epoch=1,
+        started_at=t0 + timedelta(seconds=start),
+        finished_at=None if end is None else t0 + timedelta(seconds=end),
+        outcome=outcome,
+    )
+
+
+@pytest.mark.django_db
+def test_job_overlap_between_holders_is_found_and_sequential_handover_is_not() -> None:
+    _run("drift_check", "a", 0, 10)
+    _run("drift_check", "b", 10, 20)  # starts exactly when a finished: fine
+    _run("cmdb_sync", "a", 0, 10)
+    _run("cmdb_sync", "b", 5, 6, outcome="fenced")  # fenced ticks ran nothing
+    assert invariants.job_overlaps() == []
+    _run("drift_check", "c", 15, None)  # still running, overlaps b
+    violations = invariants.job_overlaps()
+    assert len(violations) == 1
+    assert "drift_check" in violations[0]
+
+
+@pytest.mark.django_db
+def test_tasks_stuck_in_a_non_terminal_state_are_reported() -> None:
+    pool = AgentPool(name="p")
+    pool.set_new_token()
+    pool.save()
+    workspace = Workspace.objects.create(name="w", pool=pool)
+    done = Task.objects.create(workspace=workspace, type="plan", status="succeeded")
+    stuck = Task.objects.create(workspace=workspace, type="plan", status="pending")
+    later = timezone.now() + timedelta(seconds=1)
+    assert invariants.tasks_not_terminal(created_before=later) == [
+        "task %d (workspace %d, plan) still pending since %s" % (stuck.pk, workspace.pk, stuck.created_at)
+    ]
+    assert done.pk not in [stuck.pk]
+    assert invariants.tasks_not_terminal(created_before=timezone.now() - timedelta(hours=1)) == []
+
+
+@pytest.mark.django_db
+def test_advisory_locks_are_counted() -> None:
+    before = invariants.advisory_locks_held()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(workspace_key(1)))
+        assert invariants.advisory_locks_held() == before + 1
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", list(workspace_key(1)))
+    assert invariants.advisory_locks_held() == before
+
+
+@pytest.mark.django_db
+def test_online_agents_must_name_a_live_pod() -> None:
+    pool = AgentPool(name="p")
+    pool.set_new_token()
+    pool.save()
+    Agent.objects.create(agent_id="a1", pool=pool, status="online", connected_pod="web-1")
+    Agent.objects.create(agent_id="a2", pool=pool, status="offline", connected_pod=None)
+    assert invariants.stale_connected_pods(["web-1", "web-2"]) == []
+    assert invariants.stale_connected_pods(["web-2"]) == ["agent a1 is online with connected_pod 'web-1'"]
+
+
+def _log(path: Path, *events: dict[str, object]) -> None:
+    with path.open("a") as f:
+        for event in events:
+            f.write(json.dumps(event) + "\n")
+
+
+def _ev(event: str, task: int, ws: int, t: float, *, type_: str = "plan", agent: str = "a", pid: int = 1) -> dict:
+    return {"event": event, "task_id": task, "workspace_id": ws, "type": type_, "agent_id": agent, "pid": pid, "t": t}
+
+
+def test_an_apply_started_twice_is_found(tmp_path: Path) -> None:
+    _log(tmp_path / "a.jsonl", _ev("start", 1, 1, 0.0, type_="apply"), _ev("start", 2, 1, 5.0), _ev("end", 2, 1, 6.0))
+    _log(tmp_path / "b.jsonl", _ev("start", 1, 1, 10.0, type_="apply", agent="b"), _ev("end", 1, 1, 11, agent="b"))
+    executions = invariants.read_executions([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert invariants.applies_executed_twice(executions) == ["apply task 1 executed 2 times (agents b, a)"] or (
+        invariants.applies_executed_twice(executions) == ["apply task 1 executed 2 times (agents a, b)"]
+    )
+    # A re-run plan is allowed (plans are re-queued after agent loss).
+    _log(tmp_path / "c.jsonl", _ev("start", 2, 1, 20.0, agent="c"), _ev("end", 2, 1, 21.0, agent="c"))
+    executions = invariants.read_executions([tmp_path / "c.jsonl"])
+    assert invariants.applies_executed_twice(executions) == []
+
+
+def test_overlapping_executions_in_one_workspace_are_found_by_agent_clocks(tmp_path: Path) -> None:
+    log = tmp_path / "x.jsonl"
+    _log(log, _ev("start", 1, 7, 0.0), _ev("end", 1, 7, 5.0), _ev("start", 2, 7, 5.0), _ev("end", 2, 7, 9.0))
+    _log(log, _ev("start", 3, 8, 0.0, agent="b", pid=2))  # agent b died mid-run
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"event": "start", "task_id": 9, "work')  # a line cut short by SIGKILL
+    executions = invariants.read_executions([log, cut])
+    assert invariants.overlapping_executions(executions, died_at={("b", 2): 4.0}) == []
+    _log(log, _ev("start", 4, 8, 3.0, agent="c", pid=3), _ev("end", 4, 8, 6.0, agent="c", pid=3))
+    executions = invariants.read_executions([log])
+    assert invariants.overlapping_executions(executions, died_at={("b", 2): 4.0}) == [
+        "workspace 8: task 4 on c started while task 3 on b was running"
+    ]
+    # An execution whose agent's death was never recorded runs forever: later ones overlap it.
+    assert len(invariants.overlapping_executions(executions, died_at={})) == 1
