@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TextIO
 
 
 @dataclass
@@ -58,8 +59,8 @@ def median(values: list[float]) -> float:
 class Progress:
     """A one-line progress display on stderr: which benchmark, which step, elapsed time."""
 
-    def __init__(self, *, stream: object = None) -> None:
-        self.stream = stream or sys.stderr
+    def __init__(self, *, stream: TextIO | None = None) -> None:
+        self.stream: TextIO = stream or sys.stderr
         self.started = time.monotonic()
         self.bench = ""
 
@@ -69,12 +70,12 @@ class Progress:
 
     def step(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
-        self.stream.write("\r\033[K%6.1fs %s: %s" % (elapsed, self.bench, message))  # type: ignore[attr-defined]
-        self.stream.flush()  # type: ignore[attr-defined]
+        self.stream.write("\r\033[K%6.1fs %s: %s" % (elapsed, self.bench, message))
+        self.stream.flush()
 
     def done(self, message: str) -> None:
         self.step(message)
-        self.stream.write("\n")  # type: ignore[attr-defined]
+        self.stream.write("\n")
 
 
 def fmt(value: float | None, unit: str = "") -> str:
