@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
 # Django must be set up before consumers (and their models) are imported.
-django_asgi_app = get_asgi_application()
+django_asgi_app: Any = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
 
@@ -22,7 +23,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-websocket_urlpatterns: list = []
+from apps.hub.routing import websocket_urlpatterns as hub_routes  # noqa: E402
+
+websocket_urlpatterns: list = [*hub_routes]
 
 application = ProtocolTypeRouter(
     {

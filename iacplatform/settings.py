@@ -165,8 +165,15 @@ if CHANNEL_LAYER_BACKEND == "memory":
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 elif CHANNEL_LAYER_BACKEND == "redis":
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+elif CHANNEL_LAYER_BACKEND == "redis_pubsub":
+    # Benchmark reference only (channels-redis is a dev requirement).
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
 else:
-    raise ImproperlyConfigured("CHANNEL_LAYER_BACKEND must be memory or redis, got %r" % CHANNEL_LAYER_BACKEND)
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER_BACKEND must be memory, redis or redis_pubsub, got %r" % CHANNEL_LAYER_BACKEND
+    )
 
 # Leader election (apps/coordination). Defaults are client-go's.
 LEADER_ELECTION_BACKEND = env_str("LEADER_ELECTION_BACKEND", "auto")
@@ -177,6 +184,12 @@ LEADER_ELECTION_RENEW_DEADLINE = env_number("LEADER_ELECTION_RENEW_DEADLINE", 10
 LEADER_ELECTION_RETRY_PERIOD = env_number("LEADER_ELECTION_RETRY_PERIOD", 2.0)
 KUBECONFIG = env_str("KUBECONFIG", "")
 KUBERNETES_SERVICE_HOST = env_str("KUBERNETES_SERVICE_HOST", "")
+
+# UI hub (apps/hub): editing sessions, takeover requests, drafts; expired by lock_draft_cleanup.
+HUB_SESSION_TIMEOUT = env_number("HUB_SESSION_TIMEOUT", 120.0)
+HUB_TAKEOVER_REQUEST_TIMEOUT = env_number("HUB_TAKEOVER_REQUEST_TIMEOUT", 60.0)
+HUB_DRAFT_TTL = env_number("HUB_DRAFT_TTL", 7 * 24 * 3600.0)
+HUB_DRAFT_MAX_BYTES = env_int("HUB_DRAFT_MAX_BYTES", 1024 * 1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -8,7 +8,21 @@ from django.db.models import Q
 
 
 class EditingSession(models.Model):
-    """A user editing one resource of a workspace. At most one active session per resource."""
+    """A user (one browser tab) with one resource of a workspace open.
+
+    At most one active session per resource is the *editor* (holds the edit lock); the others are
+    *waiting*: they see the resource and may ask the editor to hand it over (a takeover request).
+    """
+
+    class Mode(models.TextChoices):
+        EDITOR = "editor"
+        WAITING = "waiting"
+
+    class EndReason(models.TextChoices):
+        CLOSED = "closed"
+        TAKEN_OVER = "taken_over"
+        FORCED = "forced"
+        EXPIRED = "expired"
 
     workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="editing_sessions")
     resource_address = models.CharField(max_length=1000)
@@ -16,19 +30,23 @@ class EditingSession(models.Model):
     session_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     started_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(auto_now_add=True)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.EDITOR)
     active = models.BooleanField(default=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    ended_reason = models.CharField(max_length=50, blank=True)
+    ended_reason = models.CharField(max_length=50, choices=EndReason.choices, blank=True)
 
     class Meta:
         constraints = [
+            # The edit lock: one editor per resource. Takeover moves it with one transaction that
+            # ends (or demotes) the old editor before promoting the new one.
             models.UniqueConstraint(
                 fields=["workspace", "resource_address"],
-                condition=Q(active=True),
-                name="one_active_session_per_resource",
+                condition=Q(active=True, mode="editor"),
+                name="one_editor_per_resource",
             )
         ]
         indexes = [models.Index(fields=["active", "last_seen_at"])]
+        permissions = [("force_takeover", "Can take over a resource without the editor's consent")]
 
     def __str__(self) -> str:
         return "%s on %s" % (self.user_id, self.resource_address)

@@ -1,0 +1,218 @@
+"""WebSocket consumers of the UI hub: an editing session's events, and a task's live log.
+
+Close codes (the socket is accepted first so that the code reaches the client; a handshake refusal
+would arrive as a bare HTTP 403): 4400 bad request, 4403 not allowed, 4404 no such task,
+4410 the editing session has ended. docs/hub.md describes the frames.
+
+Guarantees of the log stream: a client that asks from seq N receives every stored chunk with
+seq >= N, then the live ones, each seq once and in increasing order, with no gap between what was
+stored and what is live. It joins ``task.<id>`` *before* reading the database, and Channels
+dispatches one message at a time per consumer, so chunks published while the stored ones are
+read wait in the consumer's channel (the buffer) and are then skipped when already sent. A live
+chunk whose seq is beyond the next expected one (a message was lost, or the layer dropped one)
+makes it re-read the database from the next expected seq. Does NOT: deliver a chunk that was never
+committed, or order chunks committed out of seq order by concurrent writers (the agent writes a
+task's chunks in order, one connection per task).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+from uuid import UUID
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from apps.hub import actions
+from apps.hub.events import session_group, task_group
+from apps.hub.models import EditingSession
+from apps.hub.permissions import can_view_task_logs
+from apps.workspaces.models import Task, TaskLogChunk
+
+logger = logging.getLogger(__name__)
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_SESSION_ENDED = 4410
+
+LOG_BATCH = 1000
+
+
+class HubConsumer(AsyncJsonWebsocketConsumer):
+    """Shared frame handling: malformed frames get an ``error`` frame, never a crash."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if text_data is None:
+            await self.send_json({"type": "error", "error": "frames must be JSON text"})
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_json({"type": "error", "error": "frame is not valid JSON"})
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self.send_json({"type": "error", "error": "frame must be an object with a string 'type'"})
+            return
+        await self.receive_json(content)
+
+    async def join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        # The base class discards every group in self.groups on disconnect.
+        self.groups.append(group)
+
+    async def refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+
+
+class SessionConsumer(HubConsumer):
+    """``ws/sessions/<session_id>/``: the events of one editing session, for its owner only."""
+
+    session_id: UUID
+
+    async def connect(self) -> None:
+        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        session = await database_sync_to_async(self._owned_session)()
+        if session is None:
+            await self.refuse(CLOSE_FORBIDDEN)
+            return
+        # Joined before the state is read: an event racing with the connect is received, maybe
+        # after a state that already includes it (events are hints; the state is the truth).
+        await self.join(session_group(self.session_id))
+        await self.accept()
+        state = await database_sync_to_async(self._state)()
+        await self.send_json(state)
+        if not state["active"]:
+            await self._ended(state.get("ended_reason") or "")
+
+    def _owned_session(self) -> EditingSession | None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return None
+        return EditingSession.objects.filter(session_id=self.session_id, user_id=user.pk).first()
+
+    def _state(self) -> dict[str, Any]:
+        session = EditingSession.objects.get(session_id=self.session_id)
+        pending = list(
+            session.takeover_requests.filter(status="pending").select_related("requester").order_by("created_at")
+        )
+        return {
+            "type": "session.state",
+            "session_id": str(session.session_id),
+            "workspace_id": session.workspace_id,
+            "resource_address": session.resource_address,
+            "mode": session.mode,
+            "active": session.active,
+            "ended_reason": session.ended_reason,
+            "pending_requests": [
+                {
+                    "request_id": r.pk,
+                    "requester": {"id": r.requester_id, "username": r.requester.get_username()},
+                    "message": r.message,
+                    "expires_at": actions.request_expires_at(r).isoformat(),
+                }
+                for r in pending
+            ],
+        }
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if content["type"] != "heartbeat":
+            await self.send_json({"type": "error", "error": "unknown frame type %r" % content["type"][:50]})
+            return
+        try:
+            session = await database_sync_to_async(actions.do_heartbeat)(
+                user=self.scope["user"], session_id=self.session_id
+            )
+        except actions.HubError:
+            await self._ended("")
+            return
+        await self.send_json({"type": "heartbeat.ack", "last_seen_at": session.last_seen_at.isoformat()})
+
+    async def _ended(self, reason: str) -> None:
+        await self.send_json({"type": "session.ended", "session_id": str(self.session_id), "reason": reason})
+        await self.close(code=CLOSE_SESSION_ENDED)
+
+    async def hub_event(self, message: dict[str, Any]) -> None:
+        event = message["event"]
+        await self.send_json(event)
+        if event.get("type") == "session.ended":
+            await self.close(code=CLOSE_SESSION_ENDED)
+
+
+class TaskLogConsumer(HubConsumer):
+    """``ws/tasks/<task_id>/logs/?from_seq=N``: the stored log from N, then the live chunks."""
+
+    task_id: int
+    next_seq: int
+
+    async def connect(self) -> None:
+        self.task_id = self.scope["url_route"]["kwargs"]["task_id"]
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        raw = query.get("from_seq", ["0"])[-1]
+        if not raw.isdigit():
+            await self.refuse(CLOSE_BAD_REQUEST)
+            return
+        self.next_seq = int(raw)
+        allowed, exists = await database_sync_to_async(self._access)()
+        if not allowed:
+            await self.refuse(CLOSE_FORBIDDEN)
+            return
+        if not exists:
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        await self.join(task_group(self.task_id))
+        await self.accept()
+        # The status is read before the log, so it is never newer than the chunks sent with it.
+        status = await database_sync_to_async(self._status)()
+        await self._send_stored()
+        await self.send_json({"type": "task.status", "task_id": self.task_id, "status": status})
+
+    def _access(self) -> tuple[bool, bool]:
+        user = self.scope.get("user")
+        # Permission first: a user who may not see tasks learns nothing about which ones exist.
+        if user is None or not can_view_task_logs(user):
+            return False, False
+        return True, Task.objects.filter(pk=self.task_id).exists()
+
+    def _status(self) -> str:
+        return Task.objects.filter(pk=self.task_id).values_list("status", flat=True).get()
+
+    def _stored(self, from_seq: int) -> list[tuple[int, str]]:
+        return list(
+            TaskLogChunk.objects.filter(task_id=self.task_id, seq__gte=from_seq)
+            .order_by("seq")
+            .values_list("seq", "text")[:LOG_BATCH]
+        )
+
+    async def _send_stored(self) -> None:
+        while True:
+            batch = await database_sync_to_async(self._stored)(self.next_seq)
+            for seq, text in batch:
+                await self._send_chunk(seq, text)
+            if len(batch) < LOG_BATCH:
+                return
+
+    async def _send_chunk(self, seq: int, text: str) -> None:
+        await self.send_json({"type": "task.log", "task_id": self.task_id, "seq": seq, "text": text})
+        self.next_seq = seq + 1
+
+    async def task_log(self, message: dict[str, Any]) -> None:
+        seq = message.get("seq")
+        if not isinstance(seq, int) or seq < self.next_seq:
+            return  # already sent (read from the database before this message was dispatched)
+        if seq == self.next_seq and isinstance(message.get("text"), str):
+            await self._send_chunk(seq, message["text"])
+            return
+        # A gap (a lost message) or a chunk sent without its text: the database has it, committed
+        # before it was announced.
+        await self._send_stored()
+
+    async def task_status(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "task.status", "task_id": self.task_id, "status": message.get("status")})
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        await self.send_json({"type": "error", "error": "this socket only sends; unknown frame %r" % content["type"]})

@@ -1,0 +1,195 @@
+"""REST API of the hub: editing sessions, takeover requests, drafts. Views validate and translate;
+the state changes are in apps/hub/actions.py."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.hub import actions
+from apps.hub.serializers import (
+    DraftKeySerializer,
+    DraftSaveSerializer,
+    DraftSerializer,
+    EditingSessionSerializer,
+    OpenSessionSerializer,
+    TakeoverCreateSerializer,
+    TakeoverRequestSerializer,
+    TakeoverRespondSerializer,
+)
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+def error_response(exc: actions.HubError) -> Response:
+    return Response({"code": exc.code, "detail": str(exc)}, status=exc.status)
+
+
+ERRORS: dict[int | str, Any] = {400: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+
+
+class SessionListView(APIView):
+    @extend_schema(request=OpenSessionSerializer, responses={201: EditingSessionSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        """Open a resource: as its editor when nobody edits it, else as a waiting session."""
+        data = OpenSessionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session = actions.do_open_session(
+            user=request.user,
+            workspace=data.validated_data["workspace"],
+            resource_address=data.validated_data["resource_address"],
+        )
+        return Response(EditingSessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class SessionDetailView(APIView):
+    @extend_schema(responses={200: EditingSessionSerializer, **ERRORS})
+    def get(self, request: Request, session_id: UUID) -> Response:
+        try:
+            session = actions.get_owned_session(user=request.user, session_id=session_id)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(EditingSessionSerializer(session).data)
+
+
+class SessionHeartbeatView(APIView):
+    @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
+    def post(self, request: Request, session_id: UUID) -> Response:
+        try:
+            session = actions.do_heartbeat(user=request.user, session_id=session_id)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(EditingSessionSerializer(session).data)
+
+
+class SessionCloseView(APIView):
+    @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
+    def post(self, request: Request, session_id: UUID) -> Response:
+        try:
+            session = actions.do_close_session(user=request.user, session_id=session_id)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(EditingSessionSerializer(session).data)
+
+
+class SessionClaimView(APIView):
+    @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
+    def post(self, request: Request, session_id: UUID) -> Response:
+        """Make a waiting session the editor, when the resource has no editor any more."""
+        try:
+            session = actions.do_claim_session(user=request.user, session_id=session_id)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(EditingSessionSerializer(session).data)
+
+
+class TakeoverListView(APIView):
+    @extend_schema(
+        request=TakeoverCreateSerializer,
+        responses={201: TakeoverRequestSerializer, 200: TakeoverRequestSerializer, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        """Ask the editor of the resource to hand it over (200 with the pending one if already asked)."""
+        data = TakeoverCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            takeover, created = actions.do_request_takeover(
+                user=request.user,
+                session_id=data.validated_data["session_id"],
+                message=data.validated_data["message"],
+            )
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(
+            TakeoverRequestSerializer(takeover).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class TakeoverDetailView(APIView):
+    @extend_schema(responses={200: TakeoverRequestSerializer, **ERRORS})
+    def get(self, request: Request, request_id: int) -> Response:
+        """The request's status, for its requester and its editor (the truth when an event was lost)."""
+        try:
+            takeover = actions.get_takeover_request(user=request.user, request_id=request_id)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(TakeoverRequestSerializer(takeover).data)
+
+
+class TakeoverRespondView(APIView):
+    @extend_schema(request=TakeoverRespondSerializer, responses={200: TakeoverRequestSerializer, **ERRORS})
+    def post(self, request: Request, request_id: int) -> Response:
+        """The editor approves (its session ends, the requester becomes editor) or rejects."""
+        data = TakeoverRespondSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            takeover = actions.do_respond_takeover(
+                user=request.user, request_id=request_id, approve=data.validated_data["approve"]
+            )
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(TakeoverRequestSerializer(takeover).data)
+
+
+class TakeoverForceView(APIView):
+    @extend_schema(request=TakeoverCreateSerializer, responses={201: TakeoverRequestSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        """Take the resource without asking; needs hub.force_takeover. The editor's session ends."""
+        data = TakeoverCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            takeover = actions.do_force_takeover(
+                user=request.user,
+                session_id=data.validated_data["session_id"],
+                message=data.validated_data["message"],
+            )
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(TakeoverRequestSerializer(takeover).data, status=status.HTTP_201_CREATED)
+
+
+DRAFT_KEY_PARAMETERS = [
+    OpenApiParameter("workspace", int, required=True),
+    OpenApiParameter("resource_address", str, required=True),
+]
+
+
+class DraftView(APIView):
+    """The caller's draft of one resource: GET/DELETE take the key as query parameters."""
+
+    @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={200: DraftSerializer, **ERRORS})
+    def get(self, request: Request) -> Response:
+        key = DraftKeySerializer(data=request.query_params)
+        key.is_valid(raise_exception=True)
+        try:
+            draft = actions.get_draft(user=request.user, **key.validated_data)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(DraftSerializer(draft).data)
+
+    @extend_schema(request=DraftSaveSerializer, responses={200: DraftSerializer, **ERRORS})
+    def put(self, request: Request) -> Response:
+        data = DraftSaveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            draft = actions.do_save_draft(user=request.user, **data.validated_data)
+        except actions.HubError as exc:
+            return error_response(exc)
+        return Response(DraftSerializer(draft).data)
+
+    @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={204: None, **ERRORS})
+    def delete(self, request: Request) -> Response:
+        key = DraftKeySerializer(data=request.query_params)
+        key.is_valid(raise_exception=True)
+        if not actions.do_delete_draft(user=request.user, **key.validated_data):
+            return error_response(actions.NotFound("no draft of this resource"))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,275 @@
+"""The hub's consumers in one process (in-memory layer, Channels' WebsocketCommunicator).
+tests/integration/test_hub*.py run the same across real daphne replicas."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from unittest import mock
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, Permission, User
+from django.db import connections
+
+from apps.hub import actions
+from apps.hub.consumers import TaskLogConsumer
+from apps.hub.events import task_group
+from apps.hub.models import EditingSession
+from apps.hub.routing import websocket_urlpatterns
+from apps.workspaces.models import Task, TaskLogChunk, Workspace
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ADDR = "aws_instance.web"
+app = URLRouter(websocket_urlpatterns)
+
+
+@pytest.fixture(autouse=True)
+async def _close_consumer_connections() -> AsyncIterator[None]:
+    yield
+    # The consumers' database thread keeps its connection; close it so the test database can go.
+    await database_sync_to_async(connections.close_all)()
+
+
+def _communicator(path: str, user: Any) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(app, path)
+    communicator.scope["user"] = user
+    return communicator
+
+
+async def _closed_with(communicator: WebsocketCommunicator) -> int:
+    connected, _ = await communicator.connect()
+    assert connected  # accepted first, so that the close code reaches the client
+    message = await communicator.receive_output(timeout=5)
+    assert message["type"] == "websocket.close", message
+    return int(message["code"])
+
+
+@database_sync_to_async
+def _open(user: User, workspace: Workspace) -> EditingSession:
+    return actions.do_open_session(user=user, workspace=workspace, resource_address=ADDR)
+
+
+@pytest.fixture
+def viewer(transactional_db: None) -> User:
+    user = User.objects.create_user("viewer", password="pw-viewer-123")
+    user.user_permissions.add(Permission.objects.get(codename="view_task", content_type__app_label="workspaces"))
+    return User.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def task(workspace: Workspace) -> Task:
+    return Task.objects.create(workspace=workspace, type="plan", status="running")
+
+
+# --- session socket -------------------------------------------------------------------------------
+
+
+async def test_the_owner_gets_the_session_state(workspace: Workspace, alice: User) -> None:
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    connected, _ = await communicator.connect()
+    assert connected
+    state = await communicator.receive_json_from(timeout=5)
+    assert state["type"] == "session.state"
+    assert (state["mode"], state["active"], state["pending_requests"]) == ("editor", True, [])
+    await communicator.disconnect()
+
+
+async def test_anyone_but_the_owner_is_closed_with_4403(workspace: Workspace, alice: User, bob: User) -> None:
+    session = await _open(alice, workspace)
+    path = "/ws/sessions/%s/" % session.session_id
+    assert await _closed_with(_communicator(path, bob)) == 4403
+    assert await _closed_with(_communicator(path, AnonymousUser())) == 4403
+    assert await _closed_with(_communicator("/ws/sessions/6f1c1f7e-0000-4000-8000-000000000000/", alice)) == 4403
+
+
+async def test_an_ended_session_is_told_so_and_closed(workspace: Workspace, alice: User) -> None:
+    session = await _open(alice, workspace)
+    await database_sync_to_async(actions.do_close_session)(user=alice, session_id=session.session_id)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    assert (await communicator.receive_json_from(timeout=5))["active"] is False
+    ended = await communicator.receive_json_from(timeout=5)
+    assert (ended["type"], ended["reason"]) == ("session.ended", "closed")
+    assert (await communicator.receive_output(timeout=5))["code"] == 4410
+
+
+async def test_heartbeats_update_last_seen_and_bad_frames_get_errors(workspace: Workspace, alice: User) -> None:
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=5)
+
+    await communicator.send_to(text_data="{not json")
+    assert (await communicator.receive_json_from(timeout=5))["error"] == "frame is not valid JSON"
+    await communicator.send_json_to(["heartbeat"])
+    assert "object" in (await communicator.receive_json_from(timeout=5))["error"]
+    await communicator.send_json_to({"type": "takeover"})
+    assert "unknown frame type" in (await communicator.receive_json_from(timeout=5))["error"]
+    await communicator.send_to(bytes_data=b"\x00")
+    assert "JSON text" in (await communicator.receive_json_from(timeout=5))["error"]
+
+    await communicator.send_json_to({"type": "heartbeat"})
+    ack = await communicator.receive_json_from(timeout=5)
+    assert ack["type"] == "heartbeat.ack"
+    refreshed = await database_sync_to_async(EditingSession.objects.get)(pk=session.pk)
+    assert refreshed.last_seen_at > session.last_seen_at
+    assert ack["last_seen_at"] == refreshed.last_seen_at.isoformat()
+    await communicator.disconnect()
+
+
+async def test_takeover_events_reach_the_sockets_and_session_ended_closes(
+    workspace: Workspace, alice: User, bob: User
+) -> None:
+    editor, waiting = await _open(alice, workspace), await _open(bob, workspace)
+    holder = _communicator("/ws/sessions/%s/" % editor.session_id, alice)
+    taker = _communicator("/ws/sessions/%s/" % waiting.session_id, bob)
+    for communicator in (holder, taker):
+        await communicator.connect()
+        await communicator.receive_json_from(timeout=5)
+
+    request, _ = await database_sync_to_async(actions.do_request_takeover)(user=bob, session_id=waiting.session_id)
+    requested = await holder.receive_json_from(timeout=5)
+    assert (requested["type"], requested["request_id"]) == ("takeover.requested", request.pk)
+
+    await database_sync_to_async(actions.do_respond_takeover)(user=alice, request_id=request.pk, approve=True)
+    approved = await taker.receive_json_from(timeout=5)
+    assert (approved["type"], approved["mode"]) == ("takeover.approved", "editor")
+    ended = await holder.receive_json_from(timeout=5)
+    assert (ended["type"], ended["reason"]) == ("session.ended", "taken_over")
+    assert (await holder.receive_output(timeout=5))["code"] == 4410
+    await taker.disconnect()
+
+
+# --- task log socket ------------------------------------------------------------------------------
+
+
+@database_sync_to_async
+def _store(task: Task, *seqs: int) -> None:
+    TaskLogChunk.objects.bulk_create([TaskLogChunk(task=task, seq=s, text="line %d\n" % s) for s in seqs])
+
+
+async def _publish(task: Task, seq: int, *, store: bool = True) -> None:
+    """What the agents' consumer does: store the chunk, then (after commit) announce it."""
+    if store:
+        await _store(task, seq)
+    await get_channel_layer().group_send(
+        task_group(task.pk), {"type": "task.log", "task_id": task.pk, "seq": seq, "text": "line %d\n" % seq}
+    )
+
+
+async def _receive_logs(communicator: WebsocketCommunicator, count: int) -> list[int]:
+    seqs = []
+    while len(seqs) < count:
+        frame = await communicator.receive_json_from(timeout=5)
+        if frame["type"] == "task.log":
+            assert frame["text"] == "line %d\n" % frame["seq"]
+            seqs.append(frame["seq"])
+    return seqs
+
+
+async def test_a_user_without_view_task_is_closed_with_4403(task: Task, alice: User) -> None:
+    assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % task.pk, alice)) == 4403
+    assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % task.pk, AnonymousUser())) == 4403
+
+
+async def test_unknown_tasks_and_bad_from_seq_get_their_codes(task: Task, viewer: User) -> None:
+    assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % (task.pk + 999), viewer)) == 4404
+    for bad in ("-1", "x", "1.5", ""):
+        assert await _closed_with(_communicator("/ws/tasks/%d/logs/?from_seq=%s" % (task.pk, bad), viewer)) == 4400
+
+
+async def test_stored_log_from_the_asked_seq_then_live_chunks(task: Task, viewer: User) -> None:
+    await _store(task, *range(5))
+    communicator = _communicator("/ws/tasks/%d/logs/?from_seq=2" % task.pk, viewer)
+    await communicator.connect()
+    assert await _receive_logs(communicator, 3) == [2, 3, 4]
+    status = await communicator.receive_json_from(timeout=5)
+    assert status == {"type": "task.status", "task_id": task.pk, "status": "running"}
+
+    await _publish(task, 5)
+    await _publish(task, 3, store=False)  # a duplicate announcement: skipped
+    await _publish(task, 6)
+    assert await _receive_logs(communicator, 2) == [5, 6]
+
+    # A gap: 7 and 8 were stored but their announcements lost; 9's announcement arrives.
+    await _store(task, 7, 8)
+    await _publish(task, 9)
+    assert await _receive_logs(communicator, 3) == [7, 8, 9]
+
+    await get_channel_layer().group_send(
+        task_group(task.pk), {"type": "task.status", "task_id": task.pk, "status": "succeeded"}
+    )
+    assert (await communicator.receive_json_from(timeout=5))["status"] == "succeeded"
+    await communicator.disconnect()
+
+
+async def test_a_superuser_sees_any_task_log(task: Task) -> None:
+    root = await database_sync_to_async(User.objects.create_superuser)("root", password="pw-root-123")
+    await _store(task, 0)
+    communicator = _communicator("/ws/tasks/%d/logs/" % task.pk, root)
+    await communicator.connect()
+    assert await _receive_logs(communicator, 1) == [0]
+    await communicator.disconnect()
+
+
+async def test_chunks_landing_while_the_stored_log_is_read_arrive_exactly_once(task: Task, viewer: User) -> None:
+    """The race at the switch from stored to live, on both sides of the read."""
+    await _store(task, 0, 1)
+    original = TaskLogConsumer._stored
+    layer = get_channel_layer()
+
+    def stored_during_a_race(self: TaskLogConsumer, from_seq: int) -> list[tuple[int, str]]:
+        rows = original(self, from_seq)
+        if from_seq == 0:
+            # Chunk 1 was committed before the read but is announced only now (a duplicate to
+            # skip), and chunk 2 is committed and announced just after the read (must be sent).
+            TaskLogChunk.objects.create(task=task, seq=2, text="line 2\n")
+            for seq in (1, 2):
+                _announce_from_a_thread(layer, task.pk, seq)
+        return rows
+
+    with mock.patch.object(TaskLogConsumer, "_stored", stored_during_a_race):
+        communicator = _communicator("/ws/tasks/%d/logs/" % task.pk, viewer)
+        await communicator.connect()
+        assert await _receive_logs(communicator, 2) == [0, 1]
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "task.status"
+        await _publish(task, 3)
+        assert await _receive_logs(communicator, 2) == [2, 3]
+    await communicator.disconnect()
+
+
+def _announce_from_a_thread(layer: Any, task_id: int, seq: int) -> None:
+    async_to_sync(layer.group_send)(
+        task_group(task_id), {"type": "task.log", "task_id": task_id, "seq": seq, "text": "line %d\n" % seq}
+    )
+
+
+async def test_a_reconnecting_client_resumes_after_its_last_seq(task: Task, viewer: User) -> None:
+    await _store(task, *range(3))
+    first = _communicator("/ws/tasks/%d/logs/" % task.pk, viewer)
+    await first.connect()
+    assert await _receive_logs(first, 3) == [0, 1, 2]
+    await first.disconnect()
+    await _store(task, 3, 4)  # written while the client was away
+    second = _communicator("/ws/tasks/%d/logs/?from_seq=3" % task.pk, viewer)
+    await second.connect()
+    assert await _receive_logs(second, 2) == [3, 4]
+    await _publish(task, 5)
+    assert await _receive_logs(second, 1) == [5]
+    await second.disconnect()
+
+
+async def test_the_log_socket_only_sends(task: Task, viewer: User) -> None:
+    communicator = _communicator("/ws/tasks/%d/logs/" % task.pk, viewer)
+    await communicator.connect()
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "task.status"
+    await communicator.send_json_to({"type": "task.log", "seq": 1, "text": "forged"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+    await communicator.disconnect()
