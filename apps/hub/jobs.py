@@ -23,8 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 @job(name="lock_draft_cleanup", every=60)
-def lock_draft_cleanup(tick: Tick, *, now: datetime | None = None) -> None:
-    now = now or timezone.now()
+def lock_draft_cleanup(tick: Tick) -> None:
+    cleanup(tick, now=timezone.now())
+
+
+def cleanup(tick: Tick, *, now: datetime) -> None:
+    """One tick of lock_draft_cleanup as of ``now`` (tests pass the time)."""
     with tick.fenced():
         # Requests first: a request that is both unanswered and addressed to a stale session is
         # reported as unanswered, the more precise reason.

@@ -165,7 +165,7 @@ async def _publish(task: Task, seq: int, *, store: bool = True) -> None:
 
 
 async def _receive_logs(communicator: WebsocketCommunicator, count: int) -> list[int]:
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < count:
         frame = await communicator.receive_json_from(timeout=5)
         if frame["type"] == "task.log":

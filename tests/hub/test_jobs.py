@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
 from apps.coordination.registry import registered_jobs
 from apps.hub import actions
-from apps.hub.jobs import lock_draft_cleanup
+from apps.hub.jobs import cleanup, lock_draft_cleanup
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
 from tests.hub.conftest import Inbox
@@ -81,7 +81,7 @@ def test_a_stale_editor_frees_the_resource_for_its_waiters(
     waiting_inbox = inbox(waiting.session_id)
 
     with django_capture_on_commit_callbacks(execute=True):
-        lock_draft_cleanup(tick, now=request.created_at + timedelta(seconds=1))
+        cleanup(tick, now=request.created_at + timedelta(seconds=1))
 
     request.refresh_from_db()
     assert request.status == "expired"
@@ -105,7 +105,7 @@ def test_unanswered_requests_expire_and_both_sides_are_told(
     editor_inbox, waiting_inbox = inbox(editor.session_id), inbox(waiting.session_id)
 
     with django_capture_on_commit_callbacks(execute=True):
-        lock_draft_cleanup(tick, now=request.created_at + timedelta(seconds=59))
+        cleanup(tick, now=request.created_at + timedelta(seconds=59))
     request.refresh_from_db()
     assert request.status == "pending"
 
@@ -115,7 +115,7 @@ def test_unanswered_requests_expire_and_both_sides_are_told(
             user=session.user, session_id=session.session_id, now=request.created_at + timedelta(seconds=60)
         )
     with django_capture_on_commit_callbacks(execute=True):
-        lock_draft_cleanup(tick, now=request.created_at + timedelta(seconds=61))
+        cleanup(tick, now=request.created_at + timedelta(seconds=61))
 
     request.refresh_from_db()
     assert request.status == "expired" and request.responded_at is not None
@@ -131,7 +131,7 @@ def test_answered_requests_are_left_alone(tick: Tick, workspace: Workspace, alic
     waiting = _open(bob, workspace, "a.one")
     request, _ = actions.do_request_takeover(user=bob, session_id=waiting.session_id)
     actions.do_respond_takeover(user=alice, request_id=request.pk, approve=False)
-    lock_draft_cleanup(tick, now=request.created_at + timedelta(days=1))
+    cleanup(tick, now=request.created_at + timedelta(days=1))
     request.refresh_from_db()
     assert request.status == "rejected"
 
@@ -142,7 +142,7 @@ def test_expired_drafts_are_deleted_live_ones_kept(tick: Tick, workspace: Worksp
     live = actions.do_save_draft(
         user=alice, workspace=workspace, resource_address="a.new", content={}, now=now + timedelta(hours=1)
     )
-    lock_draft_cleanup(tick, now=old.expires_at)
+    cleanup(tick, now=old.expires_at)
     assert list(Draft.objects.values_list("pk", flat=True)) == [live.pk]
 
 
@@ -162,7 +162,7 @@ def test_a_tick_of_a_stale_term_writes_nothing_and_announces_nothing(
     editor_inbox = inbox(editor.session_id)
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(StaleEpoch):
-        lock_draft_cleanup(tick, now=timezone.now() + timedelta(days=30))
+        cleanup(tick, now=timezone.now() + timedelta(days=30))
 
     assert callbacks == [] and editor_inbox.events() == []
     editor.refresh_from_db()

@@ -129,7 +129,7 @@ def test_force_needs_the_permission(workspace: Workspace, alice: User, bob: User
 
 def test_drafts_round_trip(workspace: Workspace, alice: User, bob: User) -> None:
     client = _client(alice)
-    key = {"workspace": workspace.pk, "resource_address": ADDR}
+    key: dict[str, Any] = {"workspace": workspace.pk, "resource_address": ADDR}
     assert client.get("/api/v1/hub/drafts/", key).status_code == 404
     saved = client.put("/api/v1/hub/drafts/", {**key, "content": {"ami": "ami-1"}}, format="json")
     assert saved.status_code == 200 and saved.json()["content"] == {"ami": "ami-1"}
