@@ -22,14 +22,20 @@ if settings.DEBUG:
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
+from apps.agents.routing import websocket_urlpatterns as agent_urlpatterns  # noqa: E402
 from apps.hub.routing import websocket_urlpatterns as hub_routes  # noqa: E402
 
+# Browser WebSockets: session auth, so the Origin is checked (cross-site WebSocket hijacking).
 websocket_urlpatterns: list = [*hub_routes]
+browser_websockets = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Agents send a bearer pool token and no Origin (they are not browsers): their route comes
+        # first, outside the origin check; everything else is a browser socket.
+        "websocket": URLRouter([*agent_urlpatterns, re_path(r"^", browser_websockets)]),
     }
 )

@@ -13,4 +13,6 @@ urlpatterns = [
     path("api/v1/hub/", include("apps.hub.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include("apps.workspaces.urls")),
+    path("api/v1/", include("apps.agents.urls")),
 ]

@@ -1,0 +1,203 @@
+"""The agent C&C WebSocket (``ws/agents/``): translates frames into actions (docs/protocol.md).
+
+Guarantees: a connection without a valid pool token is refused before the handshake completes;
+every frame is size-checked, then validated (protocol.py), then handled by one action that commits
+or changes nothing; a bad frame gets an ``error`` frame (or close 1009 when oversized) and the
+connection keeps serving. Does NOT: hold business logic (the actions do), or trust a group message
+(a dispatch carries only the task id; the payload is loaded from the database here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from apps.agents import actions
+from apps.agents.models import AgentPool
+from apps.agents.protocol import (
+    CLOSE_HELLO_TIMEOUT,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_PROTOCOL,
+    CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION,
+    Code,
+    ProtocolError,
+    agent_group,
+    parse_frame,
+)
+from apps.workspaces import actions as queue
+from apps.workspaces import reports
+
+logger = logging.getLogger(__name__)
+
+
+def bearer_token(scope: dict[str, Any]) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            try:
+                text = value.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _kick_pool(pool_id: int) -> None:
+    for workspace_id in queue.workspaces_to_kick(pool_id=pool_id, limit=100):
+        queue.schedule_workspace(workspace_id)
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    pool: AgentPool | None = None
+    conn: actions.Connection | None = None
+    group: str | None = None
+    hello_timer: asyncio.TimerHandle | None = None
+
+    async def connect(self) -> None:
+        token = bearer_token(self.scope)
+        pool = await database_sync_to_async(actions.authenticate_pool)(token) if token else None
+        if pool is None:
+            # Closing before accept makes daphne answer the handshake with HTTP 403.
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        self.pool = pool
+        await self.accept()
+        loop = asyncio.get_running_loop()
+        self.hello_timer = loop.call_later(
+            settings.AGENT_HELLO_TIMEOUT, lambda: loop.create_task(self._hello_timeout())
+        )
+
+    async def _hello_timeout(self) -> None:
+        if self.conn is None:
+            await self.close(code=CLOSE_HELLO_TIMEOUT)
+
+    async def disconnect(self, code: int) -> None:
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.conn is not None:
+            await database_sync_to_async(actions.do_disconnect)(conn=self.conn, pod=settings.POD_NAME)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(frame))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self.send_frame(ProtocolError(Code.BINARY_NOT_SUPPORTED, "frames are JSON text").frame())
+            return
+        limit = settings.AGENT_MAX_FRAME_BYTES
+        if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
+            await self.close(code=CLOSE_MESSAGE_TOO_BIG)
+            return
+        kind: str | None = None
+        task_id: int | None = None
+        try:
+            frame = parse_frame(text_data)
+            kind, task_id = frame["type"], frame.get("task_id")
+            await self.handle(frame)
+        except ProtocolError as exc:
+            await self.send_frame(exc.frame(ref=kind, task_id=task_id))
+            if exc.code in (Code.UNSUPPORTED_VERSION, Code.AGENT_CONFLICT):
+                await self.close(code=CLOSE_PROTOCOL)
+        except Exception:
+            # Each action is one transaction, so a failure here left nothing half-written.
+            logger.exception("agent frame %s failed", kind)
+            await self.send_frame(
+                ProtocolError(Code.INTERNAL, "the server could not handle this frame").frame(ref=kind)
+            )
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "hello":
+            await self.on_hello(frame)
+            return
+        if self.conn is None:
+            raise ProtocolError(Code.HELLO_REQUIRED, "send hello first")
+        conn = self.conn
+        if kind == "heartbeat":
+            await database_sync_to_async(actions.do_heartbeat)(
+                conn=conn, pod=settings.POD_NAME, draining=frame.get("draining", False)
+            )
+        elif kind == "task.accept":
+            won = await database_sync_to_async(reports.accept_task)(
+                agent=conn.agent, task_id=frame["task_id"], attempt=frame["attempt"]
+            )
+            if won:
+                await self.send_frame({"type": "task.accepted", "task_id": frame["task_id"]})
+            else:
+                await self.send_frame({"type": "task.drop", "task_id": frame["task_id"], "reason": "not yours"})
+        elif kind == "task.reject":
+            if not await database_sync_to_async(reports.reject_task)(
+                agent=conn.agent, task_id=frame["task_id"], attempt=frame["attempt"]
+            ):
+                raise ProtocolError(Code.NOT_OWNED, "task %d is not dispatched to you" % frame["task_id"])
+        elif kind == "task.log":
+            outcome = await database_sync_to_async(reports.append_log)(
+                agent=conn.agent,
+                task_id=frame["task_id"],
+                attempt=frame["attempt"],
+                seq=frame["seq"],
+                text=frame["text"],
+            )
+            if outcome is reports.Outcome.NOT_OWNED:
+                raise ProtocolError(Code.NOT_OWNED, "task %d is not running on you" % frame["task_id"])
+        elif kind == "task.result":
+            outcome = await database_sync_to_async(reports.record_result)(
+                agent=conn.agent, task_id=frame["task_id"], attempt=frame["attempt"], report=frame
+            )
+            if outcome is reports.Outcome.NOT_OWNED:
+                raise ProtocolError(Code.NOT_OWNED, "task %d is not running on you" % frame["task_id"])
+            await self.send_frame({"type": "task.ack", "task_id": frame["task_id"]})
+
+    async def on_hello(self, frame: dict[str, Any]) -> None:
+        if self.conn is not None:
+            raise ProtocolError(Code.ALREADY_HELLO, "hello was already sent on this connection")
+        if frame["protocol"] != PROTOCOL_VERSION:
+            raise ProtocolError(
+                Code.UNSUPPORTED_VERSION, "protocol %d is not supported (server speaks %d)" % (frame["protocol"], 1)
+            )
+        assert self.pool is not None
+        conn = await database_sync_to_async(actions.do_hello)(pool=self.pool, frame=frame, pod=settings.POD_NAME)
+        self.conn = conn
+        self.group = agent_group(conn.agent.agent_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.send_frame(
+            {
+                "type": "welcome",
+                "protocol": PROTOCOL_VERSION,
+                "agent_id": conn.agent.agent_id,
+                "pod": settings.POD_NAME,
+                "heartbeat_interval": settings.AGENT_HEARTBEAT_INTERVAL,
+                "max_frame_bytes": settings.AGENT_MAX_FRAME_BYTES,
+            }
+        )
+        # Dispatches sent while the agent was reconnecting may be lost: send them again, then
+        # offer the pool's queued work to the new capacity.
+        for task_id in await database_sync_to_async(actions.dispatched_to)(conn.agent):
+            await self.task_dispatch({"type": "task.dispatch", "task_id": task_id})
+        await database_sync_to_async(_kick_pool)(self.pool.pk)
+
+    # Group messages (sent by any replica to agent.<agent_id>).
+
+    async def task_dispatch(self, message: dict[str, Any]) -> None:
+        if self.conn is None:
+            return
+        payload = await database_sync_to_async(reports.dispatch_payload)(
+            agent_pk=self.conn.agent.pk, task_id=int(message["task_id"])
+        )
+        if payload is not None:
+            await self.send_frame(payload)
+
+    async def task_cancel(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            await self.send_frame({"type": "task.cancel", "task_id": int(message["task_id"])})

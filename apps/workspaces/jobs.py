@@ -1,0 +1,69 @@
+"""Background jobs of the task queue, run by the leader (apps/coordination/registry.py).
+
+Each job makes its repairs inside ``tick.fenced()`` so a deposed leader's tick commits nothing.
+Kicks (``schedule_workspace``) run after the fenced transaction: they are the queue's ordinary
+operation, safe from any process at any time (advisory lock + unique index), exactly as a web
+replica runs them on enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+
+from apps.coordination.fencing import Tick
+from apps.coordination.registry import job, on_leadership_acquired
+from apps.workspaces import actions
+
+logger = logging.getLogger(__name__)
+
+
+def kick_pending() -> int:
+    kicked = 0
+    for workspace_id in actions.workspaces_to_kick():
+        if actions.schedule_workspace(workspace_id) is not None:
+            kicked += 1
+    return kicked
+
+
+# Intervals come from settings (read when runleader discovers this module, after setup) so that
+# tests and small clusters can run the repairs faster than production does.
+@job(name="pending_tasks", every=settings.JOB_PENDING_TASKS_EVERY)
+def pending_tasks(tick: Tick) -> None:
+    """Re-dispatch tasks dispatched but not accepted in time; kick pending ones whose kick was lost."""
+    with tick.fenced():
+        requeued = actions.requeue_unaccepted(older_than=timedelta(seconds=settings.TASK_DISPATCH_ACCEPT_TIMEOUT))
+    kicked = kick_pending()
+    if requeued or kicked:
+        logger.info("pending_tasks: %d re-queued, %d dispatched", requeued, kicked)
+
+
+@job(name="task_timeout", every=settings.JOB_TASK_TIMEOUT_EVERY)
+def task_timeout(tick: Tick) -> None:
+    """Running tasks past their timeout end timed_out; their agent is told to stop Terraform."""
+    with tick.fenced():
+        timed_out = actions.time_out_tasks()
+    if timed_out:
+        logger.info("task_timeout: %d tasks timed out", timed_out)
+
+
+@job(name="drift_check", every=settings.JOB_DRIFT_CHECK_EVERY)
+def drift_check(tick: Tick) -> None:
+    """Queue a drift_check task for each workspace whose check is due and that is idle."""
+    with tick.fenced():
+        queued = actions.enqueue_due_drift_checks()
+    if queued:
+        logger.info("drift_check: %d drift checks queued", queued)
+
+
+@on_leadership_acquired
+def recover_tasks(tick: Tick) -> None:
+    """At the start of a term: settle tasks of agents that are gone, re-queue lost dispatches, kick."""
+    offline_for = timedelta(seconds=settings.AGENT_OFFLINE_THRESHOLD)
+    with tick.fenced():
+        settled = actions.settle_orphaned_tasks(offline_for=offline_for)
+        requeued = actions.requeue_unaccepted(older_than=timedelta(seconds=settings.TASK_DISPATCH_ACCEPT_TIMEOUT))
+    kicked = kick_pending()
+    logger.info("recovery pass: %d tasks settled, %d re-queued, %d dispatched", settled, requeued, kicked)

@@ -1,0 +1,160 @@
+"""REST API serializers for workspaces and tasks: every invalid body is a 400 with field errors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.agents.models import AgentPool
+from apps.workspaces.models import Task, TaskLogChunk, Workspace
+
+# Files land in a fresh directory on the agent: plain names only, never a path or the state file.
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+RESERVED_FILES = {"terraform.tfstate", "terraform.tfstate.backup", ".terraform", ".terraform.lock.hcl"}
+VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
+MAX_FILES = 100
+MAX_FILE_BYTES = 512 * 1024
+MAX_VALUE_CHARS = 64 * 1024
+
+
+def _no_nul(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise serializers.ValidationError("%s must not contain NUL characters." % what)
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into strings."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
+    pool = serializers.SlugRelatedField(slug_field="name", queryset=AgentPool.objects.all())
+    terraform_files = serializers.DictField(child=StrictCharField(allow_blank=True, trim_whitespace=False))
+    variables = serializers.DictField(
+        child=StrictCharField(allow_blank=True, trim_whitespace=False, max_length=MAX_VALUE_CHARS),
+        required=False,
+    )
+    drift_check_interval_minutes = serializers.IntegerField(min_value=1, max_value=60 * 24 * 366, required=False)
+
+    class Meta:
+        model = Workspace
+        fields = [
+            "id",
+            "name",
+            "description",
+            "pool",
+            "terraform_files",
+            "variables",
+            "drift_check_enabled",
+            "drift_check_interval_minutes",
+            "drift_status",
+            "drift_last_checked_at",
+            "drift_next_check_at",
+            "locked",
+            "locked_by",
+            "locked_at",
+            "lock_reason",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = [
+            "drift_status",
+            "drift_last_checked_at",
+            "drift_next_check_at",
+            "locked",
+            "locked_by",
+            "locked_at",
+            "lock_reason",
+        ]
+
+    def validate_terraform_files(self, files: dict[str, str]) -> dict[str, str]:
+        if len(files) > MAX_FILES:
+            raise serializers.ValidationError("At most %d files." % MAX_FILES)
+        for name, content in files.items():
+            if not FILE_NAME_RE.match(name) or name in RESERVED_FILES or name.startswith(".."):
+                raise serializers.ValidationError("%r is not an allowed file name." % name[:100])
+            if len(content.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+                raise serializers.ValidationError("%s is larger than %d bytes." % (name, MAX_FILE_BYTES))
+            _no_nul(content, name)
+        return files
+
+    def validate_variables(self, variables: dict[str, str]) -> dict[str, str]:
+        if len(variables) > 200:
+            raise serializers.ValidationError("At most 200 variables.")
+        for name, value in variables.items():
+            if not VARIABLE_RE.match(name):
+                raise serializers.ValidationError("%r is not a valid variable name." % name[:100])
+            _no_nul(value, name)
+        return variables
+
+    def validate_description(self, value: str) -> str:
+        _no_nul(value, "description")
+        return value
+
+
+class LockSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class TaskSerializer(serializers.ModelSerializer[Task]):
+    agent: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="agent_id", read_only=True)
+    agent_connected_pod = serializers.CharField(source="agent.connected_pod", read_only=True, default=None)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "workspace",
+            "type",
+            "status",
+            "agent",
+            "agent_connected_pod",
+            "attempt",
+            "timeout_seconds",
+            "created_by",
+            "created_at",
+            "dispatched_at",
+            "started_at",
+            "finished_at",
+            "cancel_requested_at",
+            "exit_code",
+            "plan_summary",
+            "error",
+        ]
+        read_only_fields = fields
+
+
+class TaskCreateSerializer(serializers.Serializer[Any]):
+    workspace = serializers.PrimaryKeyRelatedField(queryset=Workspace.objects.all())
+    type = serializers.ChoiceField(choices=Task.Type.choices)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
+
+
+class TaskFilterSerializer(serializers.Serializer[Any]):
+    workspace = serializers.IntegerField(min_value=1, required=False)
+    status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
+    type = serializers.ChoiceField(choices=Task.Type.choices, required=False)
+
+
+class LogQuerySerializer(serializers.Serializer[Any]):
+    after = serializers.IntegerField(min_value=-1, max_value=2**31 - 1, required=False, default=-1)
+    limit = serializers.IntegerField(min_value=1, max_value=5000, required=False, default=1000)
+
+
+class LogChunkSerializer(serializers.ModelSerializer[TaskLogChunk]):
+    class Meta:
+        model = TaskLogChunk
+        fields = ["seq", "text", "created_at"]
+
+
+class TaskLogSerializer(serializers.Serializer[Any]):
+    task = serializers.IntegerField()
+    status = serializers.CharField()
+    chunks = LogChunkSerializer(many=True)
+    complete = serializers.BooleanField(help_text="The task has finished and every chunk up to now is included.")

@@ -1,0 +1,188 @@
+"""The C&C consumer in-process (WebsocketCommunicator, in-memory layer, real PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from apps.agents.models import Agent, AgentPool
+from apps.workspaces import actions
+from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
+from iacplatform.asgi import application
+from tests.agents.fixtures import Pool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def communicator(token: str | None) -> WebsocketCommunicator:
+    headers = [(b"authorization", ("Bearer %s" % token).encode())] if token else []
+    return WebsocketCommunicator(application, "/ws/agents/", headers=headers)
+
+
+async def send(comm: WebsocketCommunicator, frame: dict[str, Any]) -> None:
+    await comm.send_to(text_data=json.dumps(frame))
+
+
+async def recv(comm: WebsocketCommunicator, wait: float = 5) -> dict[str, Any]:
+    return json.loads(await comm.receive_from(timeout=wait))
+
+
+async def connect_agent(pool: Pool, agent_id: str = "agent-1", **hello: Any) -> WebsocketCommunicator:
+    comm = communicator(pool.token)
+    connected, _ = await comm.connect()
+    assert connected
+    await send(comm, {"type": "hello", "protocol": 1, "agent_id": agent_id, "capacity": 1, **hello})
+    welcome = await recv(comm)
+    assert welcome["type"] == "welcome", welcome
+    return comm
+
+
+async def test_a_bad_or_missing_token_is_refused_before_accept(agent_pool: Pool) -> None:
+    for token in (None, "iacp_wrong", agent_pool.token + "x"):
+        comm = communicator(token)
+        connected, code = await comm.connect()
+        assert not connected
+        assert code == 4401
+
+
+async def test_hello_gets_welcome_and_records_connected_pod(agent_pool: Pool) -> None:
+    comm = await connect_agent(agent_pool, name="n", version="1.2", labels={"zone": "a"})
+    agent = await database_sync_to_async(Agent.objects.get)(agent_id="agent-1")
+    assert agent.connected_pod == settings.POD_NAME
+    assert agent.status == Agent.Status.ONLINE
+    assert (agent.name, agent.version, agent.labels) == ("n", "1.2", {"zone": "a"})
+    await comm.disconnect()
+    agent = await database_sync_to_async(Agent.objects.get)(agent_id="agent-1")
+    assert agent.connected_pod is None
+    assert agent.status == Agent.Status.OFFLINE
+
+
+async def test_disconnect_does_not_wipe_an_agent_that_reconnected_elsewhere(agent_pool: Pool) -> None:
+    comm = await connect_agent(agent_pool)
+    # The agent has meanwhile reconnected to another replica.
+    await database_sync_to_async(Agent.objects.filter(agent_id="agent-1").update)(connected_pod="web-other")
+    await comm.disconnect()
+    agent = await database_sync_to_async(Agent.objects.get)(agent_id="agent-1")
+    assert agent.connected_pod == "web-other"
+
+
+async def test_frames_before_hello_are_refused(agent_pool: Pool) -> None:
+    comm = communicator(agent_pool.token)
+    await comm.connect()
+    await send(comm, {"type": "heartbeat"})
+    assert (await recv(comm))["code"] == "hello_required"
+    await comm.disconnect()
+
+
+async def test_an_agent_id_of_another_pool_is_refused(agent_pool: Pool) -> None:
+    other = AgentPool(name="other")
+    await database_sync_to_async(other.set_new_token)()
+    await database_sync_to_async(other.save)()
+    await database_sync_to_async(Agent.objects.create)(agent_id="agent-1", pool=other)
+    comm = communicator(agent_pool.token)
+    await comm.connect()
+    await send(comm, {"type": "hello", "protocol": 1, "agent_id": "agent-1", "capacity": 1})
+    assert (await recv(comm))["code"] == "agent_conflict"
+    assert (await comm.receive_output(timeout=2))["type"] == "websocket.close"
+
+
+async def test_an_oversized_frame_closes_with_1009(agent_pool: Pool) -> None:
+    comm = await connect_agent(agent_pool)
+    await comm.send_to(text_data="x" * (settings.AGENT_MAX_FRAME_BYTES + 1))
+    output = await comm.receive_output(timeout=2)
+    assert output == {"type": "websocket.close", "code": 1009}
+
+
+async def test_a_task_runs_through_dispatch_accept_log_and_result(agent_pool: Pool, workspace: Workspace) -> None:
+    comm = await connect_agent(agent_pool)
+    task = await database_sync_to_async(actions.enqueue_task)(workspace=workspace, type="apply")
+    dispatch = await recv(comm)
+    assert dispatch["type"] == "task.dispatch"
+    assert dispatch["task_id"] == task.pk
+    assert dispatch["files"] == workspace.terraform_files
+    assert dispatch["task_type"] == "apply"
+    assert dispatch["log_seq_start"] == 0
+    await send(comm, {"type": "task.accept", "task_id": task.pk, "attempt": 1})
+    assert await recv(comm) == {"type": "task.accepted", "task_id": task.pk}
+    for seq in (0, 1, 1):  # a resent chunk is stored once
+        await send(comm, {"type": "task.log", "task_id": task.pk, "attempt": 1, "seq": seq, "text": "line %d\n" % seq})
+    state = {"version": 4, "serial": 1, "lineage": "abc", "outputs": {}, "resources": []}
+    result = {"type": "task.result", "task_id": task.pk, "attempt": 1, "status": "succeeded", "exit_code": 0}
+    await send(comm, {**result, "plan_summary": {"add": 1, "change": 0, "destroy": 0}, "state": state})
+    assert await recv(comm) == {"type": "task.ack", "task_id": task.pk}
+    await send(comm, {**result, "state": state})  # resent after a reconnect: acknowledged, stored once
+    assert await recv(comm) == {"type": "task.ack", "task_id": task.pk}
+    task = await database_sync_to_async(Task.objects.get)(pk=task.pk)
+    assert task.status == "succeeded"
+    assert task.plan_summary == {"add": 1, "change": 0, "destroy": 0}
+    texts = await database_sync_to_async(lambda: list(TaskLogChunk.objects.values_list("text", flat=True)))()
+    assert texts == ["line 0\n", "line 1\n"]
+    versions = await database_sync_to_async(lambda: list(StateVersion.objects.values_list("serial", "lineage")))()
+    assert versions == [(1, "abc")]
+    await comm.disconnect()
+
+
+async def test_an_accept_that_lost_is_told_to_drop(agent_pool: Pool, workspace: Workspace) -> None:
+    comm = await connect_agent(agent_pool)
+    task = await database_sync_to_async(actions.enqueue_task)(workspace=workspace, type="plan")
+    assert (await recv(comm))["type"] == "task.dispatch"
+    await database_sync_to_async(actions.cancel_task)(task.pk)
+    assert (await recv(comm)) == {"type": "task.cancel", "task_id": task.pk}
+    await send(comm, {"type": "task.accept", "task_id": task.pk, "attempt": 1})
+    assert (await recv(comm))["type"] == "task.drop"
+    await comm.disconnect()
+
+
+async def test_reports_about_another_agents_task_change_nothing(agent_pool: Pool, workspace: Workspace) -> None:
+    owner = await connect_agent(agent_pool, agent_id="owner")
+    task = await database_sync_to_async(actions.enqueue_task)(workspace=workspace, type="plan")
+    assert (await recv(owner))["type"] == "task.dispatch"
+    intruder = await connect_agent(agent_pool, agent_id="intruder")
+    await send(intruder, {"type": "task.accept", "task_id": task.pk, "attempt": 1})
+    assert (await recv(intruder))["type"] == "task.drop"
+    for frame in (
+        {"type": "task.log", "task_id": task.pk, "attempt": 1, "seq": 0, "text": "evil"},
+        {"type": "task.result", "task_id": task.pk, "attempt": 1, "status": "failed"},
+        {"type": "task.reject", "task_id": task.pk, "attempt": 1},
+    ):
+        await send(intruder, frame)
+        reply = await recv(intruder)
+        assert reply["code"] == "not_owned", reply
+    task = await database_sync_to_async(Task.objects.get)(pk=task.pk)
+    assert task.status == "dispatched"
+    assert await database_sync_to_async(TaskLogChunk.objects.count)() == 0
+    await owner.disconnect()
+    await intruder.disconnect()
+
+
+async def test_a_reconnecting_agent_gets_its_unaccepted_dispatch_again(agent_pool: Pool, workspace: Workspace) -> None:
+    comm = await connect_agent(agent_pool)
+    task = await database_sync_to_async(actions.enqueue_task)(workspace=workspace, type="plan")
+    assert (await recv(comm))["type"] == "task.dispatch"
+    await comm.disconnect()
+    comm = await connect_agent(agent_pool)
+    again = await recv(comm)
+    assert (again["type"], again["task_id"]) == ("task.dispatch", task.pk)
+    await comm.disconnect()
+
+
+async def test_a_restarted_agent_that_forgot_its_running_plan_gets_it_requeued(
+    agent_pool: Pool, workspace: Workspace
+) -> None:
+    comm = await connect_agent(agent_pool)
+    task = await database_sync_to_async(actions.enqueue_task)(workspace=workspace, type="plan")
+    await recv(comm)
+    await send(comm, {"type": "task.accept", "task_id": task.pk, "attempt": 1})
+    await recv(comm)
+    await comm.disconnect()
+    # Same agent id, new process: its hello lists no tasks, so the running plan is lost; it is
+    # re-queued (attempt 2) and, the agent being free, dispatched to it again.
+    comm = await connect_agent(agent_pool)
+    again = await recv(comm)
+    assert (again["type"], again["task_id"], again["attempt"]) == ("task.dispatch", task.pk, 2)
+    await comm.disconnect()
