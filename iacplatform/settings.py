@@ -182,6 +182,12 @@ LEADER_ELECTION_NAMESPACE = env_str("LEADER_ELECTION_NAMESPACE", POD_NAMESPACE)
 LEADER_ELECTION_LEASE_DURATION = env_number("LEADER_ELECTION_LEASE_DURATION", 15.0)
 LEADER_ELECTION_RENEW_DEADLINE = env_number("LEADER_ELECTION_RENEW_DEADLINE", 10.0)
 LEADER_ELECTION_RETRY_PERIOD = env_number("LEADER_ELECTION_RETRY_PERIOD", 2.0)
+# Seconds jobs get to stop after a term ends; past it runleader exits non-zero.
+LEADER_JOB_STOP_GRACE = env_number("LEADER_JOB_STOP_GRACE", 10.0)
+# runleader's /healthz and /metrics; empty disables the server.
+LEADER_HTTP_ADDR = env_str("LEADER_HTTP_ADDR", "0.0.0.0:9090")
+# Extra modules registering jobs, imported by runleader besides apps/*/jobs.py (tests use it).
+LEADER_EXTRA_JOB_MODULES = env_list("LEADER_EXTRA_JOB_MODULES", [])
 KUBECONFIG = env_str("KUBECONFIG", "")
 KUBERNETES_SERVICE_HOST = env_str("KUBERNETES_SERVICE_HOST", "")
 

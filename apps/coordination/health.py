@@ -1,0 +1,96 @@
+"""runleader's HTTP endpoints: ``/healthz`` (a watchdog) and ``/metrics`` (Prometheus).
+
+``/healthz`` fails (503) when the process believes it leads but has not renewed within the lease
+duration plus a tolerance, like client-go's HealthzAdaptor, or when jobs did not stop after a lost
+term. A standby is healthy: not leading is a normal state. Does NOT probe the database (an outage
+would otherwise restart every replica at once for nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from apps.coordination.elector import LeaderElector
+from apps.coordination.metrics import REGISTRY
+
+logger = logging.getLogger(__name__)
+
+
+def health(elector: LeaderElector, *, tolerance: float, failed: Callable[[], bool]) -> tuple[bool, dict[str, object]]:
+    age = elector.renew_age()
+    body: dict[str, object] = {
+        "identity": elector.identity,
+        "lease": elector.lock.describe(),
+        "leading": elector.is_leader(),
+        "holder": elector.holder(),
+        "epoch": elector.epoch,
+        "renew_age": None if age is None else round(age, 3),
+    }
+    ok = True
+    if failed():
+        ok = False
+        body["error"] = "jobs did not stop after the term ended"
+    elif elector.state.leading and (age is None or age > elector.config.lease_duration + tolerance):
+        ok = False
+        body["error"] = "leading but not renewed for %.1fs" % (age or 0.0)
+    body["status"] = "ok" if ok else "unhealthy"
+    return ok, body
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("--http-addr must be HOST:PORT or :PORT, got %r" % addr)
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
+
+
+class HealthServer:
+    def __init__(
+        self, addr: str, elector: LeaderElector, *, tolerance: float = 2.0, failed: Callable[[], bool] = lambda: False
+    ) -> None:
+        host, port = parse_addr(addr)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/healthz":
+                    ok, body = health(outer.elector, tolerance=outer.tolerance, failed=outer.failed)
+                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
+                elif self.path.split("?")[0] == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                logger.debug("http: %s", format % args)
+
+        self.elector = elector
+        self.tolerance = tolerance
+        self.failed = failed
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,153 @@
+"""The runleader process: elector + scheduler + HTTP endpoints, as one supervised unit.
+
+``LeaderProcess.run`` campaigns until asked to stop. Each term runs in the elector's "leading"
+thread (``Term``); when the term ends, the elector thread waits up to the grace period for the
+jobs to stop before it may release the lease or campaign again.
+
+Guarantees: on stop (SIGTERM/SIGINT) the jobs stop first, then the lease is released (empty
+holder), then ``run`` returns 0. If jobs outlive the grace period after a term ends, ``run``
+returns 1 at once without campaigning again, so the orchestrator restarts the process clean.
+Does NOT: kill a stuck job thread (Python cannot); the process exit does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from dataclasses import dataclass
+
+from django.db import connection
+
+from apps.coordination import registry
+from apps.coordination.elector import Callbacks, ElectionConfig, LeaderElector
+from apps.coordination.fencing import current_epoch
+from apps.coordination.health import HealthServer
+from apps.coordination.leaselock import make_lock, resolve_backend
+from apps.coordination.metrics import REGISTRY, register_elector
+from apps.coordination.scheduler import Term, TermContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaderOptions:
+    identity: str
+    backend: str
+    lease_name: str
+    namespace: str
+    config: ElectionConfig
+    grace: float
+    http_addr: str | None
+    extra_job_modules: tuple[str, ...] = ()
+
+
+def discover_jobs(extra_modules: tuple[str, ...] = ()) -> list[registry.JobSpec]:
+    registry.autodiscover()
+    for module in extra_modules:
+        importlib.import_module(module)
+    return registry.registered_jobs()
+
+
+class LeaderProcess:
+    def __init__(self, options: LeaderOptions) -> None:
+        self.options = options
+        self.backend = resolve_backend(options.backend)
+        self.jobs = discover_jobs(options.extra_job_modules)
+        lock = make_lock(backend=self.backend, name=options.lease_name, namespace=options.namespace)
+        self.elector = LeaderElector(
+            lock=lock,
+            identity=options.identity,
+            config=options.config,
+            callbacks=Callbacks(
+                on_started_leading=self._on_started_leading,
+                on_stopped_leading=self._on_stopped_leading,
+                on_new_leader=self._on_new_leader,
+            ),
+            initial_transitions=self._initial_transitions,
+        )
+        self.term: Term | None = None
+        self.failed = threading.Event()
+        self.done = threading.Event()
+        self.http: HealthServer | None = None
+        if options.http_addr:
+            self.http = HealthServer(
+                options.http_addr, self.elector, tolerance=options.config.retry_period, failed=self.failed.is_set
+            )
+
+    def run(self, stopping: threading.Event) -> int:
+        collector = register_elector(self.elector)
+        logger.info(
+            "%s: campaigning for %s (%d jobs: %s)",
+            self.options.identity,
+            self.elector.lock.describe(),
+            len(self.jobs),
+            ", ".join(spec.name for spec in self.jobs),
+        )
+        thread = threading.Thread(target=self._elect, name="elector", daemon=True)
+        if self.http is not None:
+            self.http.start()
+        thread.start()
+        try:
+            while not stopping.is_set() and not self.failed.is_set() and not self.done.is_set():
+                stopping.wait(0.5)
+            self.elector.stop()
+            # Room for the jobs' grace period, then one release request.
+            thread.join(self.options.grace + self.options.config.retry_period + 1)
+        finally:
+            if self.http is not None:
+                self.http.stop()
+            REGISTRY.unregister(collector)
+        if self.failed.is_set() or thread.is_alive():
+            logger.error(
+                "%s: exiting non-zero: jobs did not stop within %.1fs", self.options.identity, self.options.grace
+            )
+            return 1
+        return 0
+
+    def _elect(self) -> None:
+        try:
+            self.elector.run()
+        except Exception:
+            logger.exception("%s: the elector failed", self.options.identity)
+            self.failed.set()
+        finally:
+            connection.close()
+            self.done.set()
+
+    def _initial_transitions(self) -> int:
+        # A lease created from nothing (first start, or deleted by hand) must still start a term
+        # newer than any fenced before, or its jobs would all be fenced out.
+        epoch = current_epoch(self.options.lease_name)
+        return 0 if epoch is None else epoch + 1
+
+    def _on_started_leading(self, stop: threading.Event) -> None:
+        epoch = self.elector.state.epoch
+        assert epoch is not None
+        ctx = TermContext(
+            lease=self.options.lease_name,
+            holder=self.options.identity,
+            epoch=epoch,
+            is_leader=self.elector.is_leader,
+            stop=stop,
+        )
+        self.term = Term(ctx=ctx, jobs=self.jobs, recovery=registry.recovery_passes(), grace=self.options.grace)
+        logger.info("%s: leading %s, epoch %d", self.options.identity, self.elector.lock.describe(), epoch)
+        self.term.run()
+
+    def _on_stopped_leading(self) -> None:
+        thread = self.elector.term_thread
+        if thread is not None:
+            # Term.join already bounds the jobs by the grace period; a little more for its own exit.
+            thread.join(self.options.grace + 1)
+        term = self.term
+        if (thread is not None and thread.is_alive()) or (term is not None and term.stuck):
+            # Keep the lease until the process exits: a stuck job may still act outside the database.
+            self.failed.set()
+            self.elector.stop(release=False)
+        logger.info("%s: stopped leading %s", self.options.identity, self.elector.lock.describe())
+
+    def _on_new_leader(self, identity: str) -> None:
+        if identity == self.options.identity:
+            return
+        logger.info("%s: %s is led by %s", self.options.identity, self.elector.lock.describe(), identity or "nobody")

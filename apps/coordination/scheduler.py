@@ -1,0 +1,213 @@
+"""Runs the registered jobs while this process leads: one thread per job, each tick fenced.
+
+A term (one period of leadership, one epoch) goes: raise the fence to the epoch, run the recovery
+passes once, then start one thread per job. Each thread loops ``while not stopping: tick();
+wait(every)``, and a tick:
+  1. does nothing unless ``is_leader()`` (a process woken from a pause never starts a tick);
+  2. takes the job's advisory lock with ``pg_try_advisory_lock`` on the thread's own connection
+     (django-pgware); if another session holds it, the tick is recorded as ``skipped``;
+  3. records a ``running`` JobRun inside ``tick.fenced()``, so a stale term cannot even start one;
+  4. calls the job, whose writes go through ``tick.fenced()``; ``StaleEpoch`` ends it as ``fenced``.
+
+Guarantees: while PostgreSQL keeps sessions alive, no two processes run the same job at once (the
+advisory lock), and no tick of an older epoch commits a fenced write after a newer term began.
+JobRun rows that are not ``skipped`` never overlap for one job across holders; ``overlapping_ticks``
+counts violations. Does NOT: interrupt a job function that is running (it finishes its tick; its
+writes are fenced), or schedule ticks exactly: intervals are measured from the start of each tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.db import close_old_connections, connection
+from django.db.utils import Error as DatabaseError
+from django.utils import timezone
+from django_pg_utils.locks import advisory_lock
+
+from apps.coordination import metrics
+from apps.coordination.clock import SYSTEM_CLOCK, Clock
+from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
+from apps.coordination.models import JobRun
+from apps.coordination.registry import JobFunc, JobSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TermContext:
+    lease: str
+    holder: str
+    epoch: int
+    is_leader: Callable[[], bool]
+    stop: threading.Event
+    clock: Clock = SYSTEM_CLOCK
+
+
+def run_tick(spec: JobSpec, ctx: TermContext) -> str | None:
+    """One tick of ``spec``; returns its outcome, or None when it was not even attempted."""
+    close_old_connections()
+    if not ctx.is_leader() or ctx.stop.is_set():
+        return None
+    tick = Tick(job=spec.name, holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch)
+    started = time.perf_counter()
+    try:
+        outcome = _locked_tick(spec, tick, ctx)
+    except DatabaseError as exc:
+        # The database went away mid-tick: nothing to record it in; the next tick retries.
+        logger.warning("job %s: database error: %s", spec.name, exc)
+        connection.close()
+        outcome = JobRun.Outcome.ERROR
+    if outcome is not None:
+        metrics.observe_tick(spec.name, outcome, time.perf_counter() - started)
+    return outcome
+
+
+def _locked_tick(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
+    with advisory_lock(spec.lock_key, wait=False) as acquired:
+        if not acquired:
+            # Another session is running this job (a previous leader finishing its tick): skip.
+            _record(tick, JobRun.Outcome.SKIPPED, error="advisory lock held by another session")
+            return JobRun.Outcome.SKIPPED
+        if not ctx.is_leader():
+            return None
+        try:
+            with tick.fenced():
+                run = JobRun.objects.create(
+                    job=tick.job, holder=tick.holder, epoch=tick.epoch, started_at=timezone.now()
+                )
+        except StaleEpoch as exc:
+            _record(tick, JobRun.Outcome.FENCED, error=str(exc))
+            return JobRun.Outcome.FENCED
+        outcome, error = JobRun.Outcome.OK, ""
+        try:
+            spec.func(tick)
+        except StaleEpoch as exc:
+            outcome, error = JobRun.Outcome.FENCED, str(exc)
+            logger.warning("job %s (epoch %d) fenced: %s", tick.job, tick.epoch, exc)
+        except Exception as exc:
+            outcome, error = JobRun.Outcome.ERROR, "%s: %s" % (type(exc).__name__, exc)
+            logger.exception("job %s (epoch %d) failed", tick.job, tick.epoch)
+        JobRun.objects.filter(pk=run.pk).update(finished_at=timezone.now(), outcome=outcome, error=error[:4000])
+        return outcome
+
+
+def _record(tick: Tick, outcome: str, *, error: str) -> None:
+    now = timezone.now()
+    JobRun.objects.create(
+        job=tick.job,
+        holder=tick.holder,
+        epoch=tick.epoch,
+        started_at=now,
+        finished_at=now,
+        outcome=outcome,
+        error=error,
+    )
+
+
+def job_loop(spec: JobSpec, ctx: TermContext) -> None:
+    """The thread of one job for one term: ``while not stopping: tick; wait(every)``."""
+    try:
+        while not ctx.stop.is_set():
+            began = ctx.clock.monotonic()
+            run_tick(spec, ctx)
+            ctx.clock.wait(ctx.stop, began + spec.every - ctx.clock.monotonic())
+    finally:
+        connection.close()
+
+
+def run_recovery(passes: list[JobFunc], ctx: TermContext) -> None:
+    for func in passes:
+        if ctx.stop.is_set() or not ctx.is_leader():
+            return
+        tick = Tick(
+            job="recovery:%s" % getattr(func, "__name__", "pass"), holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch
+        )
+        try:
+            func(tick)
+        except StaleEpoch as exc:
+            logger.warning("recovery pass %s fenced: %s", tick.job, exc)
+            return
+        except Exception:
+            logger.exception("recovery pass %s failed", tick.job)
+
+
+@dataclass
+class Term:
+    """One term of leadership: fence, recovery, job threads; ``run`` returns when they stopped."""
+
+    ctx: TermContext
+    jobs: list[JobSpec]
+    recovery: list[JobFunc]
+    grace: float
+    threads: list[threading.Thread] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        ctx = self.ctx
+        try:
+            try:
+                fenced_in = raise_epoch(name=ctx.lease, epoch=ctx.epoch, holder=ctx.holder)
+            except DatabaseError as exc:
+                logger.error("%s: cannot raise the fence of %s to %d: %s", ctx.holder, ctx.lease, ctx.epoch, exc)
+                fenced_in = False
+            if not fenced_in:
+                logger.error("%s: fence of %s is ahead of epoch %d; running no jobs", ctx.holder, ctx.lease, ctx.epoch)
+                return
+            close_abandoned_runs(ctx)
+            run_recovery(self.recovery, ctx)
+            for spec in self.jobs:
+                if ctx.stop.is_set():
+                    break
+                thread = threading.Thread(target=job_loop, args=(spec, ctx), name="job:%s" % spec.name, daemon=True)
+                thread.start()
+                self.threads.append(thread)
+            ctx.stop.wait()
+            self.join()
+        finally:
+            connection.close()
+
+    def join(self) -> None:
+        deadline = time.monotonic() + self.grace
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.stuck = [thread.name for thread in self.threads if thread.is_alive()]
+        if self.stuck:
+            logger.error(
+                "%s: jobs still running %.1fs after the term ended: %s", self.ctx.holder, self.grace, self.stuck
+            )
+
+
+def close_abandoned_runs(ctx: TermContext) -> int:
+    """End the ``running`` JobRuns of older terms: their process died or was fenced out.
+
+    Called after the fence was raised and before any job starts, so the end time it writes is
+    before every tick of this term. A paused old holder that wakes overwrites it with its own end.
+    """
+    with Tick(job="recovery:jobruns", holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch).fenced():
+        return JobRun.objects.filter(outcome=JobRun.Outcome.RUNNING, epoch__lt=ctx.epoch).update(
+            outcome=JobRun.Outcome.ERROR, finished_at=timezone.now(), error="abandoned: its holder lost the lease"
+        )
+
+
+def overlapping_ticks(job: str | None = None) -> int:
+    """Pairs of ticks of one job by different holders that overlap in time (must be 0)."""
+    sql = """
+        SELECT count(*) FROM coordination_jobrun a JOIN coordination_jobrun b
+          ON a.job = b.job AND a.id < b.id AND a.holder <> b.holder
+         AND a.started_at < COALESCE(b.finished_at, 'infinity')
+         AND b.started_at < COALESCE(a.finished_at, 'infinity')
+        WHERE a.outcome <> 'skipped' AND b.outcome <> 'skipped'
+    """
+    params: list[str] = []
+    if job is not None:
+        sql += " AND a.job = %s"
+        params.append(job)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
