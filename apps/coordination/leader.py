@@ -130,6 +130,7 @@ class LeaderProcess:
             epoch=epoch,
             is_leader=self.elector.is_leader,
             stop=stop,
+            idle_in_transaction_timeout=self.options.config.renew_deadline,
         )
         self.term = Term(ctx=ctx, jobs=self.jobs, recovery=registry.recovery_passes(), grace=self.options.grace)
         logger.info("%s: leading %s, epoch %d", self.options.identity, self.elector.lock.describe(), epoch)

@@ -46,16 +46,25 @@ class TermContext:
     is_leader: Callable[[], bool]
     stop: threading.Event
     clock: Clock = SYSTEM_CLOCK
+    # PostgreSQL ends a job session left idle inside a transaction this long (seconds): a leader
+    # paused mid-transaction must not hold the fence row (and its job lock) against its successor.
+    idle_in_transaction_timeout: float = 10.0
 
 
 def run_tick(spec: JobSpec, ctx: TermContext) -> str | None:
     """One tick of ``spec``; returns its outcome, or None when it was not even attempted."""
-    close_old_connections()
+    if not connection.in_atomic_block:  # never drop a connection under a caller's transaction
+        close_old_connections()
     if not ctx.is_leader() or ctx.stop.is_set():
         return None
     tick = Tick(job=spec.name, holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch)
     started = time.perf_counter()
     try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                ["%dms" % max(1, ctx.idle_in_transaction_timeout * 1000)],
+            )
         outcome = _locked_tick(spec, tick, ctx)
     except DatabaseError as exc:
         # The database went away mid-tick: nothing to record it in; the next tick retries.

@@ -109,10 +109,18 @@ class PostgresLeaseLock(LeaseLock):
 
     def _execute(self, sql: str, params: list[Any], timeout: float, *, notify: bool = False) -> tuple[Any, ...] | None:
         # A connection broken by an earlier failure is replaced instead of failing forever.
-        connection.close_if_unusable_or_obsolete()
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
         try:
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)", ["%dms" % max(1, timeout * 1000)])
+                # Bounded below RenewDeadline; and a writer paused mid-transaction (SIGSTOP) is cut off
+                # by the server instead of holding the row against every other candidate.
+                limit = "%dms" % max(1, timeout * 1000)
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true),"
+                    " set_config('idle_in_transaction_session_timeout', %s, true)",
+                    [limit, limit],
+                )
                 cursor.execute(sql, params)
                 row = cursor.fetchone()
                 if notify and row is not None:

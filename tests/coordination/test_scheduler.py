@@ -1,0 +1,141 @@
+"""Job ticks: only while leading, under the job's advisory lock, fenced, each recorded."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.coordination.fencing import Tick, raise_epoch
+from apps.coordination.lockkeys import job_key
+from apps.coordination.models import Fence, JobRun
+from apps.coordination.registry import JobSpec
+from apps.coordination.scheduler import Term, TermContext, close_abandoned_runs, overlapping_ticks, run_tick
+from tests.fakeclock import FakeClock
+
+pytestmark = pytest.mark.django_db
+
+writes: list[str] = []
+
+
+def write_holder(tick: Tick) -> None:
+    with tick.fenced():
+        Fence.objects.filter(name=tick.lease).update(holder_identity="written by %s" % tick.holder)
+
+
+def fail(tick: Tick) -> None:
+    raise RuntimeError("boom")
+
+
+def ctx(epoch: int = 1, *, leader: bool = True) -> TermContext:
+    return TermContext(
+        lease="lease", holder="me", epoch=epoch, is_leader=lambda: leader, stop=threading.Event(), clock=FakeClock()
+    )
+
+
+def test_a_tick_runs_and_is_recorded() -> None:
+    raise_epoch(name="lease", epoch=1, holder="me")
+    assert run_tick(JobSpec(name="j", every=1, func=write_holder), ctx()) == "ok"
+    run = JobRun.objects.get()
+    assert (run.job, run.holder, run.epoch, run.outcome) == ("j", "me", 1, "ok")
+    assert run.finished_at is not None and run.finished_at >= run.started_at
+    assert Fence.objects.get(name="lease").holder_identity == "written by me"
+
+
+def test_no_tick_and_no_record_when_not_leader() -> None:
+    raise_epoch(name="lease", epoch=1, holder="me")
+    assert run_tick(JobSpec(name="j", every=1, func=write_holder), ctx(leader=False)) is None
+    assert not JobRun.objects.exists()
+    assert Fence.objects.get(name="lease").holder_identity == "me"
+
+
+def test_a_tick_with_a_stale_epoch_writes_nothing_and_is_recorded_as_fenced() -> None:
+    raise_epoch(name="lease", epoch=2, holder="successor")
+    assert run_tick(JobSpec(name="j", every=1, func=write_holder), ctx(epoch=1)) == "fenced"
+    assert Fence.objects.get(name="lease").holder_identity == "successor"
+    assert list(JobRun.objects.values_list("outcome", flat=True)) == ["fenced"]
+
+
+def test_a_failing_job_is_recorded_as_error() -> None:
+    raise_epoch(name="lease", epoch=1, holder="me")
+    assert run_tick(JobSpec(name="j", every=1, func=fail), ctx()) == "error"
+    assert JobRun.objects.get().error == "RuntimeError: boom"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tick_whose_lock_is_held_elsewhere_is_skipped() -> None:
+    raise_epoch(name="lease", epoch=1, holder="me")
+    namespace, key = job_key("j")
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [int(namespace), key])
+        assert run_tick(JobSpec(name="j", every=1, func=write_holder), ctx()) == "skipped"
+    assert Fence.objects.get(name="lease").holder_identity == "me"
+    assert list(JobRun.objects.values_list("outcome", flat=True)) == ["skipped"]
+    # Released with the other session: the next tick runs.
+    assert run_tick(JobSpec(name="j", every=1, func=write_holder), ctx()) == "ok"
+
+
+def test_overlapping_ticks_of_different_holders_are_counted_skipped_ones_are_not() -> None:
+    t0 = timezone.now()
+    s = timedelta(seconds=1)
+    JobRun.objects.create(job="j", holder="a", epoch=1, started_at=t0, finished_at=t0 + 2 * s, outcome="ok")
+    JobRun.objects.create(job="j", holder="b", epoch=2, started_at=t0 + 3 * s, finished_at=t0 + 4 * s, outcome="ok")
+    JobRun.objects.create(job="j", holder="b", epoch=2, started_at=t0 + s, finished_at=t0 + s, outcome="skipped")
+    JobRun.objects.create(job="k", holder="b", epoch=2, started_at=t0 + s, finished_at=t0 + s, outcome="ok")
+    assert overlapping_ticks() == 0
+    JobRun.objects.create(job="j", holder="c", epoch=3, started_at=t0 + s, outcome="running")
+    assert overlapping_ticks() == 2
+    assert overlapping_ticks("k") == 0
+
+
+def test_a_new_term_closes_running_ticks_of_older_terms() -> None:
+    raise_epoch(name="lease", epoch=5, holder="me")
+    old = JobRun.objects.create(job="j", holder="dead", epoch=4, started_at=timezone.now())
+    ours = JobRun.objects.create(job="j", holder="me", epoch=5, started_at=timezone.now())
+    assert close_abandoned_runs(ctx(epoch=5)) == 1
+    old.refresh_from_db()
+    ours.refresh_from_db()
+    assert old.outcome == "error" and old.finished_at is not None
+    assert ours.outcome == "running"
+
+
+def test_a_term_whose_fence_is_ahead_runs_no_job() -> None:
+    raise_epoch(name="lease", epoch=9, holder="other")
+    context = ctx(epoch=3)
+    ran: list[str] = []
+    term = Term(ctx=context, jobs=[JobSpec(name="j", every=1, func=lambda t: ran.append("j"))], recovery=[], grace=1)
+    term.run()
+    assert ran == []
+    assert term.threads == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_term_runs_recovery_first_then_jobs_and_reports_jobs_that_outlive_the_grace() -> None:
+    order: list[str] = []
+    release = threading.Event()
+    started = threading.Event()
+
+    def recovery(tick: Tick) -> None:
+        order.append("recovery epoch %d" % tick.epoch)
+
+    def stuck(tick: Tick) -> None:
+        order.append("job")
+        started.set()
+        release.wait(10)
+
+    context = ctx(epoch=1)
+    term = Term(ctx=context, jobs=[JobSpec(name="stuck", every=1, func=stuck)], recovery=[recovery], grace=0.05)
+    runner = threading.Thread(target=term.run)
+    runner.start()
+    assert started.wait(10)
+    context.stop.set()
+    runner.join(10)
+    assert order == ["recovery epoch 1", "job"]
+    assert term.stuck == ["job:stuck"]
+    release.set()
+    term.threads[0].join(10)
+    assert JobRun.objects.get().outcome == "ok"

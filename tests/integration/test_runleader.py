@@ -1,0 +1,143 @@
+"""Real runleader processes on the Postgres backend: handover, crash, pause, and no overlap."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from apps.coordination.models import JobRun, Lease
+from apps.coordination.scheduler import overlapping_ticks
+from tests.processes import Proc, ProcessGroup, free_port, wait_http
+
+pytestmark = pytest.mark.slow
+
+LEASE = 3.0
+DEADLINE = 2.0
+RETRY = 0.5
+JOB = "test_heartbeat"
+
+
+def start_leader(
+    processes: ProcessGroup, name: str, backend: str = "postgres", env: dict[str, str] | None = None
+) -> Proc:
+    port = free_port()
+    proc = processes.manage(
+        name,
+        [
+            "runleader",
+            "--backend=%s" % backend,
+            "--lease-duration=%s" % LEASE,
+            "--renew-deadline=%s" % DEADLINE,
+            "--retry-period=%s" % RETRY,
+            "--grace=2",
+            "--http-addr=127.0.0.1:%d" % port,
+        ],
+        role="leader",
+        port=port,
+        env={"LEADER_EXTRA_JOB_MODULES": "tests.coordination.testjobs", **(env or {})},
+    )
+    wait_http(proc, "/healthz")
+    return proc
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def holder() -> str:
+    return Lease.objects.filter(name="iacplatform-leader").values_list("holder_identity", flat=True).first() or ""
+
+
+def first_tick_after(when: datetime, *, exclude: str) -> JobRun | None:
+    return (
+        JobRun.objects.filter(job=JOB, outcome="ok", started_at__gt=when)
+        .exclude(holder=exclude)
+        .order_by("started_at")
+        .first()
+    )
+
+
+def leader_running_jobs(procs: list[Proc]) -> Proc:
+    names = {p.name: p for p in procs}
+    name = wait_for(
+        lambda: holder() in names and JobRun.objects.filter(holder=holder(), outcome="ok").exists(), 20, "a leader"
+    )
+    assert name
+    return names[holder()]
+
+
+def get_json(proc: Proc, path: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(proc.url + path, timeout=5) as response:  # noqa: S310 - local test URL
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_sigterm_hands_over_within_one_second_and_exits_zero(processes: ProcessGroup) -> None:
+    procs = [start_leader(processes, "leader-%d" % i) for i in range(3)]
+    leader = leader_running_jobs(procs)
+    status, body = get_json(leader, "/healthz")
+    assert status == 200 and body["leading"] is True
+    with urllib.request.urlopen(leader.url + "/metrics", timeout=5) as response:  # noqa: S310
+        metrics = response.read().decode()
+    assert 'iacplatform_leader_is_leader{backend="postgres",lease="iacplatform-leader"} 1.0' in metrics
+    assert 'iacplatform_job_ticks_total{job="test_heartbeat",outcome="ok"}' in metrics
+
+    sent = datetime.now(UTC)
+    leader.signal(signal.SIGTERM)
+    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), 5, "a standby's tick")
+    assert isinstance(successor, JobRun)
+    assert (successor.started_at - sent).total_seconds() < 1.0
+    assert leader.wait(10) == 0
+    assert "released" in leader.log()
+    assert successor.epoch > JobRun.objects.filter(holder=leader.name).latest("started_at").epoch
+    assert not JobRun.objects.filter(holder=leader.name, started_at__gt=successor.started_at).exclude(outcome="skipped")
+    assert overlapping_ticks() == 0
+
+
+def test_sigkill_is_taken_over_within_lease_duration_plus_retry_period(processes: ProcessGroup) -> None:
+    procs = [start_leader(processes, "leader-%d" % i) for i in range(2)]
+    leader = leader_running_jobs(procs)
+    sent = datetime.now(UTC)
+    leader.signal(signal.SIGKILL)
+    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), LEASE + RETRY + 5, "a standby's tick")
+    assert isinstance(successor, JobRun)
+    assert (successor.started_at - sent).total_seconds() < LEASE + RETRY
+    assert overlapping_ticks() == 0
+
+
+def test_a_leader_paused_past_its_lease_runs_no_tick_after_waking(processes: ProcessGroup) -> None:
+    procs = [start_leader(processes, "leader-%d" % i) for i in range(2)]
+    leader = leader_running_jobs(procs)
+    standby = next(p for p in procs if p is not leader)
+    paused = datetime.now(UTC)
+    leader.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: first_tick_after(paused, exclude=leader.name), LEASE + RETRY + 5, "takeover")
+        time.sleep(0.5)  # the new leader keeps ticking while the old one sleeps
+    finally:
+        woke = datetime.now(UTC)
+        leader.signal(signal.SIGCONT)
+    # Give the old leader time to notice it lost, and to do anything wrong it might do.
+    time.sleep(DEADLINE)
+    assert leader.alive()
+    assert holder() == standby.name
+    late = JobRun.objects.filter(holder=leader.name, started_at__gte=woke).exclude(outcome="skipped")
+    assert list(late.values_list("outcome", "started_at")) == []
+    assert overlapping_ticks() == 0
+    status, body = get_json(leader, "/healthz")
+    assert status == 200 and body["leading"] is False
+    assert "lost" in leader.log()
