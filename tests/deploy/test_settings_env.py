@@ -1,0 +1,155 @@
+"""The manifests and iacplatform/settings.py agree: every variable a pod gets is one the settings
+read, every required setting is set (secrets from Secrets, identity from the downward API), and
+settings plus Django's system checks accept the whole environment of every container."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.deploy.kustomize import KUSTOMIZATIONS, Container, EnvSource, containers, environment, render
+from tests.deploy.settings_source import project_settings, settings_variables
+from tests.processes import ROOT
+
+# The platform's own Secret: the database and Django's signing key.
+PLATFORM_SECRET = "iacplatform"
+# What each downward-API identity must come from.
+DOWNWARD = {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(path.relative_to(ROOT)) for path in paths]
+
+
+def django_containers(resources: list[dict[str, Any]]) -> list[Container]:
+    """Containers that run the Django project (every container of this product does)."""
+    return list(containers(resources))
+
+
+def test_settings_reading_is_derived_from_the_source() -> None:
+    found = project_settings()
+    assert {"DATABASE_URL", "SECRET_KEY", "POD_NAME", "LEADER_ELECTION_RENEW_DEADLINE"} <= found.read
+    assert found.required == {"DATABASE_URL", "SECRET_KEY"}
+
+
+def test_required_settings_are_found_wherever_the_raise_is_nested() -> None:
+    source = (
+        'A = env_str("A", "")\nif not A:\n    if not B:\n        raise X()\n'
+        'C = env_int("C_VAR", 1)\nif not C:\n    pass\n'
+        'D = env_list("D", [])\n'
+    )
+    found = settings_variables(source)
+    assert found.read == {"A", "C_VAR", "D"}
+    assert found.required == {"A"}
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_every_variable_the_manifests_set_is_read_by_settings(kustomization: Path) -> None:
+    resources = render(kustomization)
+    read = project_settings().read
+    for container in django_containers(resources):
+        unknown = set(environment(container, resources)) - read
+        assert not unknown, "%s sets %s, which iacplatform/settings.py never reads" % (container.name, sorted(unknown))
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_required_settings_come_from_secrets_and_identity_from_the_downward_api(kustomization: Path) -> None:
+    resources = render(kustomization)
+    required = project_settings().required
+    for container in django_containers(resources):
+        env = environment(container, resources)
+        for name in required:
+            assert name in env, "%s does not set the required %s" % (container.name, name)
+        for name, field in DOWNWARD.items():
+            assert env.get(name) == EnvSource(name, "field", ref=field), container.name
+        # DEBUG on in a cluster would serve tracebacks and accept the insecure key.
+        debug = env.get("DEBUG")
+        assert debug is None or debug.value in ("0", "false", "no", "off"), container.name
+        if container.component == "agent":
+            # Terraform runs as the agent's user and can read its environment: nothing of the
+            # platform's Secret may be there. The agent's own signing key is its pool's Secret.
+            assert all(s.ref != PLATFORM_SECRET for s in env.values() if s.kind == "secret"), container.name
+            assert env["SECRET_KEY"].kind == "secret", container.name
+            database = env["DATABASE_URL"]
+            assert database.kind == "value" and database.value is not None, container.name
+            assert urlparse(database.value).hostname.endswith(".invalid"), container.name  # type: ignore[union-attr]
+        else:
+            for name in required:
+                assert env[name] == EnvSource(
+                    name, "secret", ref=PLATFORM_SECRET, key=name.lower().replace("_", "-")
+                ), container.name
+
+
+def pod_environment(container: Container, resources: list[dict[str, Any]]) -> dict[str, str]:
+    """The variables as the kubelet would set them, with made-up but well-formed secret values."""
+    secrets = {
+        ("iacplatform", "database-url"): "postgresql://iacplatform:secret@postgres.invalid:5432/iacplatform",
+        ("iacplatform", "secret-key"): "k" * 50,
+    }
+    values: dict[str, str] = {}
+    namespace = container.workload["metadata"].get("namespace", "default")
+    for name, source in environment(container, resources).items():
+        if source.kind in ("value", "configMap"):
+            assert source.value is not None
+            values[name] = source.value
+        elif source.kind == "secret":
+            assert source.ref is not None and source.key is not None
+            values[name] = secrets.get((source.ref, source.key), "secret-%s-%s" % (source.ref, source.key))
+        elif source.kind == "field":
+            values[name] = {"metadata.name": container.workload["metadata"]["name"] + "-7d9f8-x2x4k"}.get(
+                str(source.ref), namespace
+            )
+    return values
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_settings_and_system_checks_accept_every_containers_environment(kustomization: Path) -> None:
+    """Import the settings and run `manage.py check` with exactly the environment each container gets
+    (nothing inherited), so a missing or malformed value fails here as it would in the pod."""
+    resources = render(kustomization)
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for container in django_containers(resources):
+        env = pod_environment(container, resources)
+        key = tuple(sorted(env.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        env.update({"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"})
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, "%s:\n%s%s" % (container.name, result.stdout, result.stderr)
+    assert seen
+
+
+def test_the_check_fails_on_a_bad_environment() -> None:
+    """The check above can fail: a renew deadline past the lease duration is refused."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": "postgresql://u:p@postgres.invalid/db",
+        "SECRET_KEY": "k" * 50,
+        "LEADER_ELECTION_RENEW_DEADLINE": "20",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "coordination.E003" in result.stderr
