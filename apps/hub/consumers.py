@@ -17,6 +17,7 @@ task's chunks in order, one connection per task).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -84,6 +85,10 @@ class SessionConsumer(HubConsumer):
         # after a state that already includes it (events are hints; the state is the truth).
         await self.join(session_group(self.session_id))
         await self.accept()
+        if session.active:
+            # A (re)connect is a sign of life, like a heartbeat.
+            with contextlib.suppress(actions.HubError):
+                await database_sync_to_async(actions.do_heartbeat)(user=self.scope["user"], session_id=self.session_id)
         state = await database_sync_to_async(self._state)()
         await self.send_json(state)
         if not state["active"]:
@@ -127,8 +132,12 @@ class SessionConsumer(HubConsumer):
             session = await database_sync_to_async(actions.do_heartbeat)(
                 user=self.scope["user"], session_id=self.session_id
             )
-        except actions.HubError:
-            await self._ended("")
+        except actions.NotFound:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        except actions.Conflict:
+            state = await database_sync_to_async(self._state)()
+            await self._ended(state["ended_reason"])
             return
         await self.send_json({"type": "heartbeat.ack", "last_seen_at": session.last_seen_at.isoformat()})
 

@@ -78,6 +78,8 @@ async def test_the_owner_gets_the_session_state(workspace: Workspace, alice: Use
     state = await communicator.receive_json_from(timeout=5)
     assert state["type"] == "session.state"
     assert (state["mode"], state["active"], state["pending_requests"]) == ("editor", True, [])
+    refreshed = await database_sync_to_async(EditingSession.objects.get)(pk=session.pk)
+    assert refreshed.last_seen_at > session.last_seen_at  # connecting counts as a sign of life
     await communicator.disconnect()
 
 
@@ -122,6 +124,23 @@ async def test_heartbeats_update_last_seen_and_bad_frames_get_errors(workspace: 
     assert refreshed.last_seen_at > session.last_seen_at
     assert ack["last_seen_at"] == refreshed.last_seen_at.isoformat()
     await communicator.disconnect()
+
+
+async def test_a_heartbeat_on_a_session_ended_meanwhile_reports_why_and_closes(
+    workspace: Workspace, alice: User
+) -> None:
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=5)
+    # Ended behind the socket's back, and the event lost (the layer is at-most-once).
+    await database_sync_to_async(EditingSession.objects.filter(pk=session.pk).update)(
+        active=False, ended_reason="expired"
+    )
+    await communicator.send_json_to({"type": "heartbeat"})
+    ended = await communicator.receive_json_from(timeout=5)
+    assert (ended["type"], ended["reason"]) == ("session.ended", "expired")
+    assert (await communicator.receive_output(timeout=5))["code"] == 4410
 
 
 async def test_takeover_events_reach_the_sockets_and_session_ended_closes(
@@ -202,6 +221,11 @@ async def test_stored_log_from_the_asked_seq_then_live_chunks(task: Task, viewer
     await _store(task, 7, 8)
     await _publish(task, 9)
     assert await _receive_logs(communicator, 3) == [7, 8, 9]
+
+    # An announcement without its text (kept small on the layer): read from the database.
+    await _store(task, 10)
+    await get_channel_layer().group_send(task_group(task.pk), {"type": "task.log", "task_id": task.pk, "seq": 10})
+    assert await _receive_logs(communicator, 1) == [10]
 
     await get_channel_layer().group_send(
         task_group(task.pk), {"type": "task.status", "task_id": task.pk, "status": "succeeded"}
