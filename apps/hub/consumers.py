@@ -27,8 +27,9 @@ from uuid import UUID
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from apps.agents.protocol import task_group
 from apps.hub import actions
-from apps.hub.events import session_group, task_group
+from apps.hub.events import session_group
 from apps.hub.models import EditingSession
 from apps.hub.permissions import can_view_task_logs
 from apps.workspaces.models import Task, TaskLogChunk

@@ -29,10 +29,6 @@ def session_group(session_id: UUID | str) -> str:
     return "session.%s" % session_id
 
 
-def task_group(task_id: int) -> str:
-    return "task.%d" % task_id
-
-
 def send_to_session(session_id: UUID | str, event: Event) -> None:
     layer = get_channel_layer()
     if layer is None:

@@ -16,9 +16,9 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.db import connections
 
+from apps.agents.protocol import task_group
 from apps.hub import actions
 from apps.hub.consumers import TaskLogConsumer
-from apps.hub.events import task_group
 from apps.hub.models import EditingSession
 from apps.hub.routing import websocket_urlpatterns
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
