@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.workspaces",
     "apps.hub",
+    "apps.pglayer",
 ]
 
 MIDDLEWARE = [
@@ -157,14 +158,56 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-# Channel layer: carries group messages between web replicas.
-CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "memory")
+# Channel layer: carries group messages between web replicas. The default is the project's own
+# PostgreSQL layer (apps/pglayer); memory is for a single process, redis for comparison.
+CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "postgres")
+CHANNEL_LAYER_DATABASE = env_str("CHANNEL_LAYER_DATABASE", "default")
+CHANNEL_LAYER_EXPIRY = env_number("CHANNEL_LAYER_EXPIRY", 60.0)
+CHANNEL_LAYER_GROUP_EXPIRY = env_number("CHANNEL_LAYER_GROUP_EXPIRY", 86400.0)
+CHANNEL_LAYER_CAPACITY = env_int("CHANNEL_LAYER_CAPACITY", 100)
+CHANNEL_LAYER_PREFIX = env_str("CHANNEL_LAYER_PREFIX", "asgi")
+CHANNEL_LAYER_ENCRYPTION_KEYS = env_list("CHANNEL_LAYER_ENCRYPTION_KEYS", [])
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS: dict[str, dict[str, object]]
-if CHANNEL_LAYER_BACKEND == "memory":
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+if CHANNEL_LAYER_BACKEND == "postgres":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "apps.pglayer.core.PostgresChannelLayer",
+            "CONFIG": {
+                "database": CHANNEL_LAYER_DATABASE,
+                "expiry": CHANNEL_LAYER_EXPIRY,
+                "group_expiry": CHANNEL_LAYER_GROUP_EXPIRY,
+                "capacity": CHANNEL_LAYER_CAPACITY,
+                "prefix": CHANNEL_LAYER_PREFIX,
+                "symmetric_encryption_keys": CHANNEL_LAYER_ENCRYPTION_KEYS,
+            },
+        }
+    }
+elif CHANNEL_LAYER_BACKEND == "memory":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {
+                "expiry": CHANNEL_LAYER_EXPIRY,
+                "group_expiry": CHANNEL_LAYER_GROUP_EXPIRY,
+                "capacity": CHANNEL_LAYER_CAPACITY,
+            },
+        }
+    }
 elif CHANNEL_LAYER_BACKEND == "redis":
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "expiry": CHANNEL_LAYER_EXPIRY,
+                "group_expiry": CHANNEL_LAYER_GROUP_EXPIRY,
+                "capacity": CHANNEL_LAYER_CAPACITY,
+                "prefix": CHANNEL_LAYER_PREFIX,
+                "symmetric_encryption_keys": CHANNEL_LAYER_ENCRYPTION_KEYS or None,
+            },
+        }
+    }
 elif CHANNEL_LAYER_BACKEND == "redis_pubsub":
     # Benchmark reference only (channels-redis is a dev requirement).
     CHANNEL_LAYERS = {
@@ -172,7 +215,7 @@ elif CHANNEL_LAYER_BACKEND == "redis_pubsub":
     }
 else:
     raise ImproperlyConfigured(
-        "CHANNEL_LAYER_BACKEND must be memory, redis or redis_pubsub, got %r" % CHANNEL_LAYER_BACKEND
+        "CHANNEL_LAYER_BACKEND must be postgres, memory, redis or redis_pubsub, got %r" % CHANNEL_LAYER_BACKEND
     )
 
 # Leader election (apps/coordination). Defaults are client-go's.

@@ -1,0 +1,481 @@
+"""PostgresChannelLayer: a Channels layer over PostgreSQL (a message table plus NOTIFY/LISTEN).
+
+Configure it like other layers::
+
+    CHANNEL_LAYERS = {"default": {"BACKEND": "apps.pglayer.core.PostgresChannelLayer",
+                                  "CONFIG": {"database": "default", "expiry": 60, "group_expiry": 86400,
+                                             "capacity": 100, "prefix": "asgi",
+                                             "symmetric_encryption_keys": []}}}
+
+``database`` is a Django database alias or a ``postgresql://`` URL.
+
+Guarantees:
+- A message is stored (``pglayer_message``) in the same statement that announces it, and stays
+  until it is received or expires: a send before the first receive is delivered.
+- Exactly once per message: a receive delivers a row only after its own ``DELETE ... RETURNING``
+  removed it, so no reconnect, re-read or competing process can hand the same row out again.
+- In order per channel for each sender (rows are claimed in id order).
+- Process-specific channels (``...!``) are announced on a NOTIFY channel of their owning process
+  only; other names are consumed competitively (``FOR UPDATE SKIP LOCKED``). No advisory locks.
+- One LISTEN connection per layer (per process), reconnecting with jittered backoff, plus a pool
+  of at most four connections of which one stays open: all on the layer's own event loop
+  (loopthread.py), so async callers and sync callers through ``async_to_sync`` both survive a
+  PostgreSQL restart. After reconnecting, every waiting receive re-reads the table.
+- ``capacity`` per channel: ``send`` raises ``ChannelFull``; ``group_send`` skips full members and
+  counts them (``channel_layer_group_send_full_total``).
+- Memory per channel exists only while a receive waits on it (or briefly holds claimed rows).
+
+Does NOT (as Channels' spec allows, at-most-once): deliver a message whose claim committed while
+the connection broke before the reply arrived, or a message sent when the sender's connection
+broke after the statement was sent (the sender gets the error); guarantee an exact capacity under
+concurrent senders (each checks the count in its own statement, so it may be exceeded by the
+number of concurrent senders); order messages of different senders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import msgpack
+import psycopg
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from cryptography.fernet import Fernet, MultiFernet
+from prometheus_client import Counter
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from apps.pglayer import statements
+from apps.pglayer.inbox import ChannelState, Claimer, Row
+from apps.pglayer.listener import Listener
+from apps.pglayer.loopthread import LoopThread
+from apps.pglayer.pool import ConnectionPool, backoff
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GROUP_SEND_FULL = Counter(
+    "channel_layer_group_send_full", "Group members skipped by group_send because their channel was full"
+)
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+# A state with claimed rows and no receive for this long hands its rows back to the table.
+IDLE_BUFFER_SECONDS = 5.0
+HOUSEKEEPING_SECONDS = 2.0
+# The layer deletes a batch of expired rows this often (the channel_layer_gc job does the rest).
+SELF_GC_SECONDS = 60.0
+SELF_GC_BATCH = 1000
+
+
+class PostgresChannelLayer(BaseChannelLayer):
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        *,
+        database: str = "default",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        prefix: str = "asgi",
+        symmetric_encryption_keys: list[str] | list[bytes] | None = None,
+    ) -> None:
+        if not isinstance(database, str) or not database:
+            raise ValueError("channel layer: database must be a database alias or a postgresql:// URL")
+        for name, value in (("expiry", expiry), ("group_expiry", group_expiry)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError("channel layer: %s must be a positive number of seconds, got %r" % (name, value))
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError("channel layer: capacity must be a positive integer, got %r" % (capacity,))
+        if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
+            raise ValueError("channel layer: prefix must be 1-40 of [A-Za-z0-9_.-], got %r" % (prefix,))
+        if isinstance(symmetric_encryption_keys, str | bytes):
+            raise ValueError("channel layer: symmetric_encryption_keys must be a list of keys")
+        super().__init__(expiry=expiry, capacity=capacity)
+        self.database = database
+        self.group_expiry = group_expiry
+        self.prefix = prefix
+        self.crypter = (
+            MultiFernet([_fernet(key) for key in symmetric_encryption_keys]) if symmetric_encryption_keys else None
+        )
+        self.client_prefix = uuid.uuid4().hex[:12]
+        self._start = prefix + ":"
+        self._shared_notify = statements.shared_notify_channel(prefix)
+        self._own_notify = statements.process_notify_channel(prefix, self.client_prefix)
+        self._thread = LoopThread("pglayer-%s" % self.client_prefix)
+        self._channels: dict[str, ChannelState] = {}
+        self._pool = ConnectionPool(lambda: self._conninfo("layer"))
+        self._listener = Listener(
+            conninfo=lambda: self._conninfo("listen"),
+            channels=[self._own_notify, self._shared_notify],
+            on_notify=self._on_notify,
+            on_connected=self._on_connected,
+        )
+        self._claimer = Claimer(channels=self._channels, claim=self._claim_rows, unclaim=self._unclaim)
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._next_self_gc = 0.0
+        self.group_send_full = 0
+
+    # ------------------------------------------------------------------ connections
+
+    def _conninfo(self, purpose: str) -> str:
+        if self.database.startswith(("postgres://", "postgresql://")):
+            params: dict[str, Any] = conninfo_to_dict(self.database)
+        else:
+            from django.db import connections
+
+            # A fresh wrapper each time: the alias's settings as they are now (the test database
+            # under pytest-django), without touching the thread-local connections of Django.
+            params = connections.create_connection(self.database).get_connection_params()
+            for django_only in ("cursor_factory", "context", "server_side_binding"):
+                params.pop(django_only, None)
+        name = str(params.get("application_name") or "iacplatform")
+        params["application_name"] = "%s/%s" % (name[: 62 - len(purpose)], purpose)
+        # Messages are hints with at-most-once delivery (the database tables are the truth), so
+        # the layer does not wait for each commit to reach disk: a crash loses at most the last
+        # fraction of a second of messages, never consistency, and a send costs no fsync.
+        params["options"] = ("%s -c synchronous_commit=off" % params.get("options", "")).strip()
+        for keepalive, value in (("keepalives", 1), ("keepalives_idle", 10), ("keepalives_interval", 5)):
+            params.setdefault(keepalive, value)
+        params.setdefault("keepalives_count", 3)
+        return make_conninfo("", **params)
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(self._thread.submit(coro))
+
+    # ------------------------------------------------------------------ names and bodies
+
+    def _key(self, name: str) -> str:
+        return self._start + name
+
+    def _check_channel(self, channel: str) -> None:
+        self.require_valid_channel_name(channel)
+
+    def _check_message(self, message: object) -> dict[str, Any]:
+        if not isinstance(message, dict):
+            raise TypeError("channel layer: a message must be a dict, got %s" % type(message).__name__)
+        if "__asgi_channel__" in message:
+            raise ValueError("channel layer: __asgi_channel__ is a reserved message key")
+        return message
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        value: bytes = msgpack.packb(message, use_bin_type=True)
+        if self.crypter is not None:
+            value = self.crypter.encrypt(value)
+        return value
+
+    def deserialize(self, body: bytes) -> dict[str, Any]:
+        if self.crypter is not None:
+            body = self.crypter.decrypt(body, int(self.expiry) + 10)
+        message: dict[str, Any] = msgpack.unpackb(body, raw=False)
+        return message
+
+    # ------------------------------------------------------------------ channel layer API
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        return "%s.%s!%s" % (prefix, self.client_prefix, uuid.uuid4().hex)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Store ``message`` in ``channel`` and announce it; ``ChannelFull`` when it holds ``capacity``."""
+        self._check_channel(channel)
+        body = self.serialize(self._check_message(message))
+        key = self._key(channel)
+        if "!" in channel:
+            notify = statements.process_notify_channel(self.prefix, statements.client_part(key))
+        else:
+            notify = self._shared_notify
+        params = {"key": key, "body": body, "expiry": float(self.expiry), "capacity": self.capacity, "notify": notify}
+        stored = await self._call(self._execute(statements.SEND, params, idempotent=False, what="send"))
+        if not stored:
+            raise ChannelFull(channel)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self._check_channel(channel)
+        params = {"group": self._key(group), "key": self._key(channel), "group_expiry": float(self.group_expiry)}
+        await self._call(self._execute(statements.GROUP_ADD, params, idempotent=True, what="group_add"))
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self._check_channel(channel)
+        params = {"group": self._key(group), "key": self._key(channel)}
+        await self._call(self._execute(statements.GROUP_DISCARD, params, idempotent=True, what="group_discard"))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send to every live member of ``group`` in one statement; full members are skipped and counted."""
+        self.require_valid_group_name(group)
+        body = self.serialize(self._check_message(message))
+        params = {
+            "group": self._key(group),
+            "body": body,
+            "expiry": float(self.expiry),
+            "capacity": self.capacity,
+            "prefix": self.prefix,
+            "shared": self._shared_notify,
+        }
+        rows = await self._call(self._execute(statements.GROUP_SEND, params, idempotent=False, what="group_send"))
+        full = int(rows[0][1]) if rows else 0
+        if full:
+            self.group_send_full += full
+            GROUP_SEND_FULL.inc(full)
+            logger.info("channel layer: %d member(s) of group %s over capacity, message skipped for them", full, group)
+
+    async def flush(self) -> None:
+        """Delete every message and group membership of this layer's prefix."""
+        await self._call(self._flush())
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message of ``channel``; waits for one. Cancelling it loses no message."""
+        self._check_channel(channel)
+        key = self._key(channel)
+        if "!" in channel and statements.client_part(key) != self.client_prefix:
+            raise ValueError("channel layer: %s is another process's channel; receive it there" % channel)
+        caller = asyncio.get_running_loop()
+        outer: asyncio.Future[Row] = caller.create_future()
+        holder: dict[str, asyncio.Task[Row]] = {}
+        layer_loop = self._thread.loop
+
+        def start() -> None:
+            task = layer_loop.create_task(self._receive(key))
+            holder["task"] = task
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[Row]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+
+            def deliver() -> None:
+                if outer.done():  # the caller gave up after the row was taken: give it back
+                    if exc is None:
+                        layer_loop.call_soon_threadsafe(self._give_back, task.result())
+                elif exc is not None:
+                    outer.set_exception(exc)
+                else:
+                    outer.set_result(task.result())
+
+            try:
+                caller.call_soon_threadsafe(deliver)
+            except RuntimeError:  # the caller's loop is closed
+                if exc is None:
+                    self._give_back(task.result())
+
+        def cancel() -> None:
+            task = holder.get("task")
+            if task is not None and not task.done():
+                task.cancel()
+
+        layer_loop.call_soon_threadsafe(start)
+        try:
+            row = await outer
+        except asyncio.CancelledError:
+            layer_loop.call_soon_threadsafe(cancel)
+            raise
+        return self.deserialize(row.body)
+
+    async def close(self) -> None:
+        """Stop the listener and close the layer's connections (tests, shutdown)."""
+        if self._thread.in_loop():
+            raise RuntimeError("close() must not be called from the layer's own loop")
+        await self._call(self._close())
+        self._thread.stop()
+
+    # ------------------------------------------------------------------ on the layer's loop
+
+    async def _execute(self, sql: str, params: dict[str, Any], *, idempotent: bool, what: str) -> list[tuple[Any, ...]]:
+        async def operation(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            cursor = await conn.execute(sql, params)
+            return await cursor.fetchall() if cursor.description else []
+
+        self._ensure_housekeeping()
+        return await self._pool.run(
+            operation, idempotent=idempotent, deadline=time.monotonic() + float(self.expiry), what=what
+        )
+
+    async def _receive(self, key: str) -> Row:
+        state = self._channels.get(key)
+        if state is None:
+            state = self._channels[key] = ChannelState()
+        event = asyncio.Event()
+        state.waiters.append(event)
+        shared = "!" not in key
+        cancelled = False
+        try:
+            self._ensure_housekeeping()
+            await self._listener.ready()
+            while True:
+                row = state.pop_live(_utcnow())
+                if row is not None:
+                    return row
+                event.clear()
+                claimed = await self._claimer.claim(key, shared=shared)
+                row = state.pop_live(_utcnow())
+                if row is not None:
+                    return row
+                if not claimed:
+                    await event.wait()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            state.waiters.remove(event)
+            if not state.waiters:
+                if state.buffer and cancelled:
+                    # The last receiver left (its consumer is gone): free the memory, keep the rows.
+                    self._unclaim(list(state.buffer))
+                    state.buffer.clear()
+                if not state.buffer:
+                    self._channels.pop(key, None)
+                else:
+                    state.idle_since = time.monotonic()
+
+    def _give_back(self, row: Row) -> None:
+        state = self._channels.get(row.key)
+        if state is not None and state.waiters:
+            state.buffer.appendleft(row)
+            state.wake()
+        else:
+            self._unclaim([row])
+
+    async def _claim_rows(self, keys: list[str], limits: list[int]) -> list[tuple[Row, bool]]:
+        rows = await self._pool.run(
+            lambda conn: _fetch(conn, statements.CLAIM, {"keys": keys, "limits": limits}),
+            idempotent=True,
+            deadline=float("inf"),
+            what="claim",
+        )
+        return [(Row(int(r[0]), str(r[1]), bytes(r[2]), r[3]), bool(r[4])) for r in rows]
+
+    def _unclaim(self, rows: list[Row]) -> None:
+        rows = [row for row in rows if row.expires > _utcnow()]
+        if rows:
+            task = asyncio.get_running_loop().create_task(self._unclaim_rows(rows))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _unclaim_rows(self, rows: list[Row]) -> None:
+        params = {
+            "ids": [row.id for row in rows],
+            "keys": [row.key for row in rows],
+            "bodies": [row.body for row in rows],
+            "expires": [row.expires for row in rows],
+            "prefix": self.prefix,
+            "shared": self._shared_notify,
+        }
+        try:
+            await self._pool.run(
+                lambda conn: _fetch(conn, statements.UNCLAIM, params),
+                idempotent=True,
+                deadline=time.monotonic() + float(self.expiry),
+                what="unclaim",
+            )
+        except Exception:
+            logger.exception("channel layer: could not hand %d claimed message(s) back; they are lost", len(rows))
+
+    def _on_notify(self, payload: str) -> None:
+        state = self._channels.get(payload)
+        if state is not None:
+            state.wake()
+
+    def _on_connected(self) -> None:
+        # Notifications sent while the listener was away are gone: every waiter re-reads the table.
+        for state in self._channels.values():
+            state.wake()
+
+    def _ensure_housekeeping(self) -> None:
+        if self._housekeeping is None:
+            self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep(), name="pglayer-housekeeping")
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await self.housekeeping_step(time.monotonic())
+            except Exception:
+                logger.exception("channel layer: housekeeping failed")
+
+    async def housekeeping_step(self, now: float) -> None:
+        """Hand back rows of channels nobody receives any more, close idle connections, and now and
+        then delete one batch of expired rows (so a cluster with no leader still shrinks)."""
+        for key, state in list(self._channels.items()):
+            if not state.waiters and now - state.idle_since >= IDLE_BUFFER_SECONDS:
+                self._unclaim(list(state.buffer))
+                del self._channels[key]
+        await self._pool.reap()
+        if now >= self._next_self_gc:
+            self._next_self_gc = now + SELF_GC_SECONDS * (0.5 + backoff(10, base=1.0, cap=1.0))
+            params = {"now": _utcnow(), "batch": SELF_GC_BATCH}
+            for sql in (statements.DELETE_EXPIRED_MESSAGES, statements.DELETE_EXPIRED_MEMBERSHIPS):
+                await self._pool.run(
+                    lambda conn, sql=sql: _fetch(conn, sql, params),  # type: ignore[misc]
+                    idempotent=True,
+                    deadline=now,
+                    what="expire",
+                )
+
+    async def _flush(self) -> None:
+        params = {"start": self._start}
+        for sql in (statements.FLUSH_MESSAGES, statements.FLUSH_GROUPS):
+            await self._pool.run(
+                lambda conn, sql=sql: _fetch(conn, sql, params),  # type: ignore[misc]
+                idempotent=True,
+                deadline=time.monotonic() + float(self.expiry),
+                what="flush",
+            )
+        for state in self._channels.values():
+            state.buffer.clear()
+
+    async def _close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
+        await self._listener.stop()
+        await self._claimer.stop()
+        for task in list(self._background):
+            # Hand-backs in flight finish first: they carry messages nobody has received yet.
+            await asyncio.wait_for(asyncio.shield(task), 5)
+        await self._pool.close()
+
+    # ------------------------------------------------------------------ introspection (tests, admin)
+
+    def stats(self) -> dict[str, int]:
+        """Counters about this process's layer: channels held in memory, listener connections."""
+        return {
+            "channels_in_memory": len(self._channels),
+            "listener_started": int(self._listener.started),
+            "listener_connections": self._listener.connections,
+            "pool_size": self._pool.size,
+            "pool_opened": self._pool.opened,
+            "claim_statements": self._claimer.statements,
+        }
+
+    @property
+    def listener_backend_pid(self) -> int | None:
+        return self._listener.backend_pid
+
+
+async def _fetch(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], sql: str, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(sql, params)
+    return await cursor.fetchall() if cursor.description else []
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _fernet(key: str | bytes) -> Fernet:
+    """A Fernet from any key string, as channels-redis derives it (SHA-256, url-safe base64)."""
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest()))

@@ -1,0 +1,121 @@
+"""Per-process bookkeeping of the channels this process is receiving on, and batched claiming.
+
+Runs only on the layer's own loop (no locks needed). A receive registers a waiter on its channel,
+asks the :class:`Claimer` to claim rows of that channel from the table, and waits for a
+notification when there were none. Claims from many receives that arrive while one claim is in
+flight are merged into the next single ``DELETE ... RETURNING`` (statements.CLAIM).
+
+Guarantees: a channel's state exists only while a receive waits on it or it holds claimed rows;
+rows claimed for a channel nobody waits on any more are handed back to the table under their own
+ids (order kept) instead of being kept in memory or dropped. Does NOT: decide delivery order
+across senders (rows are ordered by id, i.e. by insertion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+logger = logging.getLogger(__name__)
+
+# How many rows one claim takes from a process-specific channel (it has a single consumer);
+# competing consumers of a shared name take one row per waiting receive.
+SPECIFIC_BATCH = 64
+
+
+class Row(NamedTuple):
+    id: int
+    key: str
+    body: bytes
+    expires: datetime.datetime
+
+
+@dataclass
+class ChannelState:
+    buffer: deque[Row] = field(default_factory=deque)
+    waiters: list[asyncio.Event] = field(default_factory=list)
+    idle_since: float = 0.0
+
+    def wake(self) -> None:
+        for event in self.waiters:
+            event.set()
+
+    def pop_live(self, now: datetime.datetime) -> Row | None:
+        while self.buffer:
+            row = self.buffer.popleft()
+            if row.expires > now:
+                return row
+        return None
+
+
+ClaimFunc = Callable[[list[str], list[int]], Awaitable[list[tuple[Row, bool]]]]
+UnclaimFunc = Callable[[list[Row]], None]
+
+
+class Claimer:
+    """Merges concurrent claim requests into one statement and distributes the rows it returns."""
+
+    def __init__(self, *, channels: dict[str, ChannelState], claim: ClaimFunc, unclaim: UnclaimFunc) -> None:
+        self._channels = channels
+        self._claim = claim
+        self._unclaim = unclaim
+        self._pending: dict[str, int] = {}
+        self._next: asyncio.Future[dict[str, int]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.statements = 0
+
+    async def claim(self, key: str, *, shared: bool) -> int:
+        """Claim rows of ``key`` into its state's buffer; return how many rows (live or expired) it took."""
+        self._pending[key] = self._pending.get(key, 0) + 1 if shared else SPECIFIC_BATCH
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        round_ = self._next
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pglayer-claimer")
+        # Shielded: one receive being cancelled must not cancel the claim others share.
+        counts = await asyncio.shield(round_)
+        return counts.get(key, 0)
+
+    async def _run(self) -> None:
+        while self._pending:
+            pending, round_ = self._pending, self._next
+            self._pending, self._next = {}, None
+            assert round_ is not None
+            self.statements += 1
+            try:
+                rows = await self._claim(list(pending), list(pending.values()))
+            except Exception as exc:
+                round_.set_exception(exc)
+                continue
+            round_.set_result(self._distribute(rows))
+
+    def _distribute(self, rows: list[tuple[Row, bool]]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        orphans: list[Row] = []
+        for row, live in sorted(rows, key=lambda item: item[0].id):
+            counts[row.key] = counts.get(row.key, 0) + 1
+            if not live:
+                continue
+            state = self._channels.get(row.key)
+            if state is None or not state.waiters:
+                if state is not None and state.buffer:
+                    state.buffer.append(row)
+                else:
+                    orphans.append(row)
+                continue
+            state.buffer.append(row)
+        if orphans:
+            self._unclaim(orphans)
+        return counts
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
