@@ -113,9 +113,9 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._own_notify = statements.process_notify_channel(prefix, self.client_prefix)
         self._thread = LoopThread("pglayer-%s" % self.client_prefix)
         self._channels: dict[str, ChannelState] = {}
-        self._pool = ConnectionPool(lambda: self._conninfo("layer"))
+        self._pool = ConnectionPool(lambda: self._conninfo("layer:" + self.client_prefix))
         self._listener = Listener(
-            conninfo=lambda: self._conninfo("listen"),
+            conninfo=lambda: self._conninfo("listen:" + self.client_prefix),
             channels=[self._own_notify, self._shared_notify],
             on_notify=self._on_notify,
             on_connected=self._on_connected,

@@ -23,7 +23,8 @@ async def waiting(layer: PostgresChannelLayer, channel: str) -> None:
     key = layer._key(channel)
     for _ in range(2000):
         state = layer._channels.get(key)
-        if state is not None and state.waiters and layer._listener.connected and layer._claimer._task is not None and layer._claimer._task.done():
+        claimer = layer._claimer._task
+        if state is not None and state.waiters and layer._listener.connected and claimer and claimer.done():
             return
         await asyncio.sleep(0.005)
     raise AssertionError("receive on %s never started waiting" % channel)
@@ -124,7 +125,7 @@ async def test_ten_receives_starting_at_once_share_one_listener(layer: PostgresC
         await layer.send(channel, {"n": n})
     assert [m["n"] for m in await asyncio.wait_for(asyncio.gather(*receives), 5)] == list(range(10))
     assert layer.stats()["listener_connections"] == 1
-    listeners = await _count_sessions("%/listen")
+    listeners = await _count_sessions("%/listen:" + layer.client_prefix)
     assert listeners == 1, "one LISTEN connection, found %d" % listeners
     # Nothing is left to deliver twice: the next receive waits.
     with pytest.raises(TimeoutError):
