@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -13,3 +13,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, "rep_" + report.when, report)  # type: ignore[attr-defined]
     return report
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_channel_layers(django_db_setup: None) -> Iterator[None]:
+    # Postgres channel layers made in this process keep connections to the test database; close
+    # them before pytest-django drops it (set up after django_db_setup, so torn down before it).
+    yield
+    from apps.pglayer.core import close_all_layers
+
+    close_all_layers()

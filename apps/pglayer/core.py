@@ -42,6 +42,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -74,6 +75,16 @@ HOUSEKEEPING_SECONDS = 2.0
 # The layer deletes a batch of expired rows this often (the channel_layer_gc job does the rest).
 SELF_GC_SECONDS = 60.0
 SELF_GC_BATCH = 1000
+
+
+# Every layer made in this process, so that a test session (or a shutdown hook) can close them all.
+_layers: weakref.WeakSet[PostgresChannelLayer] = weakref.WeakSet()
+
+
+def close_all_layers() -> None:
+    """Close every layer of this process from sync code (e.g. before a test database is dropped)."""
+    for layer in list(_layers):
+        layer.close_sync()
 
 
 class PostgresChannelLayer(BaseChannelLayer):
@@ -125,6 +136,7 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._background: set[asyncio.Task[None]] = set()
         self._next_self_gc = 0.0
         self.group_send_full = 0
+        _layers.add(self)
 
     # ------------------------------------------------------------------ connections
 
@@ -289,6 +301,12 @@ class PostgresChannelLayer(BaseChannelLayer):
             raise RuntimeError("close() must not be called from the layer's own loop")
         await self._call(self._close())
         self._thread.stop()
+
+    def close_sync(self, timeout: float = 10.0) -> None:
+        """close() for sync callers; does nothing if the layer never started its loop."""
+        if self._thread.started:
+            self._thread.submit(self._close()).result(timeout)
+            self._thread.stop()
 
     # ------------------------------------------------------------------ on the layer's loop
 

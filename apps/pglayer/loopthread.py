@@ -47,6 +47,10 @@ class LoopThread:
                 self._loop = loop
             return self._loop
 
+    @property
+    def started(self) -> bool:
+        return self._loop is not None
+
     def in_loop(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread
 
