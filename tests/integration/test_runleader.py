@@ -23,8 +23,23 @@ RETRY = 0.5
 JOB = "test_heartbeat"
 
 
+def start_leaders(
+    processes: ProcessGroup, count: int, backend: str = "postgres", env: dict[str, str] | None = None
+) -> list[Proc]:
+    """Start ``count`` runleader processes at once and wait until each serves /healthz."""
+    procs = [start_leader(processes, "leader-%d" % i, backend, env, ready=False) for i in range(count)]
+    for proc in procs:
+        wait_http(proc, "/healthz")
+    return procs
+
+
 def start_leader(
-    processes: ProcessGroup, name: str, backend: str = "postgres", env: dict[str, str] | None = None
+    processes: ProcessGroup,
+    name: str,
+    backend: str = "postgres",
+    env: dict[str, str] | None = None,
+    *,
+    ready: bool = True,
 ) -> Proc:
     port = free_port()
     proc = processes.manage(
@@ -42,7 +57,8 @@ def start_leader(
         port=port,
         env={"LEADER_EXTRA_JOB_MODULES": "tests.coordination.testjobs", **(env or {})},
     )
-    wait_http(proc, "/healthz")
+    if ready:
+        wait_http(proc, "/healthz")
     return proc
 
 
@@ -87,7 +103,7 @@ def get_json(proc: Proc, path: str) -> tuple[int, dict[str, object]]:
 
 
 def test_sigterm_hands_over_within_one_second_and_exits_zero(processes: ProcessGroup) -> None:
-    procs = [start_leader(processes, "leader-%d" % i) for i in range(3)]
+    procs = start_leaders(processes, 3)
     leader = leader_running_jobs(procs)
     status, body = get_json(leader, "/healthz")
     assert status == 200 and body["leading"] is True
@@ -109,7 +125,7 @@ def test_sigterm_hands_over_within_one_second_and_exits_zero(processes: ProcessG
 
 
 def test_sigkill_is_taken_over_within_lease_duration_plus_retry_period(processes: ProcessGroup) -> None:
-    procs = [start_leader(processes, "leader-%d" % i) for i in range(2)]
+    procs = start_leaders(processes, 2)
     leader = leader_running_jobs(procs)
     sent = datetime.now(UTC)
     leader.signal(signal.SIGKILL)
@@ -120,7 +136,7 @@ def test_sigkill_is_taken_over_within_lease_duration_plus_retry_period(processes
 
 
 def test_a_leader_paused_past_its_lease_runs_no_tick_after_waking(processes: ProcessGroup) -> None:
-    procs = [start_leader(processes, "leader-%d" % i) for i in range(2)]
+    procs = start_leaders(processes, 2)
     leader = leader_running_jobs(procs)
     standby = next(p for p in procs if p is not leader)
     paused = datetime.now(UTC)

@@ -1,0 +1,67 @@
+"""Real runleader processes on the Kubernetes backend, against the fake API server (KUBECONFIG)."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from apps.coordination.models import JobRun
+from apps.coordination.scheduler import overlapping_ticks
+from tests.fakekube import FakeKube
+from tests.integration.test_runleader import LEASE, RETRY, first_tick_after, start_leaders, wait_for
+from tests.processes import Proc, ProcessGroup
+
+pytestmark = pytest.mark.slow
+
+
+def leaders(processes: ProcessGroup, fakekube: FakeKube, tmp_path: Path, count: int) -> list[Proc]:
+    kubeconfig = fakekube.write_kubeconfig(tmp_path / "kubeconfig")
+    # backend "auto" must pick kubernetes because KUBECONFIG is set.
+    return start_leaders(processes, count, backend="auto", env={"KUBECONFIG": str(kubeconfig)})
+
+
+def k8s_leader(fakekube: FakeKube, procs: list[Proc]) -> Proc:
+    def holder() -> str:
+        lease = fakekube.lease("iacplatform-leader")
+        return lease["spec"]["holderIdentity"] if lease else ""
+
+    names = {p.name: p for p in procs}
+    wait_for(
+        lambda: holder() in names and JobRun.objects.filter(holder=holder(), outcome="ok").exists(), 20, "a leader"
+    )
+    return names[holder()]
+
+
+def test_sigterm_hands_over_through_the_watch_within_one_second(
+    processes: ProcessGroup, fakekube: FakeKube, tmp_path: Path
+) -> None:
+    procs = leaders(processes, fakekube, tmp_path, 3)
+    leader = k8s_leader(fakekube, procs)
+    assert "kubernetes lease default/iacplatform-leader" in leader.log()
+    sent = datetime.now(UTC)
+    leader.signal(signal.SIGTERM)
+    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), 5, "a standby's tick")
+    assert isinstance(successor, JobRun)
+    assert (successor.started_at - sent).total_seconds() < 1.0
+    assert leader.wait(10) == 0
+    lease = fakekube.lease("iacplatform-leader")
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == successor.holder
+    assert lease["spec"]["leaseTransitions"] == successor.epoch
+    assert overlapping_ticks() == 0
+
+
+def test_sigkill_is_taken_over_within_lease_duration_plus_retry_period(
+    processes: ProcessGroup, fakekube: FakeKube, tmp_path: Path
+) -> None:
+    procs = leaders(processes, fakekube, tmp_path, 2)
+    leader = k8s_leader(fakekube, procs)
+    sent = datetime.now(UTC)
+    leader.signal(signal.SIGKILL)
+    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), LEASE + RETRY + 5, "a standby's tick")
+    assert isinstance(successor, JobRun)
+    assert (successor.started_at - sent).total_seconds() < LEASE + RETRY
+    assert overlapping_ticks() == 0
