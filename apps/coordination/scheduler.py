@@ -1,6 +1,7 @@
 """Runs the registered jobs while this process leads: one thread per job, each tick fenced.
 
-A term (one period of leadership, one epoch) goes: raise the fence to the epoch, run the recovery
+A term (one period of leadership, one epoch) goes: terminate sessions of older terms still
+holding job locks, raise the fence to the epoch, close their abandoned JobRuns, run the recovery
 passes once, then start one thread per job. Each thread loops ``while not stopping: tick();
 wait(every)``, and a tick:
   1. does nothing unless ``is_leader()`` (a process woken from a pause never starts a tick);
@@ -32,6 +33,7 @@ from django_pg_utils.locks import advisory_lock
 from apps.coordination import metrics
 from apps.coordination.clock import SYSTEM_CLOCK, Clock
 from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
+from apps.coordination.lockkeys import Namespace
 from apps.coordination.models import JobRun
 from apps.coordination.registry import JobFunc, JobSpec
 
@@ -101,7 +103,11 @@ def _locked_tick(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
         except Exception as exc:
             outcome, error = JobRun.Outcome.ERROR, "%s: %s" % (type(exc).__name__, exc)
             logger.exception("job %s (epoch %d) failed", tick.job, tick.epoch)
-        JobRun.objects.filter(pk=run.pk).update(finished_at=timezone.now(), outcome=outcome, error=error[:4000])
+        # Compare-and-set: a successor that found this run abandoned has already closed it (with an
+        # end before its own first tick); a holder waking from a pause must not move that end.
+        JobRun.objects.filter(pk=run.pk, outcome=JobRun.Outcome.RUNNING).update(
+            finished_at=timezone.now(), outcome=outcome, error=error[:4000]
+        )
         return outcome
 
 
@@ -159,6 +165,7 @@ class Term:
     def run(self) -> None:
         ctx = self.ctx
         try:
+            evict_stale_job_holders(ctx)
             try:
                 fenced_in = raise_epoch(name=ctx.lease, epoch=ctx.epoch, holder=ctx.holder)
             except DatabaseError as exc:
@@ -191,6 +198,36 @@ class Term:
             )
 
 
+def evict_stale_job_holders(ctx: TermContext) -> int:
+    """Terminate other sessions holding job locks: they belong to a previous term.
+
+    A leader frozen (SIGSTOP, VM pause) between two statements of a tick holds its job's advisory
+    lock on a session that is idle, not idle-in-transaction, so no server timeout frees it; every
+    tick of that job would be skipped until it woke. None of this term's jobs has started yet, so
+    any holder is stale, and its writes are fenced anyway. Without the privilege to signal those
+    sessions (same role or pg_signal_backend), the jobs are skipped until the old holder wakes.
+    """
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT l.pid, a.application_name, pg_terminate_backend(l.pid) FROM pg_locks l"
+                " JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objsubid = 2 AND l.granted"
+                " AND l.pid <> pg_backend_pid()"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                [int(Namespace.JOB)],
+            )
+            evicted = cursor.fetchall()
+    except DatabaseError as exc:
+        logger.warning("%s: cannot evict stale holders of job locks: %s", ctx.holder, exc)
+        return 0
+    for pid, application_name, _ in evicted:
+        logger.warning(
+            "%s: terminated session %s (%s) holding a job lock of an older term", ctx.holder, pid, application_name
+        )
+    return len(evicted)
+
+
 def close_abandoned_runs(ctx: TermContext) -> int:
     """End the ``running`` JobRuns of older terms: their process died or was fenced out.
 
@@ -203,15 +240,21 @@ def close_abandoned_runs(ctx: TermContext) -> int:
         )
 
 
+_OVERLAP = """
+    FROM coordination_jobrun a JOIN coordination_jobrun b
+      ON a.job = b.job AND a.id < b.id AND a.holder <> b.holder
+     AND a.started_at < COALESCE(b.finished_at, 'infinity')
+     AND b.started_at < COALESCE(a.finished_at, 'infinity')
+    WHERE a.outcome <> 'skipped' AND b.outcome <> 'skipped'
+"""
+
+
 def overlapping_ticks(job: str | None = None) -> int:
-    """Pairs of ticks of one job by different holders that overlap in time (must be 0)."""
-    sql = """
-        SELECT count(*) FROM coordination_jobrun a JOIN coordination_jobrun b
-          ON a.job = b.job AND a.id < b.id AND a.holder <> b.holder
-         AND a.started_at < COALESCE(b.finished_at, 'infinity')
-         AND b.started_at < COALESCE(a.finished_at, 'infinity')
-        WHERE a.outcome <> 'skipped' AND b.outcome <> 'skipped'
+    """Pairs of ticks of one job by different holders that overlap in time (must be 0).
+
+    Skipped ticks never ran, so they do not count.
     """
+    sql = "SELECT count(*) " + _OVERLAP
     params: list[str] = []
     if job is not None:
         sql += " AND a.job = %s"
@@ -220,3 +263,11 @@ def overlapping_ticks(job: str | None = None) -> int:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+def overlapping_tick_pairs(limit: int = 20) -> list[tuple[JobRun, JobRun]]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT a.id, b.id " + _OVERLAP + " ORDER BY a.id LIMIT %s", [limit])
+        pairs = cursor.fetchall()
+    runs = JobRun.objects.in_bulk([pk for pair in pairs for pk in pair])
+    return [(runs[a], runs[b]) for a, b in pairs]

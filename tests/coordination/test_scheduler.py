@@ -139,3 +139,43 @@ def test_a_term_runs_recovery_first_then_jobs_and_reports_jobs_that_outlive_the_
     release.set()
     term.threads[0].join(10)
     assert JobRun.objects.get().outcome == "ok"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_term_evicts_sessions_of_older_terms_that_still_hold_job_locks() -> None:
+    """A frozen old leader holding a job lock outside a transaction would block that job forever."""
+    namespace, key = job_key("j")
+    ran: list[int] = []
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as stale:
+        stale.execute("SELECT pg_advisory_lock(%s, %s)", [int(namespace), key])
+        context = ctx(epoch=1)
+
+        def once(tick: Tick) -> None:
+            ran.append(1)
+            context.stop.set()
+
+        term = Term(ctx=context, jobs=[JobSpec(name="j", every=60, func=once)], recovery=[], grace=5)
+        runner = threading.Thread(target=term.run)
+        runner.start()
+        for _ in range(500):
+            if ran:
+                break
+            threading.Event().wait(0.01)
+        context.stop.set()
+        runner.join(10)
+        assert ran == [1]
+        with pytest.raises(psycopg.OperationalError):
+            stale.execute("SELECT 1")
+    assert list(JobRun.objects.values_list("outcome", flat=True)) == ["ok"]
+
+
+def test_a_tick_closed_as_abandoned_by_a_successor_keeps_that_end_when_it_finishes() -> None:
+    raise_epoch(name="lease", epoch=1, holder="me")
+
+    def successor_takes_over_meanwhile(tick: Tick) -> None:
+        raise_epoch(name="lease", epoch=2, holder="successor")
+        close_abandoned_runs(ctx(epoch=2))
+
+    assert run_tick(JobSpec(name="j", every=1, func=successor_takes_over_meanwhile), ctx(epoch=1)) == "ok"
+    run = JobRun.objects.get()
+    assert (run.outcome, run.error) == ("error", "abandoned: its holder lost the lease")

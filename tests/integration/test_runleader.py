@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from apps.coordination.models import JobRun, Lease
-from apps.coordination.scheduler import overlapping_ticks
+from apps.coordination.scheduler import overlapping_tick_pairs, overlapping_ticks
 from tests.processes import Proc, ProcessGroup, free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -153,7 +153,13 @@ def test_a_leader_paused_past_its_lease_runs_no_tick_after_waking(processes: Pro
     assert holder() == standby.name
     late = JobRun.objects.filter(holder=leader.name, started_at__gte=woke).exclude(outcome="skipped")
     assert list(late.values_list("outcome", "started_at")) == []
-    assert overlapping_ticks() == 0
+    assert overlapping_ticks() == 0, [
+        [
+            (r.job, r.holder, r.epoch, r.outcome, r.started_at.time(), r.finished_at and r.finished_at.time())
+            for r in pair
+        ]
+        for pair in overlapping_tick_pairs()
+    ]
     status, body = get_json(leader, "/healthz")
     assert status == 200 and body["leading"] is False
     assert "lost" in leader.log()
