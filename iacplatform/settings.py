@@ -200,8 +200,9 @@ elif CHANNEL_LAYER_BACKEND == "redis":
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
-                "expiry": CHANNEL_LAYER_EXPIRY,
-                "group_expiry": CHANNEL_LAYER_GROUP_EXPIRY,
+                # Redis EXPIRE takes whole seconds: a float is refused ("value is not an integer").
+                "expiry": int(CHANNEL_LAYER_EXPIRY),
+                "group_expiry": int(CHANNEL_LAYER_GROUP_EXPIRY),
                 "capacity": CHANNEL_LAYER_CAPACITY,
                 "prefix": CHANNEL_LAYER_PREFIX,
                 "symmetric_encryption_keys": CHANNEL_LAYER_ENCRYPTION_KEYS or None,
