@@ -9,7 +9,10 @@ Two readings, both with ``ast``, neither importing anything it reads:
    create, PUT = update, PATCH = patch, DELETE = delete / deletecollection);
 2. the project's code under apps/: every reference to such an operation, called or passed along
    (``watch.Watch().stream(api.list_namespaced_lease, ...)`` is a watch, and so is any call with
-   ``watch=True``).
+   ``watch=True``), and every request made below those methods with a constant HTTP method and
+   API path (``send("PUT", COLLECTION + "/{name}", ...)``), mapped the same way. A request whose
+   method or path is only known at run time is not seen: the Role test then reports the grant
+   as unused, which is the safe direction to be wrong in.
 A permission the code needs and the Role lacks fails in production with 403; one the Role grants
 and no code uses is privilege nobody asked for. The tests compare the two both ways.
 """
@@ -156,9 +159,67 @@ def _is_true(node: ast.AST | None) -> bool:
     return isinstance(node, ast.Constant) and node.value is True
 
 
+HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+
+
+def _module_strings(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = "..."`` constants (request paths are often kept in one)."""
+    strings: dict[str, str] = {}
+    for statement in tree.body:
+        if (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+            and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str)
+        ):
+            strings[statement.targets[0].id] = statement.value.value
+    return strings
+
+
+def _resolve(node: ast.AST | None, strings: dict[str, str]) -> str | None:
+    """A string argument whose whole value is known statically: a constant, a module constant, or
+    a concatenation of those."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return strings.get(node.id)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _resolve(node.left, strings), _resolve(node.right, strings)
+        return left + right if left is not None and right is not None else None
+    return None
+
+
+def _raw_request(call: ast.Call, strings: dict[str, str]) -> Operation | None:
+    """A request made below the operation methods, e.g. ``api_client.param_serialize(method="PUT",
+    resource_path=...)`` or a project helper called as ``send("PUT", PATH + "/{name}", ...)``: any
+    call with a constant HTTP method and a constant API path among its arguments."""
+    arguments = [*call.args, *(k.value for k in call.keywords)]
+    values = [_resolve(argument, strings) for argument in arguments]
+    methods = [v for v in values if v in HTTP_METHODS]
+    paths = [v for v in values if v is not None and v.startswith(("/api/", "/apis/"))]
+    if len(methods) == 1 and len(paths) == 1:
+        return Operation("%s %s" % (methods[0], paths[0]), methods[0], paths[0])
+    return None
+
+
 def scan_source(source: str, filename: str) -> Iterator[Use]:
     operations = client_operations()
     tree = ast.parse(source, filename=filename)
+    strings = _module_strings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            raw = _raw_request(node, strings)
+            if raw is not None:
+                raw.permission()  # a path RBAC cannot map fails here, with its name
+                keywords = {k.arg: k.value for k in node.keywords}
+                yield Use(
+                    filename,
+                    node.lineno,
+                    raw,
+                    watch=False,
+                    field_selector=_constant_text(keywords.get("field_selector")),
+                )
     parents: dict[ast.AST, ast.AST] = {}
     for parent in ast.walk(tree):
         for child in ast.iter_child_nodes(parent):
