@@ -216,8 +216,10 @@ def test_leader_candidates_have_a_standby_and_outlast_the_renew_deadline(kustomi
     assert leader["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = leader["spec"]["template"]["spec"]
     settings = settings_data(resources)
-    renew_deadline = float(settings.get("LEADER_ELECTION_RENEW_DEADLINE", "10"))
-    assert pod["terminationGracePeriodSeconds"] > renew_deadline
+    # SIGTERM: the jobs get their stop grace, then the release gets up to the renew deadline.
+    renew_deadline = float(str(effective("LEADER_ELECTION_RENEW_DEADLINE", settings)))
+    stop_grace = float(str(effective("LEADER_JOB_STOP_GRACE", settings)))
+    assert pod["terminationGracePeriodSeconds"] > renew_deadline + stop_grace
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     args = container["command"]
