@@ -103,13 +103,19 @@ def test_lease_grants_name_the_configured_lease_where_rbac_can(kustomization: Pa
     """create cannot be limited by name (RBAC sees no name before the object exists); list and
     watch can only when every such request selects metadata.name, or the API server refuses it."""
     resources = render(kustomization)
+    role = leader_role(resources)
+    # The Role is namespaced: the Lease must live in the namespace the Role is in.
+    (config_map,) = find(resources, "ConfigMap")
+    assert config_map["data"].get("LEADER_ELECTION_NAMESPACE", role["metadata"].get("namespace")) == role[
+        "metadata"
+    ].get("namespace")
     uses = code_uses()
     selects_by_name = all(
         use.field_selector is not None and "metadata.name=" in use.field_selector
         for use in uses
         if use.permission().resource == "leases" and use.permission().verb in ("list", "watch")
     )
-    for grant in role_grants(leader_role(resources)):
+    for grant in role_grants(role):
         if grant.permission.resource != "leases":
             continue
         verb = grant.permission.verb
