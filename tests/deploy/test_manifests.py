@@ -285,3 +285,26 @@ def test_a_job_migrates_and_web_and_leader_wait_for_it(kustomization: Path) -> N
         (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
         assert "manage.py migrate --check" in " ".join(init["command"])
         assert init["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_the_runbooks_kubectl_lines_name_what_the_example_overlay_creates() -> None:
+    """Copy-pasting the runbook must hit real objects: the namespace, Deployments, the Job, the
+    Lease (named by the settings), the Service's paths in the deploy/ tree."""
+    (overlay,) = OVERLAYS
+    resources = render(overlay)
+    (namespace,) = find(resources, "Namespace")
+    names = {(r["kind"], r["metadata"]["name"]) for r in resources}
+    kinds = {"deployment": "Deployment", "deploy": "Deployment", "job": "Job"}
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    lines = [line for line in runbook.replace("\\\n", " ").splitlines() if "kubectl " in line]
+    assert lines
+    for line in lines:
+        for match in re.finditer(r"(?<![\w/])(deployment|deploy|job)/([a-z0-9-]+)\b", line):
+            if match[2] not in ("overlays", "base"):
+                assert (kinds[match[1]], match[2]) in names, line
+        for match in re.finditer(r"\s-n (\S+)", line):
+            assert match[1] == namespace["metadata"]["name"], line
+        for match in re.finditer(r"get lease (\S+)", line):
+            assert match[1] == settings_data(resources).get("LEADER_ELECTION_LEASE_NAME"), line
+        for match in re.finditer(r"-[kf] (deploy/\S+)", line):
+            assert (ROOT / match[1]).exists(), line
