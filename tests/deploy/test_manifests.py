@@ -186,6 +186,8 @@ def test_web_replicas_probe_drain_and_roll_without_losing_capacity(kustomization
         # Django answers 400 to a Host it does not allow, which would fail the probe forever.
         hosts = [h["value"] for h in get.get("httpHeaders", []) if h["name"].lower() == "host"]
         assert hosts and hosts[0] in allowed_hosts, probe
+    # Several replicas need a channel layer that crosses processes (the in-memory one does not).
+    assert effective("CHANNEL_LAYER_BACKEND", settings_data(resources)) != "memory"
     pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pause >= 5
     assert pod["terminationGracePeriodSeconds"] > pause + DAPHNE_APPLICATION_CLOSE_TIMEOUT
