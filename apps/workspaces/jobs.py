@@ -15,7 +15,7 @@ from django.conf import settings
 
 from apps.coordination.fencing import Tick
 from apps.coordination.registry import job, on_leadership_acquired
-from apps.workspaces import actions
+from apps.workspaces import actions, cmdb
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +67,33 @@ def recover_tasks(tick: Tick) -> None:
         requeued = actions.requeue_unaccepted(older_than=timedelta(seconds=settings.TASK_DISPATCH_ACCEPT_TIMEOUT))
     kicked = kick_pending()
     logger.info("recovery pass: %d tasks settled, %d re-queued, %d dispatched", settled, requeued, kicked)
+
+
+class CmdbSyncError(Exception):
+    """Some workspaces' states could not be indexed; the others were."""
+
+
+@job(name="cmdb_sync", every=settings.JOB_CMDB_SYNC_EVERY)
+def cmdb_sync(tick: Tick) -> None:
+    """Index each workspace's newest state into the CMDB: one fenced transaction per workspace."""
+    failures: list[str] = []
+    synced = 0
+    for workspace_id in cmdb.workspaces_to_sync():
+        try:
+            result = cmdb.sync_workspace(workspace_id, atomic=tick.fenced)
+        except cmdb.StateFormatError as exc:
+            # That workspace keeps its rows; the others are still indexed; the tick reports it.
+            failures.append("workspace %d: %s" % (workspace_id, exc))
+            continue
+        if result is not None:
+            synced += 1
+            logger.info(
+                "cmdb_sync: workspace %d at serial %s: %d created, %d updated, %d deleted",
+                workspace_id,
+                result.serial,
+                result.created,
+                result.updated,
+                result.deleted,
+            )
+    if failures:
+        raise CmdbSyncError("; ".join(failures))

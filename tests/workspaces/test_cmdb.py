@@ -1,0 +1,261 @@
+"""cmdb_sync: Terraform state format v4 indexed into Resource rows, one fenced transaction each."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
+from apps.workspaces import cmdb
+from apps.workspaces.jobs import CmdbSyncError, cmdb_sync
+from apps.workspaces.models import Resource, StateVersion, Workspace
+from tests.agents.fixtures import Pool
+
+pytestmark = pytest.mark.django_db
+
+AWS = 'provider["registry.terraform.io/hashicorp/aws"]'
+
+
+def state(serial: int, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "version": 4,
+        "terraform_version": "1.0.3",
+        "serial": serial,
+        "lineage": "3f0e0c3c-1b7a-4c35-9d0e-4d1c5a1f6a11",
+        "outputs": {},
+        "resources": resources,
+    }
+
+
+def instance(attributes: dict[str, Any], index_key: Any = None, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"schema_version": 0, "attributes": attributes, "sensitive_attributes": [], **extra}
+    if index_key is not None:
+        data["index_key"] = index_key
+    return data
+
+
+RESOURCES: list[dict[str, Any]] = [
+    {
+        "mode": "managed",
+        "type": "aws_vpc",
+        "name": "main",
+        "provider": AWS,
+        "instances": [instance({"id": "vpc-1", "cidr_block": "10.0.0.0/16"})],
+    },
+    {
+        "mode": "data",
+        "type": "aws_ami",
+        "name": "base",
+        "provider": AWS,
+        "instances": [instance({"id": "ami-1"})],
+    },
+    {
+        "module": "module.net",
+        "mode": "managed",
+        "type": "aws_subnet",
+        "name": "private",
+        "each": "list",
+        "provider": AWS,
+        "instances": [instance({"id": "subnet-0"}, 0), instance({"id": "subnet-1"}, 1)],
+    },
+    {
+        "module": 'module.app["eu"]',
+        "mode": "managed",
+        "type": "aws_instance",
+        "name": "web",
+        "each": "map",
+        "provider": AWS,
+        "instances": [
+            instance({"id": "i-a", "tags": {"Name": "a"}}, "a"),
+            instance(
+                {"id": "i-q", "password": "hunter2", "users": [{"name": "x", "key": "s3cret"}]},
+                'q"uote',
+                sensitive_attributes=[
+                    [{"type": "get_attr", "value": "password"}],
+                    [
+                        {"type": "get_attr", "value": "users"},
+                        {"type": "index", "value": {"value": 0, "type": "number"}},
+                    ],
+                ],
+            ),
+        ],
+    },
+    {
+        "mode": "managed",
+        "type": "null_resource",
+        "name": "legacy",
+        "provider": 'provider["registry.terraform.io/hashicorp/null"]',
+        "instances": [{"schema_version": 0, "attributes_flat": {"id": "123", "triggers.%": "0"}}],
+    },
+]
+
+ADDRESSES = [
+    "aws_vpc.main",
+    "data.aws_ami.base",
+    'module.app["eu"].aws_instance.web["a"]',
+    'module.app["eu"].aws_instance.web["q\\"uote"]',
+    "module.net.aws_subnet.private[0]",
+    "module.net.aws_subnet.private[1]",
+    "null_resource.legacy",
+]
+
+
+@pytest.fixture
+def ws(agent_pool: Pool) -> Workspace:
+    return Workspace.objects.create(name="ws-cmdb", pool=agent_pool.pool)
+
+
+def add_state(ws: Workspace, serial: int, resources: list[dict[str, Any]]) -> StateVersion:
+    return StateVersion.objects.create(workspace=ws, serial=serial, state=state(serial, resources))
+
+
+def rows(ws: Workspace) -> dict[str, Resource]:
+    return {r.address: r for r in Resource.objects.filter(workspace=ws)}
+
+
+def test_addresses_cover_modules_count_for_each_and_data_sources() -> None:
+    instances = cmdb.parse_state(state(1, RESOURCES))
+    assert sorted(i.address for i in instances) == ADDRESSES
+    by = {i.address: i for i in instances}
+    assert by["module.net.aws_subnet.private[1]"].index_key == 1
+    assert by['module.app["eu"].aws_instance.web["a"]'].module == 'module.app["eu"]'
+    assert by["data.aws_ami.base"].mode == "data"
+    assert by["null_resource.legacy"].attributes == {"id": "123", "triggers.%": "0"}
+
+
+def test_sensitive_values_are_redacted() -> None:
+    by = {i.address: i for i in cmdb.parse_state(state(1, RESOURCES))}
+    attrs = by['module.app["eu"].aws_instance.web["q\\"uote"]'].attributes
+    assert attrs["password"] == cmdb.REDACTED
+    assert attrs["users"] == [cmdb.REDACTED]  # an index step: {"value": 0, "type": "number"}
+    assert attrs["id"] == "i-q"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([], "JSON object"),
+        ({"version": 3, "resources": []}, "version 3"),
+        ({"version": 4, "resources": {}}, "must be a list"),
+        (state(1, [{"mode": "weird", "type": "t", "name": "n", "instances": []}]), "unknown mode"),
+        (state(1, [{"mode": "managed", "name": "n", "instances": []}]), "type and name"),
+        (state(1, [{"mode": "managed", "type": "t", "name": "n", "instances": [instance({}, 1.5)]}]), "index_key"),
+        (state(1, [{"mode": "managed", "type": "t", "name": "n", "instances": [instance({}), instance({})]}]), "twice"),
+        (state(1, [{"mode": "managed", "type": "t", "name": "n", "instances": [instance([])]}]), "attributes"),  # type: ignore[arg-type]
+        (state(1, [{"mode": "managed", "type": "t" * 300, "name": "n", "instances": [instance({})]}]), "longer"),
+    ],
+)
+def test_invalid_states_are_rejected_with_a_clear_error(bad: Any, message: str) -> None:
+    with pytest.raises(cmdb.StateFormatError, match=message):
+        cmdb.parse_state(bad)
+
+
+def test_sync_indexes_the_newest_state_and_is_idempotent(ws: Workspace) -> None:
+    add_state(ws, 1, RESOURCES[:1])
+    add_state(ws, 2, RESOURCES)
+    assert cmdb.workspaces_to_sync() == [ws.pk]
+    result = cmdb.sync_workspace(ws.pk)
+    assert result is not None and (result.created, result.updated, result.deleted, result.serial) == (7, 0, 0, 2)
+    indexed = rows(ws)
+    assert sorted(indexed) == ADDRESSES
+    assert {r.state_serial for r in indexed.values()} == {2}
+    ws.refresh_from_db()
+    assert ws.cmdb_synced_serial == 2
+    before = {a: r.updated_at for a, r in indexed.items()}
+    assert cmdb.workspaces_to_sync() == []
+    assert cmdb.sync_workspace(ws.pk) is None
+    assert {a: r.updated_at for a, r in rows(ws).items()} == before
+
+
+def test_a_new_serial_updates_changed_adds_new_and_removes_vanished(ws: Workspace) -> None:
+    add_state(ws, 1, RESOURCES)
+    cmdb.sync_workspace(ws.pk)
+    changed = copy.deepcopy(RESOURCES[:3])
+    changed[0]["instances"][0]["attributes"]["cidr_block"] = "10.1.0.0/16"
+    changed[2]["instances"].append(instance({"id": "subnet-2"}, 2))
+    add_state(ws, 2, changed)
+    assert cmdb.workspaces_to_sync() == [ws.pk]
+    result = cmdb.sync_workspace(ws.pk)
+    assert result is not None and (result.created, result.updated, result.deleted) == (1, 1, 3)
+    indexed = rows(ws)
+    assert sorted(indexed) == [
+        "aws_vpc.main",
+        "data.aws_ami.base",
+        "module.net.aws_subnet.private[0]",
+        "module.net.aws_subnet.private[1]",
+        "module.net.aws_subnet.private[2]",
+    ]
+    assert indexed["aws_vpc.main"].attributes["cidr_block"] == "10.1.0.0/16"
+    assert {r.state_serial for r in indexed.values()} == {2}
+
+
+def test_a_workspace_whose_states_are_all_gone_loses_its_rows(ws: Workspace) -> None:
+    add_state(ws, 1, RESOURCES)
+    cmdb.sync_workspace(ws.pk)
+    StateVersion.objects.filter(workspace=ws).delete()
+    assert cmdb.workspaces_to_sync() == [ws.pk]
+    result = cmdb.sync_workspace(ws.pk)
+    assert result is not None and result.deleted == 7
+    assert not Resource.objects.filter(workspace=ws).exists()
+    assert cmdb.workspaces_to_sync() == []
+
+
+def test_each_workspace_is_one_transaction_that_rolls_back_whole(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_state(ws, 1, RESOURCES)
+    cmdb.sync_workspace(ws.pk)
+    add_state(ws, 2, RESOURCES[:1])  # would delete six rows
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(Resource.objects, "bulk_create", fail)
+    with pytest.raises(RuntimeError):
+        cmdb.sync_workspace(ws.pk)
+    assert sorted(rows(ws)) == ADDRESSES  # the deletions were rolled back with it
+    ws.refresh_from_db()
+    assert ws.cmdb_synced_serial == 1
+
+
+def test_the_job_syncs_good_workspaces_and_reports_bad_ones_without_touching_them(
+    ws: Workspace, agent_pool: Pool
+) -> None:
+    raise_epoch(name="lease", epoch=1, holder="leader")
+    other = Workspace.objects.create(name="ws-broken", pool=agent_pool.pool)
+    add_state(other, 1, RESOURCES[:1])
+    cmdb.sync_workspace(other.pk)
+    StateVersion.objects.create(workspace=other, serial=2, state={"version": 3, "modules": []})
+    add_state(ws, 1, RESOURCES)
+    opened: list[str] = []
+    tick = Tick(job="cmdb_sync", holder="leader", lease="lease", epoch=1)
+
+    class CountingTick(Tick):
+        @contextmanager
+        def fenced(self) -> Iterator[None]:
+            opened.append("tx")
+            with super().fenced():
+                yield
+
+    counting = CountingTick(job=tick.job, holder=tick.holder, lease=tick.lease, epoch=tick.epoch)
+    with pytest.raises(CmdbSyncError, match="workspace %d: unsupported state format version 3" % other.pk):
+        cmdb_sync(counting)
+    assert len(opened) == 2  # one transaction per workspace
+    assert sorted(rows(ws)) == ADDRESSES
+    assert sorted(rows(other)) == ["aws_vpc.main"]
+    other.refresh_from_db()
+    assert other.cmdb_synced_serial == 1
+
+
+def test_a_stale_tick_of_the_job_writes_nothing(ws: Workspace) -> None:
+    raise_epoch(name="lease", epoch=2, holder="successor")
+    add_state(ws, 1, RESOURCES)
+    with pytest.raises(StaleEpoch):
+        cmdb_sync(Tick(job="cmdb_sync", holder="old", lease="lease", epoch=1))
+    assert not Resource.objects.exists()
+    ws.refresh_from_db()
+    assert ws.cmdb_synced_serial is None
