@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
-from apps.coordination.models import Fence, JobRun, Lease
+from apps.coordination.models import AdvisoryLock, Fence, JobRun, Lease
+from apps.coordination.status import recent_terms
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -22,6 +25,23 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Lease)
 class LeaseAdmin(ReadOnlyAdmin):
     list_display = ("name", "holder_identity", "lease_transitions", "acquire_time", "renew_time", "resource_version")
+    readonly_fields = ("recent_terms",)
+
+    @admin.display(description="recent terms (from job ticks)")
+    def recent_terms(self, obj: Lease) -> SafeString:
+        rows = recent_terms()
+        if not rows:
+            return format_html("{}", "no ticks recorded yet")
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r["epoch"], r["holder"], r["first_tick"], r["last_tick"], r["ticks"]) for r in rows),
+        )
+        return format_html(
+            "<table><tr><th>epoch</th><th>holder</th><th>first tick</th><th>last tick</th><th>ticks</th></tr>"
+            "{}</table>",
+            body,
+        )
 
 
 @admin.register(Fence)
@@ -32,5 +52,19 @@ class FenceAdmin(ReadOnlyAdmin):
 @admin.register(JobRun)
 class JobRunAdmin(ReadOnlyAdmin):
     list_display = ("job", "holder", "epoch", "outcome", "started_at", "finished_at")
-    list_filter = ("outcome", "job", "holder")
+    list_filter = ("outcome", "job", "holder", "epoch")
+    search_fields = ("job", "holder", "error")
     date_hierarchy = "started_at"
+
+
+@admin.register(AdvisoryLock)
+class AdvisoryLockAdmin(ReadOnlyAdmin):
+    """Locks held or awaited now (pg_locks joined with pg_stat_activity), named via lockkeys."""
+
+    list_display = ("lock_name", "granted", "mode", "pid", "application_name", "state", "xact_start", "waiting_since")
+    list_filter = ("granted", "namespace")
+    search_fields = ("application_name",)
+
+    @admin.display(description="lock")
+    def lock_name(self, obj: AdvisoryLock) -> str:
+        return obj.name

@@ -65,3 +65,41 @@ class JobRun(models.Model):
 
     def __str__(self) -> str:
         return "%s by %s (epoch %d): %s" % (self.job, self.holder, self.epoch, self.outcome)
+
+
+class AdvisoryLock(models.Model):
+    """An advisory lock held or awaited right now: a read-only view on pg_locks and pg_stat_activity.
+
+    Only two-int keys (objsubid = 2) of the current database; ``namespace`` and ``key`` are the two
+    ints as the project wrote them (signed), so ``lockkeys.decode`` names them.
+    """
+
+    id = models.CharField(max_length=100, primary_key=True)
+    pid = models.IntegerField()
+    namespace = models.BigIntegerField()
+    key = models.BigIntegerField()
+    mode = models.CharField(max_length=40)
+    granted = models.BooleanField()
+    application_name = models.CharField(max_length=200)
+    state = models.CharField(max_length=40, null=True)
+    backend_start = models.DateTimeField(null=True)
+    xact_start = models.DateTimeField(null=True)
+    query_start = models.DateTimeField(null=True)
+    # PostgreSQL does not record when a lock was granted; only when a waiter started waiting.
+    waiting_since = models.DateTimeField(null=True)
+
+    class Meta:
+        managed = False
+        db_table = "coordination_advisorylock"
+        ordering = ["namespace", "key", "-granted"]
+
+    def __str__(self) -> str:
+        return "%s held by %s (pid %d)" % (self.name, self.application_name, self.pid)
+
+    @property
+    def name(self) -> str:
+        from apps.coordination.lockkeys import decode
+        from apps.coordination.registry import autodiscover, registered_jobs
+
+        autodiscover()  # idempotent: job names are needed to decode job locks
+        return decode(self.namespace, self.key, job_names=[spec.name for spec in registered_jobs()])
