@@ -1,4 +1,4 @@
-"""State changes of editing sessions, takeover requests and drafts (Zulip-style ``do_*`` actions).
+"""State changes of editing sessions and takeover requests (Zulip-style ``do_*`` actions).
 
 Each action is one transaction; the events it causes are sent to the other side's
 ``session.<session_id>`` group from ``transaction.on_commit`` (apps/hub/events.py), so they reach
@@ -15,7 +15,6 @@ the next tick.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -25,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.hub.events import notify_on_commit
-from apps.hub.models import Draft, EditingSession, TakeoverRequest
+from apps.hub.models import EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
 
 
@@ -350,14 +349,14 @@ def do_force_takeover(
 # --- expiry (the lock_draft_cleanup job) ----------------------------------------------------------
 
 
-def _require_transaction() -> None:
+def require_transaction() -> None:
     if not connection.in_atomic_block:
         raise RuntimeError("expiry actions run inside the job's fenced transaction")
 
 
 def do_expire_stale_sessions(*, now: datetime, max_age: float, limit: int = 500) -> int:
     """End active sessions not seen for ``max_age`` seconds; tell them and their counterparts."""
-    _require_transaction()
+    require_transaction()
     cutoff = now - timedelta(seconds=max_age)
     stale = (
         EditingSession.objects.select_for_update(skip_locked=True)
@@ -373,7 +372,7 @@ def do_expire_stale_sessions(*, now: datetime, max_age: float, limit: int = 500)
 
 def do_expire_takeover_requests(*, now: datetime, max_age: float, limit: int = 500) -> int:
     """Expire pending requests nobody answered within ``max_age`` seconds; tell both sides."""
-    _require_transaction()
+    require_transaction()
     cutoff = now - timedelta(seconds=max_age)
     unanswered = (
         TakeoverRequest.objects.select_for_update(skip_locked=True, of=("self",))
@@ -392,50 +391,3 @@ def do_expire_takeover_requests(*, now: datetime, max_age: float, limit: int = 5
             notify_on_commit(request.requester_session_id, event)
         count += 1
     return count
-
-
-def do_delete_expired_drafts(*, now: datetime, limit: int = 5000) -> int:
-    _require_transaction()
-    expired = list(Draft.objects.filter(expires_at__lte=now).order_by("pk").values_list("pk", flat=True)[:limit])
-    deleted, _ = Draft.objects.filter(pk__in=expired, expires_at__lte=now).delete()
-    return deleted
-
-
-# --- drafts ---------------------------------------------------------------------------------------
-
-
-def draft_size(content: Any) -> int:
-    return len(json.dumps(content, separators=(",", ":")).encode("utf-8"))
-
-
-def do_save_draft(
-    *, user: Any, workspace: Workspace, resource_address: str, content: dict[str, Any], now: datetime | None = None
-) -> Draft:
-    """Create or replace the caller's draft of a resource; it lives HUB_DRAFT_TTL from now."""
-    now = now or timezone.now()
-    if draft_size(content) > settings.HUB_DRAFT_MAX_BYTES:
-        raise HubError("the draft is larger than %d bytes" % settings.HUB_DRAFT_MAX_BYTES)
-    expires_at = now + timedelta(seconds=settings.HUB_DRAFT_TTL)
-    with transaction.atomic():
-        draft, _ = Draft.objects.update_or_create(
-            workspace=workspace,
-            resource_address=resource_address,
-            user=user,
-            defaults={"content": content, "expires_at": expires_at},
-        )
-    return draft
-
-
-def get_draft(*, user: Any, workspace: Workspace, resource_address: str, now: datetime | None = None) -> Draft:
-    now = now or timezone.now()
-    draft = Draft.objects.filter(
-        workspace=workspace, resource_address=resource_address, user_id=user.pk, expires_at__gt=now
-    ).first()
-    if draft is None:
-        raise NotFound("no draft of this resource")
-    return draft
-
-
-def do_delete_draft(*, user: Any, workspace: Workspace, resource_address: str) -> bool:
-    deleted, _ = Draft.objects.filter(workspace=workspace, resource_address=resource_address, user_id=user.pk).delete()
-    return deleted > 0

@@ -140,6 +140,9 @@ class SessionConsumer(HubConsumer):
             state = await database_sync_to_async(self._state)()
             await self._ended(state["ended_reason"])
             return
+        # Layers expire group memberships (group_expiry, a day by default); a session tab may stay
+        # open longer, so each heartbeat renews the membership.
+        await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
         await self.send_json({"type": "heartbeat.ack", "last_seen_at": session.last_seen_at.isoformat()})
 
     async def _ended(self, reason: str) -> None:
@@ -222,6 +225,9 @@ class TaskLogConsumer(HubConsumer):
         await self._send_stored()
 
     async def task_status(self, message: dict[str, Any]) -> None:
+        # Chunks are announced before the status change that follows them; if the layer dropped
+        # the last of them, no later chunk would reveal the gap, so catch up before reporting.
+        await self._send_stored()
         await self.send_json({"type": "task.status", "task_id": self.task_id, "status": message.get("status")})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:

@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from apps.coordination.fencing import Tick
 from apps.coordination.registry import job
-from apps.hub.actions import do_delete_expired_drafts, do_expire_stale_sessions, do_expire_takeover_requests
+from apps.hub.actions import do_expire_stale_sessions, do_expire_takeover_requests
+from apps.hub.drafts import do_delete_expired_drafts
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.hub.actions import current_editor, draft_size, request_expires_at
+from apps.hub.actions import current_editor, request_expires_at
+from apps.hub.drafts import draft_size
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
 

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.hub import actions
+from apps.hub import actions, drafts
 from apps.hub.serializers import (
     DraftKeySerializer,
     DraftSaveSerializer,
@@ -171,7 +171,7 @@ class DraftView(APIView):
         key = DraftKeySerializer(data=request.query_params)
         key.is_valid(raise_exception=True)
         try:
-            draft = actions.get_draft(user=request.user, **key.validated_data)
+            draft = drafts.get_draft(user=request.user, **key.validated_data)
         except actions.HubError as exc:
             return error_response(exc)
         return Response(DraftSerializer(draft).data)
@@ -181,7 +181,7 @@ class DraftView(APIView):
         data = DraftSaveSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            draft = actions.do_save_draft(user=request.user, **data.validated_data)
+            draft = drafts.do_save_draft(user=request.user, **data.validated_data)
         except actions.HubError as exc:
             return error_response(exc)
         return Response(DraftSerializer(draft).data)
@@ -190,6 +190,6 @@ class DraftView(APIView):
     def delete(self, request: Request) -> Response:
         key = DraftKeySerializer(data=request.query_params)
         key.is_valid(raise_exception=True)
-        if not actions.do_delete_draft(user=request.user, **key.validated_data):
+        if not drafts.do_delete_draft(user=request.user, **key.validated_data):
             return error_response(actions.NotFound("no draft of this resource"))
         return Response(status=status.HTTP_204_NO_CONTENT)

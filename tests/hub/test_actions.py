@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.hub import actions
-from apps.hub.models import Draft, EditingSession, TakeoverRequest
+from apps.hub.models import EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
 from tests.hub.conftest import Inbox
 
@@ -277,27 +277,3 @@ def test_heartbeats_refresh_only_own_active_sessions(workspace: Workspace, alice
     actions.do_close_session(user=alice, session_id=session.session_id)
     with pytest.raises(actions.Conflict, match="has ended"):
         actions.do_heartbeat(user=alice, session_id=session.session_id)
-
-
-def test_drafts_are_per_user_replaced_on_save_and_unreadable_once_expired(
-    workspace: Workspace, alice: User, bob: User
-) -> None:
-    now = timezone.now()
-    actions.do_save_draft(user=alice, workspace=workspace, resource_address=ADDR, content={"v": 1}, now=now)
-    saved = actions.do_save_draft(user=alice, workspace=workspace, resource_address=ADDR, content={"v": 2}, now=now)
-    assert Draft.objects.count() == 1
-    assert actions.get_draft(user=alice, workspace=workspace, resource_address=ADDR, now=now).content == {"v": 2}
-    with pytest.raises(actions.NotFound):
-        actions.get_draft(user=bob, workspace=workspace, resource_address=ADDR, now=now)
-    with pytest.raises(actions.NotFound):
-        actions.get_draft(user=alice, workspace=workspace, resource_address=ADDR, now=saved.expires_at)
-    assert actions.do_delete_draft(user=alice, workspace=workspace, resource_address=ADDR)
-    assert not actions.do_delete_draft(user=alice, workspace=workspace, resource_address=ADDR)
-
-
-def test_an_oversized_draft_is_refused_and_the_old_one_kept(workspace: Workspace, alice: User, settings: Any) -> None:
-    settings.HUB_DRAFT_MAX_BYTES = 100
-    actions.do_save_draft(user=alice, workspace=workspace, resource_address=ADDR, content={"v": 1})
-    with pytest.raises(actions.HubError, match="larger than 100 bytes"):
-        actions.do_save_draft(user=alice, workspace=workspace, resource_address=ADDR, content={"v": "x" * 200})
-    assert actions.get_draft(user=alice, workspace=workspace, resource_address=ADDR).content == {"v": 1}

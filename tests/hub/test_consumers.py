@@ -3,6 +3,7 @@ tests/integration/test_hub*.py run the same across real daphne replicas."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from unittest import mock
@@ -19,6 +20,7 @@ from django.db import connections
 from apps.agents.protocol import task_group
 from apps.hub import actions
 from apps.hub.consumers import TaskLogConsumer
+from apps.hub.events import session_group
 from apps.hub.models import EditingSession
 from apps.hub.routing import websocket_urlpatterns
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
@@ -143,6 +145,27 @@ async def test_a_heartbeat_on_a_session_ended_meanwhile_reports_why_and_closes(
     assert (await communicator.receive_output(timeout=5))["code"] == 4410
 
 
+async def test_heartbeats_renew_the_group_membership_past_group_expiry(
+    workspace: Workspace, alice: User, settings: Any
+) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"group_expiry": 100}}
+    }
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=5)
+    later = time.time() + 150  # the membership made at connect has expired by then
+    with mock.patch("channels.layers.time.time", return_value=later):
+        await communicator.send_json_to({"type": "heartbeat"})
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "heartbeat.ack"
+        await get_channel_layer().group_send(
+            session_group(session.session_id), {"type": "hub.event", "event": {"type": "probe"}}
+        )
+        assert (await communicator.receive_json_from(timeout=5)) == {"type": "probe"}
+    await communicator.disconnect()
+
+
 async def test_takeover_events_reach_the_sockets_and_session_ended_closes(
     workspace: Workspace, alice: User, bob: User
 ) -> None:
@@ -230,6 +253,42 @@ async def test_stored_log_from_the_asked_seq_then_live_chunks(task: Task, viewer
     await get_channel_layer().group_send(
         task_group(task.pk), {"type": "task.status", "task_id": task.pk, "status": "succeeded"}
     )
+    assert (await communicator.receive_json_from(timeout=5))["status"] == "succeeded"
+    await communicator.disconnect()
+
+
+async def test_chunks_the_layer_dropped_are_read_from_the_database(task: Task, viewer: User, settings: Any) -> None:
+    """A burst beyond the channel's capacity: the layer drops messages (ChannelFull). The next
+    announcement that arrives (a later chunk, or the status change that ends the task) makes the
+    consumer fill the gap from the database."""
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 3}}
+    }
+    layer = get_channel_layer()
+    communicator = _communicator("/ws/tasks/%d/logs/" % task.pk, viewer)
+    await communicator.connect()
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "task.status"
+
+    await _store(task, *range(40))
+    # The in-memory layer never yields inside group_send, so the consumer reads nothing meanwhile:
+    # it gets the first three and the other 37 announcements are dropped.
+    for seq in range(40):
+        await layer.group_send(
+            task_group(task.pk), {"type": "task.log", "task_id": task.pk, "seq": seq, "text": "line %d\n" % seq}
+        )
+    assert await _receive_logs(communicator, 3) == [0, 1, 2]
+    await _publish(task, 40)
+    assert await _receive_logs(communicator, 38) == list(range(3, 41))
+
+    # The tail of a task dropped: the final status change catches it up before it is reported.
+    await _store(task, *range(41, 50))
+    for seq in range(41, 50):
+        await layer.group_send(
+            task_group(task.pk), {"type": "task.log", "task_id": task.pk, "seq": seq, "text": "line %d\n" % seq}
+        )
+    assert await _receive_logs(communicator, 3) == [41, 42, 43]
+    await layer.group_send(task_group(task.pk), {"type": "task.status", "task_id": task.pk, "status": "succeeded"})
+    assert await _receive_logs(communicator, 6) == list(range(44, 50))
     assert (await communicator.receive_json_from(timeout=5))["status"] == "succeeded"
     await communicator.disconnect()
 

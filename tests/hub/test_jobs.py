@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
 from apps.coordination.registry import registered_jobs
-from apps.hub import actions
+from apps.hub import actions, drafts
 from apps.hub.jobs import cleanup, lock_draft_cleanup
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
@@ -138,8 +138,8 @@ def test_answered_requests_are_left_alone(tick: Tick, workspace: Workspace, alic
 
 def test_expired_drafts_are_deleted_live_ones_kept(tick: Tick, workspace: Workspace, alice: User) -> None:
     now = timezone.now()
-    old = actions.do_save_draft(user=alice, workspace=workspace, resource_address="a.old", content={}, now=now)
-    live = actions.do_save_draft(
+    old = drafts.do_save_draft(user=alice, workspace=workspace, resource_address="a.old", content={}, now=now)
+    live = drafts.do_save_draft(
         user=alice, workspace=workspace, resource_address="a.new", content={}, now=now + timedelta(hours=1)
     )
     cleanup(tick, now=old.expires_at)
@@ -157,7 +157,7 @@ def test_a_tick_of_a_stale_term_writes_nothing_and_announces_nothing(
     editor, waiting = _open(alice, workspace, "a.one"), _open(bob, workspace, "a.one")
     actions.do_request_takeover(user=bob, session_id=waiting.session_id)
     _age(editor, 10_000)
-    actions.do_save_draft(user=alice, workspace=workspace, resource_address="a.one", content={})
+    drafts.do_save_draft(user=alice, workspace=workspace, resource_address="a.one", content={})
     raise_epoch(name=LEASE, epoch=6, holder="leader-b")
     editor_inbox = inbox(editor.session_id)
 
