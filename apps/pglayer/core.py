@@ -419,6 +419,8 @@ class PostgresChannelLayer(BaseChannelLayer):
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 await self.housekeeping_step(time.monotonic())
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                logger.warning("channel layer: housekeeping skipped (%s)", exc)
             except Exception:
                 logger.exception("channel layer: housekeeping failed")
 

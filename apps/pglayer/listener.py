@@ -70,11 +70,13 @@ class Listener:
                     for channel in self._channels:
                         # Channel names are "pgl_" + hex digits: safe as quoted identifiers.
                         await conn.execute('LISTEN "%s"' % channel)
-                    attempt = 0
                     self.connections += 1
                     self.backend_pid = conn.info.backend_pid
                     self._connected.set()
-                    logger.info("channel layer: listening (backend %s)", self.backend_pid)
+                    logger.info(
+                        "channel layer: listening (backend %s, %d failed attempts before)", self.backend_pid, attempt
+                    )
+                    attempt = 0
                     self._on_connected()
                     while True:
                         async for notify in conn.notifies(timeout=self._heartbeat):
@@ -85,7 +87,9 @@ class Listener:
                     self.backend_pid = None
                     await conn.close()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                logger.warning("channel layer: listener connection lost (%s); reconnecting", exc)
+                # One warning per outage; the attempts while the server stays away are debug.
+                log = logger.warning if attempt == 0 else logger.debug
+                log("channel layer: listener connection lost or refused (%s); reconnecting", exc)
             except asyncio.CancelledError:
                 raise
             except Exception:

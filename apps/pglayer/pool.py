@@ -129,7 +129,8 @@ class ConnectionPool:
                 certain_not_done = not sent or getattr(exc, "sqlstate", None) in _NOT_EXECUTED_SQLSTATES
                 if not (idempotent or certain_not_done) or self._clock() >= deadline:
                     raise
-                logger.warning("channel layer: %s failed (%s); retrying", what, exc)
+                log = logger.warning if attempt == 0 else logger.debug
+                log("channel layer: %s failed (%s); retrying", what, exc)
             await asyncio.sleep(backoff(attempt))
             attempt += 1
 
