@@ -1,0 +1,76 @@
+"""``manage.py runagent``: an agent that connects to the web replicas and runs Terraform."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.agents.protocol import AGENT_ID_RE, agent_group
+from apps.agents.runtime import AgentConfig, AgentRuntime
+
+
+def default_agent_id() -> str:
+    # Pod name + pid: unique per process locally, and stable across container restarts in a pod
+    # (pid 1), so a restarted agent's forgotten tasks are settled at its first hello.
+    base = agent_group(settings.POD_NAME).removeprefix("agent.")[:50].lstrip("-._") or "agent"
+    return "%s-%d" % (base, os.getpid())
+
+
+class Command(BaseCommand):
+    help = "Run an agent: connect to the C&C WebSocket of any web replica and run Terraform tasks."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", action="append", default=[], help="C&C URL (repeat; also AGENT_URLS)")
+        parser.add_argument("--token-file", type=Path, help="file holding the pool token (else AGENT_TOKEN)")
+        parser.add_argument("--agent-id", default="", help="stable agent id (default: <POD_NAME>-<pid>)")
+        parser.add_argument("--name", default="")
+        parser.add_argument("--concurrency", type=int, default=1, help="tasks run at once (1-64)")
+        parser.add_argument("--execution-log", type=Path, help="append JSON lines around each Terraform run")
+        parser.add_argument("--work-dir", default=settings.AGENT_WORK_DIR or None)
+        parser.add_argument("--terraform-bin", default=settings.TERRAFORM_BIN)
+        parser.add_argument("--shutdown-grace", type=float, default=settings.AGENT_SHUTDOWN_GRACE)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        urls = [*settings.AGENT_URLS, *options["url"]]
+        if not urls:
+            raise CommandError("give at least one --url (or AGENT_URLS)")
+        token = settings.AGENT_TOKEN
+        if options["token_file"] is not None:
+            try:
+                token = options["token_file"].read_text().strip()
+            except OSError as exc:
+                raise CommandError("cannot read the token file: %s" % exc) from exc
+        if not token:
+            raise CommandError("no pool token: give --token-file or set AGENT_TOKEN")
+        agent_id = options["agent_id"] or default_agent_id()
+        if not AGENT_ID_RE.match(agent_id):
+            raise CommandError("--agent-id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+        if not 1 <= options["concurrency"] <= 64:
+            raise CommandError("--concurrency must be between 1 and 64")
+        config = AgentConfig(
+            urls=urls,
+            token=token,
+            agent_id=agent_id,
+            name=options["name"],
+            concurrency=options["concurrency"],
+            terraform_bin=options["terraform_bin"],
+            work_dir=options["work_dir"],
+            execution_log=options["execution_log"],
+            shutdown_grace=options["shutdown_grace"],
+            reconnect_max_delay=settings.AGENT_RECONNECT_MAX_DELAY,
+            heartbeat_interval=settings.AGENT_HEARTBEAT_INTERVAL,
+        )
+        asyncio.run(self.serve(config))
+
+    async def serve(self, config: AgentConfig) -> None:
+        runtime = AgentRuntime(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runtime.request_stop)
+        await runtime.run()

