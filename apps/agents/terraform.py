@@ -223,6 +223,8 @@ class TerraformRun:
             "CHECKPOINT_DISABLE": "1",
             **{"TF_VAR_%s" % name: value for name, value in self.spec.variables.items()},
         }
+        if self.cancelled:
+            return 130, ""
         self.on_output("$ terraform %s\n" % " ".join(args))
         proc = await asyncio.create_subprocess_exec(
             self.terraform_bin,
@@ -236,6 +238,10 @@ class TerraformRun:
             preexec_fn=_die_with_parent,  # only prctl in the child: no locks taken
         )
         self._proc = proc
+        if self.cancelled:
+            # Cancelled while the process was being started: it missed the first signal.
+            self.cancelled = False
+            self.cancel()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         collected: list[str] = []
         assert proc.stdout is not None

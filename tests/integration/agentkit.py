@@ -144,6 +144,15 @@ def task_status(task_id: int) -> str:
     return Task.objects.values_list("status", flat=True).get(pk=task_id)
 
 
+def wait_terminal(task_id: int, timeout: float, procs: list[Proc] | None = None) -> str:
+    return wait_for("task %d to finish" % task_id, lambda: _terminal(task_id), timeout, procs)
+
+
+def _terminal(task_id: int) -> str | None:
+    status = task_status(task_id)
+    return status if status in Task.TERMINAL else None
+
+
 def executions(tmp_path: Path, *names: str) -> list[dict[str, Any]]:
     events = []
     for name in names:

@@ -20,6 +20,7 @@ from tests.integration.agentkit import (
     start_agent,
     task_status,
     wait_for,
+    wait_terminal,
 )
 from tests.processes import ProcessGroup
 
@@ -37,7 +38,7 @@ def test_plan_apply_and_drift_check_run_with_real_terraform(processes: ProcessGr
         Task.objects.get(pk=enqueue(web.url, workspace, kind)) for kind in ("plan", "apply", "drift_check")
     )
     for task in (plan, apply, drift):
-        wait_for("task %d done" % task.pk, lambda t=task: task_status(t.pk) in Task.TERMINAL, 60, [agent, web])
+        wait_terminal(task.pk, 60, [agent, web])
     plan.refresh_from_db()
     apply.refresh_from_db()
     drift.refresh_from_db()

@@ -1,0 +1,138 @@
+"""The agent runtime's frame handling and backoff, without a network (a recording socket)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from apps.agents.runtime import AgentConfig, AgentRuntime, HeldTask, Phase, backoff_delay
+from apps.agents.terraform import TaskSpec
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def close(self) -> None:
+        pass
+
+
+def dispatch(task_id: int, attempt: int = 1) -> dict[str, Any]:
+    return {
+        "type": "task.dispatch",
+        "task_id": task_id,
+        "attempt": attempt,
+        "task_type": "plan",
+        "workspace_id": 1,
+        "workspace": "w",
+        "files": {},
+        "variables": {},
+        "state": None,
+        "timeout_seconds": 60,
+        "log_seq_start": 5,
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def runtime() -> AgentRuntime:
+    rt = AgentRuntime(AgentConfig(urls=["ws://x/ws/agents/"], token="t", agent_id="a1", concurrency=1), clock=Clock())
+    rt.ws = RecordingSocket()  # type: ignore[assignment]
+    return rt
+
+
+def sent(rt: AgentRuntime) -> list[dict[str, Any]]:
+    return rt.ws.sent  # type: ignore[union-attr]
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    rng = random.Random(1)
+    first = [backoff_delay(0, cap=10, rng=rng) for _ in range(100)]
+    assert all(0.1 <= d <= 0.2 for d in first)
+    assert len(set(first)) > 50  # jittered: agents do not reconnect in lockstep
+    late = [backoff_delay(20, cap=10, rng=rng) for _ in range(100)]
+    assert all(5 <= d <= 10 for d in late)
+
+
+async def test_a_dispatch_is_accepted_and_nothing_runs_before_accepted(runtime: AgentRuntime) -> None:
+    await runtime.handle(dispatch(7))
+    assert sent(runtime) == [{"type": "task.accept", "task_id": 7, "attempt": 1}]
+    held = runtime.tasks[7]
+    assert (held.phase, held.worker, held.next_seq) == (Phase.ACCEPTING, None, 5)
+    await runtime.handle(dispatch(7))  # re-sent dispatch: ignored
+    assert len(sent(runtime)) == 1
+
+
+async def test_a_full_or_draining_agent_rejects_dispatches(runtime: AgentRuntime) -> None:
+    await runtime.handle(dispatch(7))
+    await runtime.handle(dispatch(8))
+    assert sent(runtime)[-1] == {"type": "task.reject", "task_id": 8, "attempt": 1, "reason": "full"}
+    await runtime.handle({"type": "task.drop", "task_id": 7, "reason": "not yours"})
+    assert runtime.tasks == {}
+    runtime.request_stop()
+    await runtime.handle(dispatch(9))
+    assert sent(runtime)[-1]["type"] == "task.reject"
+    assert sent(runtime)[-1]["reason"] == "draining"
+
+
+async def test_hello_and_heartbeat_list_held_tasks(runtime: AgentRuntime) -> None:
+    await runtime.handle(dispatch(7, attempt=2))
+    hello = runtime.hello_frame()
+    assert hello["tasks"] == [{"task_id": 7, "attempt": 2}]
+    assert (hello["agent_id"], hello["capacity"], hello["draining"], hello["protocol"]) == ("a1", 1, False, 1)
+    runtime.request_stop()
+    assert runtime.heartbeat_frame() == {"type": "heartbeat", "tasks": [{"task_id": 7, "attempt": 2}], "draining": True}
+
+
+async def test_unacknowledged_reports_are_replayed_after_a_reconnect(runtime: AgentRuntime) -> None:
+    spec = TaskSpec(task_id=3, attempt=1, task_type="apply", workspace_id=1, files={}, variables={}, state=None)
+    finished = HeldTask(spec=spec, phase=Phase.FINISHED)
+    finished.unacked_chunks = [{"type": "task.log", "task_id": 3, "attempt": 1, "seq": 0, "text": "x"}]
+    finished.result = {"type": "task.result", "task_id": 3, "attempt": 1, "status": "succeeded"}
+    runtime.tasks[3] = finished
+    await runtime.handle(dispatch(4))
+    sent(runtime).clear()
+    await runtime.replay()
+    assert [(f["type"], f["task_id"]) for f in sent(runtime)] == [
+        ("task.log", 3),
+        ("task.result", 3),
+        ("task.accept", 4),
+    ]
+    await runtime.handle({"type": "task.ack", "task_id": 3})
+    assert list(runtime.tasks) == [4]
+
+
+async def test_not_owned_makes_the_agent_forget_a_finished_task(runtime: AgentRuntime) -> None:
+    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state=None)
+    runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result={"type": "task.result"})
+    await runtime.handle({"type": "error", "code": "invalid_field", "task_id": 3})
+    assert 3 in runtime.tasks
+    await runtime.handle({"type": "error", "code": "not_owned", "task_id": 3})
+    assert runtime.tasks == {}
+
+
+async def test_a_stopping_agent_is_done_when_nothing_is_left_or_the_server_never_returns(
+    runtime: AgentRuntime,
+) -> None:
+    assert not runtime.done()
+    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state=None)
+    runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result={"type": "task.result"})
+    runtime.request_stop()
+    assert not runtime.done()  # its result is not acknowledged yet
+    runtime.clock.now += runtime.config.shutdown_grace + 31  # type: ignore[attr-defined]
+    assert runtime.done()
+    runtime.tasks.clear()
+    assert runtime.done()

