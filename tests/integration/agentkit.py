@@ -48,7 +48,13 @@ output "greeting" {
 SLOW_WRAPPER = """\
 #!/bin/sh
 case "$1" in
-  plan|apply) sleep "${SLOW_SECONDS:-0}" ;;
+  plan|apply)
+    # In the background with a trap, so that an interrupt (a cancel) ends the wait at once.
+    sleep "${SLOW_SECONDS:-0}" &
+    pid=$!
+    trap 'kill $pid 2>/dev/null; exit 130' INT TERM
+    wait $pid
+    trap - INT TERM ;;
 esac
 exec "%s" "$@"
 """
