@@ -209,22 +209,42 @@ def _lock_sessions(*session_pks: int) -> dict[int, EditingSession]:
     return {s.pk: s for s in locked}
 
 
+class _EditorChanged(Exception):
+    pass
+
+
+EDITOR_LOOKUPS = 3
+
+
 def _waiting_session_and_editor(*, user: Any, session_id: UUID) -> tuple[EditingSession, EditingSession]:
-    """Lock the caller's waiting session and the editor of its resource, in primary-key order."""
+    """Lock the caller's waiting session and the editor of its resource, in primary-key order.
+
+    The editor is found without a lock, so a takeover committed while we waited for its lock may
+    have replaced it: then the attempt's savepoint is rolled back (releasing its row locks, so the
+    primary-key order still holds) and the new editor is looked up.
+    """
     mine = get_owned_session(user=user, session_id=session_id)
-    editor = current_editor(mine)
-    if editor is None:
-        raise Conflict("nobody edits this resource; claim the session instead")
-    locked = _lock_sessions(mine.pk, editor.pk)
-    mine, editor = locked[mine.pk], locked[editor.pk]
-    # Re-checked under the locks: the editor may have left, or ours may have ended, meanwhile.
-    if not mine.active:
-        raise Conflict("the editing session has ended (%s)" % mine.ended_reason)
-    if mine.mode == EditingSession.Mode.EDITOR:
+    for _ in range(EDITOR_LOOKUPS):
+        editor = current_editor(mine)
+        if editor is None:
+            raise Conflict("nobody edits this resource; claim the session instead")
+        try:
+            with transaction.atomic():
+                locked = _lock_sessions(mine.pk, editor.pk)
+                locked_mine, locked_editor = locked[mine.pk], locked[editor.pk]
+                if locked_editor.active and locked_editor.mode == EditingSession.Mode.EDITOR:
+                    break
+                raise _EditorChanged
+        except _EditorChanged:
+            continue
+    else:
+        raise Conflict("the editor of this resource keeps changing; try again")
+    # Re-checked under the lock: ours may have ended or been promoted meanwhile.
+    if not locked_mine.active:
+        raise Conflict("the editing session has ended (%s)" % locked_mine.ended_reason)
+    if locked_mine.mode == EditingSession.Mode.EDITOR:
         raise Conflict("this session already edits the resource")
-    if not (editor.active and editor.mode == EditingSession.Mode.EDITOR):
-        raise Conflict("the editor has just left; try again")
-    return mine, editor
+    return locked_mine, locked_editor
 
 
 def do_request_takeover(*, user: Any, session_id: UUID, message: str = "") -> tuple[TakeoverRequest, bool]:
