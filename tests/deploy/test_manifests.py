@@ -310,3 +310,12 @@ def test_the_runbooks_kubectl_lines_name_what_the_example_overlay_creates() -> N
             assert match[1] == settings_data(resources).get("LEADER_ELECTION_LEASE_NAME"), line
         for match in re.finditer(r"-[kf] (deploy/\S+)", line):
             assert (ROOT / match[1]).exists(), line
+
+
+def test_the_runbooks_metric_names_are_ones_the_code_exports() -> None:
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    source = "\n".join(path.read_text() for path in (ROOT / "apps").rglob("*.py"))
+    named = set(re.findall(r"`(iacplatform_[a-z_]+)`", runbook))
+    assert named
+    for name in named:
+        assert '"%s"' % name in source, name
