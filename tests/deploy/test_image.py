@@ -152,6 +152,13 @@ def test_the_dockerfile_documents_one_image_per_target_the_manifests_use() -> No
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_every_command_the_manifests_run_exists_in_its_image_and_parses(kustomization: Path) -> None:
+    for container in containers(render(kustomization)):
+        target = image_for(container)
+        check_argv(effective_argv(container, target), container, target)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
 def test_web_and_agent_pods_run_their_images_cmd(kustomization: Path) -> None:
     """The image's CMD is the web server (and the agent image's is runagent): `docker run` and the
     pods start the same thing."""
