@@ -246,7 +246,8 @@ AGENT_HEARTBEAT_INTERVAL = env_number("AGENT_HEARTBEAT_INTERVAL", 10.0)
 AGENT_OFFLINE_THRESHOLD = env_number("AGENT_OFFLINE_THRESHOLD", 45.0)
 AGENT_PRUNE_AFTER = env_number("AGENT_PRUNE_AFTER", 7 * 24 * 3600.0)
 AGENT_HELLO_TIMEOUT = env_number("AGENT_HELLO_TIMEOUT", 10.0)
-AGENT_MAX_FRAME_BYTES = env_int("AGENT_MAX_FRAME_BYTES", 4 * 1024 * 1024)
+# daphne closes anything above its --websocket-max-message-size (default 1 MiB) with 1009 first.
+AGENT_MAX_FRAME_BYTES = env_int("AGENT_MAX_FRAME_BYTES", 1024 * 1024)
 TASK_DISPATCH_ACCEPT_TIMEOUT = env_number("TASK_DISPATCH_ACCEPT_TIMEOUT", 30.0)
 # How often the leader runs each queue/agent job.
 JOB_PENDING_TASKS_EVERY = env_number("JOB_PENDING_TASKS_EVERY", 10.0)

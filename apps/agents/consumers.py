@@ -22,8 +22,8 @@ from django.conf import settings
 from apps.agents import actions
 from apps.agents.models import AgentPool
 from apps.agents.protocol import (
+    CLOSE_FRAME_TOO_BIG,
     CLOSE_HELLO_TIMEOUT,
-    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_PROTOCOL,
     CLOSE_UNAUTHORIZED,
     PROTOCOL_VERSION,
@@ -97,7 +97,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         limit = settings.AGENT_MAX_FRAME_BYTES
         if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
-            await self.close(code=CLOSE_MESSAGE_TOO_BIG)
+            await self.send_frame(ProtocolError(Code.FRAME_TOO_BIG, "frames are limited to %d bytes" % limit).frame())
+            await self.close(code=CLOSE_FRAME_TOO_BIG)
             return
         kind: str | None = None
         task_id: int | None = None

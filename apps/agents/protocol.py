@@ -19,8 +19,12 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 
-# Close codes (RFC 6455 and the 4000-4999 private range).
+# Close codes (RFC 6455 and the 4000-4999 private range). A frame above daphne's
+# --websocket-max-message-size is closed with RFC 6455's 1009 by daphne itself, before the consumer
+# sees it; ASGI servers refuse 1009 from an application, so a frame above AGENT_MAX_FRAME_BYTES
+# but within daphne's limit is closed by the consumer with 4009.
 CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_FRAME_TOO_BIG = 4009
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_PROTOCOL = 4400
@@ -40,6 +44,7 @@ class Code:
     AGENT_CONFLICT = "agent_conflict"
     NOT_OWNED = "not_owned"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
+    FRAME_TOO_BIG = "frame_too_big"
     INTERNAL = "internal"
 
 

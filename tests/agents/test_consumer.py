@@ -91,11 +91,13 @@ async def test_an_agent_id_of_another_pool_is_refused(agent_pool: Pool) -> None:
     assert (await comm.receive_output(timeout=2))["type"] == "websocket.close"
 
 
-async def test_an_oversized_frame_closes_with_1009(agent_pool: Pool) -> None:
+async def test_a_frame_over_the_configured_limit_gets_an_error_and_a_close(agent_pool: Pool, settings: Any) -> None:
+    settings.AGENT_MAX_FRAME_BYTES = 1000
     comm = await connect_agent(agent_pool)
-    await comm.send_to(text_data="x" * (settings.AGENT_MAX_FRAME_BYTES + 1))
+    await comm.send_to(text_data="é" * 600)  # 600 characters, 1200 bytes
+    assert (await recv(comm))["code"] == "frame_too_big"
     output = await comm.receive_output(timeout=2)
-    assert output == {"type": "websocket.close", "code": 1009}
+    assert output == {"type": "websocket.close", "code": 4009}
 
 
 async def test_a_task_runs_through_dispatch_accept_log_and_result(agent_pool: Pool, workspace: Workspace) -> None:

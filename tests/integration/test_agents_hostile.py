@@ -1,0 +1,132 @@
+"""200 malformed or hostile frames at a real daphne replica's C&C socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import pytest
+import websockets
+
+from apps.agents.models import Agent
+from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
+from tests.integration.agentkit import FAST_ENV, enqueue, make_pool, make_workspace, wait_for
+from tests.processes import ProcessGroup
+
+pytestmark = pytest.mark.slow
+
+# daphne's default --websocket-max-message-size, equal to the default AGENT_MAX_FRAME_BYTES.
+MAX_FRAME = 1024 * 1024
+
+
+def snapshot() -> dict[str, Any]:
+    return {
+        "tasks": list(Task.objects.order_by("pk").values()),
+        "logs": list(TaskLogChunk.objects.order_by("pk").values()),
+        "states": list(StateVersion.objects.order_by("pk").values()),
+        "workspaces": list(Workspace.objects.order_by("pk").values()),
+        "agents": list(Agent.objects.exclude(agent_id="intruder").order_by("pk").values()),
+    }
+
+
+def hostile_frames(victim_task: int, rng: random.Random) -> list[str]:
+    """Bad JSON, wrong types, unknown types and fields, huge values, and reports about a task that
+    belongs to another agent."""
+    ref = {"task_id": victim_task, "attempt": 1}
+    base: list[Any] = [
+        "{",
+        "",
+        "null",
+        "[]",
+        '"hello"',
+        "NaN",
+        '{"type": "heartbeat", "tasks": NaN}',
+        "[" * 5000,
+        "\u00ff\u0000 not json",
+        {"type": None},
+        {"type": "hello", "protocol": 1, "agent_id": "intruder", "capacity": 1},  # already said hello
+        {"type": "launch"},
+        {"type": "task.accept", **ref},
+        {"type": "task.accept", "task_id": "1", "attempt": 1},
+        {"type": "task.accept", "task_id": victim_task, "attempt": True},
+        {"type": "task.reject", **ref},
+        {"type": "task.log", **ref, "seq": 0, "text": "owned"},
+        {"type": "task.log", **ref, "seq": -1, "text": "x"},
+        {"type": "task.log", **ref, "seq": 0, "text": "x" * 70000},
+        {"type": "task.log", **ref, "seq": 0, "text": {"nested": "x"}},
+        {"type": "task.result", **ref, "status": "succeeded", "state": {"lineage": "evil", "serial": 9}},
+        {"type": "task.result", **ref, "status": "hacked"},
+        {"type": "task.result", **ref, "status": "failed", "exit_code": 10**30},
+        {"type": "task.result", "task_id": 10**20, "attempt": 1, "status": "failed"},
+        {"type": "heartbeat", "tasks": [{"task_id": victim_task}]},
+        {"type": "heartbeat", "draining": "yes"},
+        {"type": "heartbeat", "extra": 1},
+    ]
+    frames: list[str] = []
+    while len(frames) < 195:
+        frame = rng.choice(base)
+        frames.append(frame if isinstance(frame, str) else json.dumps(frame))
+    frames += ["x" * (MAX_FRAME + 1)] * 5  # oversized: daphne closes the socket with 1009
+    rng.shuffle(frames)
+    return frames
+
+
+async def attack(url: str, token: str, frames: list[str]) -> dict[str, int]:
+    headers = {"Authorization": "Bearer " + token}
+    counts = {"error": 0, "closed_1009": 0, "other": 0}
+    ws = None
+    for frame in frames:
+        if ws is None:
+            ws = await websockets.connect(url, additional_headers=headers, max_size=None)
+            await ws.send(json.dumps({"type": "hello", "protocol": 1, "agent_id": "intruder", "capacity": 1}))
+            assert json.loads(await ws.recv())["type"] == "welcome"
+        await ws.send(frame)
+        closed: websockets.exceptions.ConnectionClosed | None = None
+        try:
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            counts["error" if reply.get("type") in ("error", "task.drop") else "other"] += 1
+        except websockets.exceptions.ConnectionClosed as exc:
+            closed = exc
+        if closed is not None:
+            # daphne sends close 1009 and drops the connection; with the rest of the huge frame
+            # still unread on its side, the kernel may reset it before the client reads that close.
+            assert closed.rcvd is None or closed.rcvd.code == 1009, closed
+            assert len(frame) > MAX_FRAME, (frame[:100], closed)
+            counts["closed_1009"] += 1
+            ws = None
+    if ws is not None:
+        # Still serving: a valid heartbeat is accepted silently, then an unknown type is refused.
+        await ws.send(json.dumps({"type": "heartbeat"}))
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["code"] == "unknown_type"
+        await ws.close()
+    return counts
+
+
+def test_two_hundred_hostile_frames_change_nothing_and_crash_nothing(processes: ProcessGroup) -> None:
+    pool, token = make_pool()
+    workspace = make_workspace(pool, "victim")
+    web = processes.daphne("web-1", env=FAST_ENV)
+    # A task dispatched to another agent of the same pool (the intruder's pool-mate).
+    owner = Agent.objects.create(agent_id="owner", pool=pool, status="online", connected_pod="web-9", capacity=0)
+    task_id = enqueue(web.url, workspace, "plan")
+    Task.objects.filter(pk=task_id).update(status="dispatched", agent=owner)
+    before = snapshot()
+    frames = hostile_frames(task_id, random.Random(5))
+    assert len(frames) == 200
+    counts = asyncio.run(attack(web.ws_url + "/ws/agents/", token, frames))
+    assert counts["closed_1009"] == 5
+    assert counts["error"] == 195
+    assert counts["other"] == 0
+    wait_for(
+        "intruder disconnected",
+        lambda: not Agent.objects.filter(agent_id="intruder").exclude(connected_pod=None).exists(),
+        10,
+    )
+    assert snapshot() == before
+    log = web.log()
+    assert "Traceback" not in log
+    assert " ERROR " not in log
+    assert web.alive()
