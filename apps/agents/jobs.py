@@ -5,8 +5,13 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.utils import timezone
+from kubernetes.client import AppsV1Api
 
 from apps.agents.actions import cleanup_agents
+from apps.agents.autoscaler import autoscale
+from apps.agents.models import AgentPool
+from apps.coordination import kube
 from apps.coordination.fencing import Tick
 from apps.coordination.registry import job
 from apps.workspaces.jobs import kick_pending
@@ -23,3 +28,23 @@ def agent_cleanup(tick: Tick) -> None:
     if offline or pruned:
         logger.info("agent_cleanup: %d agents offline, %d pruned", offline, pruned)
         kick_pending()
+
+
+@job(name="agent_autoscaler", every=settings.JOB_AGENT_AUTOSCALER_EVERY)
+def agent_autoscaler(tick: Tick) -> None:
+    """Scale each Kubernetes agent pool's Deployment to its queued + running work."""
+    if not AgentPool.objects.filter(kind=AgentPool.Kind.KUBERNETES).exists():
+        return
+    try:
+        client = kube.api_client()
+    except kube.KubeConfigError as exc:
+        logger.warning("agent_autoscaler: Kubernetes pools exist but %s", exc)
+        return
+    try:
+        with tick.fenced():
+            decisions = autoscale(api=AppsV1Api(client), now=timezone.now())
+    finally:
+        client.close()
+    for decision in decisions:
+        if decision.target is not None:
+            logger.info("agent_autoscaler: %s", decision)
