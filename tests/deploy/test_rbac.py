@@ -76,8 +76,14 @@ def describe(permissions: set[Permission], uses: list[Any]) -> str:
 def test_the_role_grants_exactly_what_the_code_calls(kustomization: Path) -> None:
     uses = code_uses()
     missing, extra = compare(required_permissions(uses), role_grants(leader_role(render(kustomization))))
-    assert not missing, "the code calls these without a grant in the Role:\n" + describe(missing, uses)
-    assert not extra, "the Role grants these but no code under apps/ uses them:\n" + describe(extra, uses)
+    assert not missing, (
+        "the code calls these without a grant in the Role (add a rule to deploy/base/leader-rbac.yaml, "
+        "with resourceNames where RBAC allows):\n" + describe(missing, uses)
+    )
+    assert not extra, (
+        "the Role grants these but no code under apps/ uses them (remove them from "
+        "deploy/base/leader-rbac.yaml):\n" + describe(extra, uses)
+    )
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
