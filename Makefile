@@ -44,6 +44,10 @@ bench: $(STAMP)
 	@url=$(BENCH_DB_URL); export DATABASE_URL=$$url SECRET_KEY=$${SECRET_KEY:-bench-only-secret} PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
 	$(PY) manage.py migrate --noinput -v0 && $(PY) -m bench.run $(BENCH)
 
+# Chaos runs its own embedded PostgreSQL under .data/chaos (it restarts it as one of its faults).
+chaos: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m chaos --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED))
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,102 @@
+"""``make chaos [ROUNDS=200] [SEED=n]``: random faults against a whole local cluster, invariants
+checked after every round. Exits non-zero on any violation and prints the seed to replay it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import django
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=Path(".data/chaos"))
+    parser.add_argument("--webs", type=int, default=2)
+    parser.add_argument("--leaders", type=int, default=3)
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--workspaces", type=int, default=20)
+    args = parser.parse_args(argv[1:])
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    workdir = args.workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+
+    from chaos.cluster import Cluster
+
+    cluster = Cluster(workdir, webs=args.webs, leaders=args.leaders, agents=args.agents)
+    print("chaos: seed %d, %d rounds, logs in %s" % (seed, args.rounds, cluster.logdir), flush=True)
+    try:
+        return run(cluster, seed=seed, rounds=args.rounds, workspaces=args.workspaces)
+    finally:
+        cluster.close()
+
+
+def run(cluster: object, *, seed: int, rounds: int, workspaces: int) -> int:
+    from chaos.cluster import Cluster
+
+    assert isinstance(cluster, Cluster)
+    os.environ.update(
+        DATABASE_URL=cluster.start_database(),
+        SECRET_KEY="chaos-secret-not-for-production",
+        POD_NAME="chaos-harness",
+        PROCESS_ROLE="chaos",
+        DJANGO_SETTINGS_MODULE="iacplatform.settings",
+    )
+    django.setup()
+    from django.core.management import call_command
+
+    from chaos.load import Load, create_workspaces
+    from chaos.runner import ELECTION_BOUND, TASK_BOUND, Runner, wait_for_leader, wait_until
+    from chaos import invariants
+
+    call_command("migrate", verbosity=0, interactive=False)
+    token = "iacp_chaos_%d" % seed
+    cluster.token_file.write_text(token + "\n")
+    workspace_ids = create_workspaces(count=workspaces, token=token)
+    started = time.time()
+    cluster.start_all()
+    if wait_for_leader(cluster, since=started, timeout=30) is None:
+        print("chaos: no leader was elected at start; see %s" % cluster.logdir)
+        return 2
+    runner = Runner(cluster, seed=seed, out=lambda line: print(line, flush=True))
+    runner.measure_lock_baseline()
+    load = Load(workspace_ids=workspace_ids, seed=seed)
+    load.start()
+    try:
+        for number in range(1, rounds + 1):
+            runner.round(number)
+    finally:
+        load.stop()
+    # Drain: with the load stopped, every task must settle; then the final, strictest check.
+    stuck = wait_until(lambda: invariants.tasks_not_terminal(created_before=_now_plus(1)), timeout=TASK_BOUND)
+    final = runner.check_invariants(task_bound=0) if not stuck else runner.check_invariants(task_bound=0)
+    for violation in final:
+        runner.totals.violations[violation.split(":", 1)[0]].append("final: " + violation)
+        print("    VIOLATION final: %s" % violation)
+    print(runner.summary())
+    print("\nload: %d tasks enqueued; election bound %.1fs" % (load.enqueued, ELECTION_BOUND))
+    if runner.totals.violation_count:
+        print("\nchaos: %d violations. Replay: make chaos ROUNDS=%d SEED=%d" % (
+            runner.totals.violation_count, rounds, seed))
+        return 1
+    print("\nchaos: no violations (seed %d)" % seed)
+    return 0
+
+
+def _now_plus(seconds: float) -> object:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

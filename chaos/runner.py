@@ -1,0 +1,206 @@
+"""Chaos rounds: load, a fault, recovery measured, the invariants checked; totals at the end.
+
+The invariants (DESIGN.md and issue 8), checked after every round:
+1. no two holders ran the same job at overlapping times (JobRun);
+2. every task reaches a terminal state within TASK_BOUND;
+3. no apply executed twice (agents' execution logs);
+4. no two executions overlapping in one workspace (agents' execution logs);
+5. advisory locks held return to the baseline;
+6. every online agent's connected_pod names a live web replica;
+7. a leader is elected again within ELECTION_BOUND after any fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import OperationalError, close_old_connections, connection
+from django.db.utils import InterfaceError
+
+from bench.report import percentile
+from chaos import faults, invariants
+from chaos.cluster import LEASE_DURATION, RETRY_PERIOD, Cluster
+
+logger = logging.getLogger(__name__)
+
+# A standby polls every RetryPeriod x (1 + rand x 1.2) (client-go's jitter) and judges expiry from
+# when it *saw* the last renew, itself up to one jittered poll late: hence two jittered periods.
+ELECTION_BOUND = LEASE_DURATION + 2 * (1 + 1.2) * RETRY_PERIOD
+TASK_BOUND = 60.0
+SETTLE_TIMEOUT = 15.0
+INVARIANTS = (
+    "job_overlap",
+    "task_not_terminal",
+    "apply_twice",
+    "workspace_overlap",
+    "advisory_lock_leak",
+    "stale_connected_pod",
+    "no_leader",
+)
+
+
+@dataclass
+class Totals:
+    rounds: int = 0
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    failover: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    recovery: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def violation_count(self) -> int:
+        return sum(len(v) for v in self.violations.values())
+
+
+def retrying(fn: Callable[[], object], *, timeout: float = 30.0) -> object:
+    """Run a read of the harness through a database restart: reconnect and retry until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            with contextlib.suppress(Exception):
+                connection.close()
+            time.sleep(0.2)
+
+
+def lease_state() -> tuple[str, datetime | None]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT holder_identity, renew_time FROM coordination_lease ORDER BY id LIMIT 1")
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else ("", None)
+
+
+def wait_for_leader(cluster: Cluster, *, since: float, timeout: float) -> float | None:
+    """Seconds from ``since`` until a live, running candidate renewed the lease after ``since``."""
+    deadline = time.monotonic() + timeout
+    since_dt = datetime.fromtimestamp(since, UTC)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OperationalError, InterfaceError):
+            holder, renewed = lease_state()
+            live = {m.name for m in cluster.by_role("leader") if m.alive() and not m.stopped}
+            if holder in live and renewed is not None and renewed > since_dt:
+                return max(0.0, renewed.timestamp() - since)
+        with contextlib.suppress(Exception):
+            connection.close() if not connection.is_usable() else None
+        time.sleep(0.05)
+    return None
+
+
+def wait_until(check: Callable[[], list[str]], *, timeout: float) -> list[str]:
+    """Poll ``check`` until it returns no violations or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except (OperationalError, InterfaceError) as exc:
+            found = ["database unreachable: %s" % exc]
+            with contextlib.suppress(Exception):
+                connection.close()
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+class Runner:
+    def __init__(self, cluster: Cluster, *, seed: int, out: Callable[[str], None] = print) -> None:
+        self.cluster = cluster
+        self.seed = seed
+        self.out = out
+        self.totals = Totals()
+        self.lock_baseline = 0
+        self.started_at = datetime.now(UTC)
+
+    def measure_lock_baseline(self) -> None:
+        samples = []
+        for _ in range(20):
+            samples.append(invariants.advisory_locks_held())
+            time.sleep(0.05)
+        self.lock_baseline = min(samples)
+
+    def round(self, number: int, *, load_for: float = 2.0) -> list[str]:
+        rng = random.Random("%d:%d" % (self.seed, number))
+        chosen = faults.choose(rng)
+        time.sleep(load_for)
+        injected_at = time.time()
+        started = time.monotonic()
+        done = []
+        for fault in chosen:
+            done.append(retrying(lambda fault=fault: faults.inject(self.cluster, fault, rng)))  # type: ignore[misc]
+        restarted = self.cluster.restart_dead()
+        failover = wait_for_leader(self.cluster, since=injected_at, timeout=ELECTION_BOUND + 20)
+        label = "+".join(f.label for f in chosen)
+        violations: list[str] = []
+        if failover is None or failover > ELECTION_BOUND:
+            violations.append("no_leader: none within %.1fs of %s (got %s)" % (ELECTION_BOUND, label, failover))
+        else:
+            self.totals.failover[label].append(failover)
+        violations += ["stale_connected_pod: " + v for v in wait_until(
+            lambda: invariants.stale_connected_pods(self.cluster.live_web_pods()), timeout=SETTLE_TIMEOUT)]
+        self.totals.recovery[label].append(time.monotonic() - started)
+        violations += self.check_invariants()
+        self.totals.rounds += 1
+        for violation in violations:
+            self.totals.violations[violation.split(":", 1)[0]].append("round %d: %s" % (number, violation))
+        self.out(
+            "round %3d  %-48s failover %-7s recovery %5.2fs  %s%s"
+            % (
+                number,
+                label,
+                "%.2fs" % failover if failover is not None else "none",
+                time.monotonic() - started,
+                "; ".join(str(d) for d in done),
+                ("  restarted " + ",".join(restarted)) if restarted else "",
+            )
+        )
+        for violation in violations:
+            self.out("    VIOLATION %s" % violation)
+        return violations
+
+    def check_invariants(self, *, task_bound: float = TASK_BOUND) -> list[str]:
+        close_old_connections()
+        found: list[str] = []
+        found += ["job_overlap: " + v for v in retrying(lambda: invariants.job_overlaps(since=self.started_at))]  # type: ignore[union-attr]
+        cutoff = datetime.now(UTC) - timedelta(seconds=task_bound)
+        found += ["task_not_terminal: " + v for v in retrying(  # type: ignore[union-attr]
+            lambda: invariants.tasks_not_terminal(created_before=cutoff))]
+        executions = invariants.read_executions(self.cluster.execution_logs())
+        found += ["apply_twice: " + v for v in invariants.applies_executed_twice(executions)]
+        found += ["workspace_overlap: " + v for v in invariants.overlapping_executions(
+            executions, died_at=self.cluster.agent_deaths)]
+        leaked = wait_until(self.lock_leak, timeout=5.0)
+        found += ["advisory_lock_leak: " + v for v in leaked]
+        return found
+
+    def lock_leak(self) -> list[str]:
+        held = invariants.advisory_locks_held()
+        if held <= self.lock_baseline:
+            return []
+        return ["%d advisory locks held, baseline %d" % (held, self.lock_baseline)]
+
+    def summary(self) -> str:
+        lines = ["", "chaos: %d rounds, seed %d" % (self.totals.rounds, self.seed), "", "invariant violations:"]
+        for name in INVARIANTS:
+            lines.append("  %-22s %d" % (name, len(self.totals.violations.get(name, []))))
+        lines += ["", "per fault kind (seconds):        n   failover p50/p99     recovery p50/p99"]
+        by_kind: dict[str, tuple[list[float], list[float]]] = {}
+        for label, values in self.totals.recovery.items():
+            for kind in label.split("+"):
+                entry = by_kind.setdefault(kind, ([], []))
+                entry[1].extend(values)
+                entry[0].extend(self.totals.failover.get(label, []))
+        for kind in sorted(by_kind):
+            fo, rec = by_kind[kind]
+            lines.append(
+                "  %-30s %3d   %5.2f / %5.2f      %5.2f / %5.2f"
+                % (kind, len(rec), percentile(fo, 50), percentile(fo, 99), percentile(rec, 50), percentile(rec, 99))
+            )
+        return "\n".join(lines)
