@@ -157,7 +157,10 @@ class Cluster:
         log.parent.mkdir(exist_ok=True)
         member.execution_logs.append(log)
         argv = [python, "manage.py", "runagent", "--agent-id", member.agent_id, "--token-file", str(self.token_file)]
-        for url in self.web_ws_urls():
+        # Each agent starts at a different replica, as a Service would spread them.
+        urls = self.web_ws_urls()
+        offset = self.by_role("agent").index(member) % len(urls)
+        for url in urls[offset:] + urls[:offset]:
             argv += ["--url", url]
         return [*argv, "--execution-log", str(log), "--work-dir", str(self.workdir / "work" / member.agent_id)]
 
