@@ -134,7 +134,7 @@ class Cluster:
         return [m.name for m in self.by_role("web") if m.alive() and not m.stopped]
 
     def env(self, member: Member) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL", "DATABASE_URL")}
         env.update(TIMINGS)
         env.update(
             DATABASE_URL=self.db_url,
