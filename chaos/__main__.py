@@ -9,6 +9,7 @@ import random
 import shutil
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import django
@@ -23,6 +24,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--leaders", type=int, default=3)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--workspaces", type=int, default=20)
+    parser.add_argument("--log-level", default="WARNING", help="of the harness itself; the cluster logs to files")
     args = parser.parse_args(argv[1:])
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     workdir = args.workdir.resolve()
@@ -35,12 +37,12 @@ def main(argv: list[str]) -> int:
     cluster = Cluster(workdir, webs=args.webs, leaders=args.leaders, agents=args.agents)
     print("chaos: seed %d, %d rounds, logs in %s" % (seed, args.rounds, cluster.logdir), flush=True)
     try:
-        return run(cluster, seed=seed, rounds=args.rounds, workspaces=args.workspaces)
+        return run(cluster, seed=seed, rounds=args.rounds, workspaces=args.workspaces, log_level=args.log_level)
     finally:
         cluster.close()
 
 
-def run(cluster: object, *, seed: int, rounds: int, workspaces: int) -> int:
+def run(cluster: object, *, seed: int, rounds: int, workspaces: int, log_level: str) -> int:
     from chaos.cluster import Cluster
 
     assert isinstance(cluster, Cluster)
@@ -51,14 +53,14 @@ def run(cluster: object, *, seed: int, rounds: int, workspaces: int) -> int:
         PROCESS_ROLE="chaos",
         DJANGO_SETTINGS_MODULE="iacplatform.settings",
         # The harness prints its rounds; the cluster's processes log to files under the workdir.
-        LOG_LEVEL=os.environ.get("CHAOS_LOG_LEVEL", "WARNING"),
+        LOG_LEVEL=log_level,
     )
     django.setup()
     from django.core.management import call_command
 
+    from chaos import invariants
     from chaos.load import Load, create_workspaces
     from chaos.runner import ELECTION_BOUND, TASK_BOUND, Runner, wait_for_leader, wait_until
-    from chaos import invariants
 
     call_command("migrate", verbosity=0, interactive=False)
     token = "iacp_chaos_%d" % seed
@@ -89,16 +91,16 @@ def run(cluster: object, *, seed: int, rounds: int, workspaces: int) -> int:
     print(runner.summary())
     print("\nload: %d tasks enqueued; election bound %.1fs" % (load.enqueued, ELECTION_BOUND))
     if runner.totals.violation_count:
-        print("\nchaos: %d violations. Replay: make chaos ROUNDS=%d SEED=%d" % (
-            runner.totals.violation_count, rounds, seed))
+        print(
+            "\nchaos: %d violations. Replay: make chaos ROUNDS=%d SEED=%d"
+            % (runner.totals.violation_count, rounds, seed)
+        )
         return 1
     print("\nchaos: no violations (seed %d)" % seed)
     return 0
 
 
-def _now_plus(seconds: float) -> object:
-    from datetime import UTC, datetime, timedelta
-
+def _now_plus(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 

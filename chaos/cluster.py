@@ -63,7 +63,7 @@ class Member:
 
     role: str  # web | leader | agent
     name: str
-    port: int | None = None
+    port: int = 0  # web and leader (health) port; agents have none
     popen: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     stopped: bool = False  # SIGSTOPped right now
@@ -170,7 +170,11 @@ class Cluster:
         log = (self.logdir / ("%s.log" % member.name)).open("ab")
         log.write(b"\n===== incarnation %d =====\n" % member.incarnation)
         member.popen = subprocess.Popen(
-            self.argv(member), cwd=ROOT, env=self.env(member), stdout=log, stderr=subprocess.STDOUT,
+            self.argv(member),
+            cwd=ROOT,
+            env=self.env(member),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

@@ -76,8 +76,17 @@ def pick_target(cluster: Cluster, target: str, rng: random.Random) -> Member | N
     return rng.choice(candidates) if candidates else None
 
 
-def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> str:
-    """Inject ``fault``; a description of what was done."""
+@dataclass(frozen=True)
+class Injected:
+    description: str
+    # When the election's clock starts for this fault: the moment a leader was hit, or the moment
+    # PostgreSQL was reachable again; None when the fault does not touch the election.
+    election_from: float | None = None
+
+
+def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> Injected:
+    """Inject ``fault`` (and undo it, for pauses and restarts)."""
+    started = time.time()
     if fault.kind == "terminate_listeners":
         with connection.cursor() as cursor:
             cursor.execute(
@@ -85,11 +94,11 @@ def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> str:
                 "WHERE pid <> pg_backend_pid() AND query ILIKE 'LISTEN%%'"
             )
             (count,) = cursor.fetchone()
-        return "terminated %d LISTEN sessions" % count
+        return Injected("terminated %d LISTEN sessions" % count, started)
     if fault.kind == "terminate_leader_sessions":
         leader = current_leader(cluster)
         if leader is None:
-            return "no leader to cut off"
+            return Injected("no leader to cut off")
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -97,14 +106,14 @@ def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> str:
                 [leader.name + ":%"],
             )
             (count,) = cursor.fetchone()
-        return "terminated %d sessions of %s" % (count, leader.name)
+        return Injected("terminated %d sessions of %s" % (count, leader.name), started)
     if fault.kind == "postgres_restart":
         connection.close()
-        cluster.restart_database(down_for=rng.uniform(0.5, 2.0))
-        return "restarted PostgreSQL"
+        back = cluster.restart_database(down_for=rng.uniform(0.5, 2.0))
+        return Injected("restarted PostgreSQL", back)
     member = pick_target(cluster, fault.target, rng)
     if member is None:
-        return "no %s to hit" % fault.target
+        return Injected("no %s to hit" % fault.target)
     if fault.kind == "sigkill":
         cluster.kill(member)
     elif fault.kind == "sigterm":
@@ -116,4 +125,5 @@ def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> str:
         cluster.signal(member, signal.SIGSTOP)
         time.sleep(pause)
         cluster.signal(member, signal.SIGCONT)
-    return "%s %s" % (fault.kind, member.name)
+    hits_leader = member.role == "leader" and fault.target == "leader"
+    return Injected("%s %s" % (fault.kind, member.name), started if hits_leader else None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 
 from django.db import OperationalError, close_old_connections
 from django.db.utils import InterfaceError
