@@ -104,3 +104,11 @@ def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.Mo
 
     outcome = asyncio.run(scenario())
     assert outcome.status == "cancelled"
+
+
+def test_a_work_dir_that_does_not_exist_yet_is_created(tmp_path: Path) -> None:
+    root = tmp_path / "volume" / "work"
+    tf = TerraformRun(spec=spec("plan"), terraform_bin=terraform_path(), on_output=lambda _: None, work_root=str(root))
+    outcome = asyncio.run(tf.run())
+    assert outcome.status == "succeeded", outcome.error
+    assert root.is_dir()

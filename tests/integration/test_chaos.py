@@ -17,7 +17,10 @@ pytestmark = pytest.mark.slow
 def test_a_few_rounds_of_faults_break_no_invariant(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "chaos", "--rounds", "4", "--seed", "2026", "--workdir", str(tmp_path / "chaos")],
-        cwd=ROOT, capture_output=True, text=True, timeout=420,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     logs = "\n".join(p.read_text(errors="replace")[-4000:] for p in (tmp_path / "chaos" / "logs").glob("*.log"))
     assert result.returncode == 0, result.stdout + result.stderr + logs
