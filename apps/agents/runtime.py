@@ -100,6 +100,9 @@ class AgentRuntime:
         )
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
+        self._replay_scheduled = False
+        self._replay_attempt = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -245,6 +248,19 @@ class AgentRuntime:
             if held.result is not None:
                 await self.send(held.result)
 
+    def _schedule_replay(self) -> None:
+        if self._replay_scheduled:
+            return
+        self._replay_scheduled = True
+        delay = backoff_delay(self._replay_attempt, cap=self.config.reconnect_max_delay, rng=self.rng)
+        self._replay_attempt += 1
+        self._spawn(self._replay_after(delay))
+
+    async def _replay_after(self, delay: float) -> None:
+        await self.sleep(delay)
+        self._replay_scheduled = False
+        await self.replay()
+
     async def handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         task_id = frame.get("task_id")
@@ -262,6 +278,7 @@ class AgentRuntime:
                 held.run.cancel()
         elif kind == "task.ack" and held is not None and held.phase is Phase.FINISHED:
             del self.tasks[held.spec.task_id]
+            self._replay_attempt = 0
         elif kind == "error":
             await self.on_error(frame, held)
 
@@ -279,6 +296,12 @@ class AgentRuntime:
 
     async def on_error(self, frame: dict[str, Any], held: HeldTask | None) -> None:
         logger.warning("agent %s: server error %s: %s", self.config.agent_id, frame.get("code"), frame.get("message"))
+        if frame.get("code") == "internal":
+            # The server could not store a frame (its database was restarting, say) over a
+            # connection that is fine: resend what is unacknowledged after a pause rather than
+            # wait for a reconnect that may never come, or a result would be lost until timeout.
+            self._schedule_replay()
+            return
         if frame.get("code") != "not_owned" or held is None:
             return
         # The server settled the task without us (re-queued, timed out, errored while we were away):

@@ -164,7 +164,7 @@ class TerraformRun:
             # Created per run, not once at start: a --work-dir that does not exist yet (a fresh
             # volume) or was removed under a long-running agent (a tmp cleaner) must not error
             # every task the agent accepts.
-            Path(self.work_root).mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.work_root, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="task-%d-" % self.spec.task_id, dir=self.work_root or None))
         try:
             problem = self._prepare(workdir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from typing import Any
@@ -113,6 +114,29 @@ async def test_unacknowledged_reports_are_replayed_after_a_reconnect(runtime: Ag
     ]
     await runtime.handle({"type": "task.ack", "task_id": 3})
     assert list(runtime.tasks) == [4]
+
+
+async def test_a_frame_the_server_could_not_handle_is_resent_without_a_reconnect(runtime: AgentRuntime) -> None:
+    delays: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        delays.append(delay)
+
+    runtime.sleep = no_sleep
+    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state=None)
+    result = {"type": "task.result", "task_id": 3, "attempt": 1, "status": "succeeded"}
+    runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result=result)
+    for _ in range(3):  # three errors while one resend is pending schedule it once
+        await runtime.handle({"type": "error", "code": "internal", "ref": "task.result"})
+    await asyncio.gather(*runtime._background)
+    assert sent(runtime) == [result]
+    assert len(delays) == 1
+    await runtime.handle({"type": "error", "code": "internal", "ref": "task.result"})
+    await asyncio.gather(*runtime._background)
+    assert sent(runtime) == [result, result]
+    assert delays[1] >= delays[0] / 2  # backing off, jittered
+    await runtime.handle({"type": "task.ack", "task_id": 3})
+    assert runtime.tasks == {}
 
 
 async def test_not_owned_makes_the_agent_forget_a_finished_task(runtime: AgentRuntime) -> None:
