@@ -7,8 +7,18 @@ from apps.hub.models import Draft, EditingSession, TakeoverRequest
 
 @admin.register(EditingSession)
 class EditingSessionAdmin(admin.ModelAdmin):
-    list_display = ("session_id", "workspace", "resource_address", "user", "active", "started_at", "last_seen_at")
-    list_filter = ("active", "workspace")
+    list_display = (
+        "session_id",
+        "workspace",
+        "resource_address",
+        "user",
+        "mode",
+        "active",
+        "started_at",
+        "last_seen_at",
+        "ended_reason",
+    )
+    list_filter = ("active", "mode", "ended_reason", "workspace")
     search_fields = ("resource_address", "user__username")
     readonly_fields = ("session_id", "started_at", "last_seen_at", "ended_at", "ended_reason")
 
