@@ -18,6 +18,7 @@ import enum
 import json
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 VERSION = "1.0"
 BACKOFF_BASE = 0.2
 WELCOME_TIMEOUT = 10.0
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024  # until the server's welcome says otherwise
 # After the grace period, cancelled tasks get this long to be reported before the agent gives up.
 FINAL_REPORT_WINDOW = 30.0
 
@@ -92,6 +94,7 @@ class AgentRuntime:
         self.tasks: dict[int, HeldTask] = {}
         self.ws: ClientConnection | None = None
         self.heartbeat_interval = config.heartbeat_interval
+        self.max_frame_bytes = DEFAULT_MAX_FRAME_BYTES
         self.stopping = False
         self.stop_deadline: float | None = None
         self.connected_url: str | None = None
@@ -185,6 +188,7 @@ class AgentRuntime:
                 logger.error("agent %s: %s refused the hello: %s", self.config.agent_id, url, welcome)
                 return False
             self.heartbeat_interval = float(welcome.get("heartbeat_interval", self.heartbeat_interval))
+            self.max_frame_bytes = int(welcome.get("max_frame_bytes", self.max_frame_bytes))
             self.ws, self.connected_url = ws, url
             logger.info("agent %s connected to %s (%s)", self.config.agent_id, url, welcome.get("pod"))
             heartbeats = self._spawn(self._heartbeats())
@@ -315,6 +319,24 @@ class AgentRuntime:
 
     # Running a task
 
+    def fit_result(self, spec: TaskSpec, outcome: Outcome) -> dict[str, Any]:
+        """The result frame; a state too big for one frame is kept on disk and the task errored,
+        since a frame the server refuses would be re-sent forever and the operator never told."""
+        frame = outcome.result_frame(spec)
+        size = len(json.dumps(frame).encode("utf-8"))
+        if size <= self.max_frame_bytes or outcome.state is None:
+            return frame
+        kept = Path(self.config.work_dir or tempfile.gettempdir()) / ("state-task-%d.json" % spec.task_id)
+        kept.write_text(json.dumps(outcome.state), encoding="utf-8")
+        logger.error("agent %s: task %d state of %d bytes kept at %s", self.config.agent_id, spec.task_id, size, kept)
+        outcome.state = None
+        outcome.status = "errored"
+        outcome.error = (
+            "the new state (%d bytes) exceeds the server's frame limit (%d bytes); it is kept on agent %s at %s"
+            % (size, self.max_frame_bytes, self.config.agent_id, kept)
+        )
+        return outcome.result_frame(spec)
+
     def output(self, held: HeldTask, text: str) -> None:
         # Chunks stay far below the frame limit: Terraform output arrives in reads of 8 KiB.
         chunk = {
@@ -348,6 +370,6 @@ class AgentRuntime:
             "agent %s: task %d %s (exit %s)", self.config.agent_id, held.spec.task_id, outcome.status, outcome.exit_code
         )
         held.phase = Phase.FINISHED
-        held.result = outcome.result_frame(held.spec)
+        held.result = self.fit_result(held.spec, outcome)
         await self.send(held.result)
         self._wake.set()

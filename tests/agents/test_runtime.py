@@ -160,3 +160,19 @@ async def test_a_stopping_agent_is_done_when_nothing_is_left_or_the_server_never
     assert runtime.done()
     runtime.tasks.clear()
     assert runtime.done()
+
+
+def test_a_state_too_big_for_a_frame_is_kept_on_disk_and_the_task_errored(tmp_path: Any) -> None:
+    from apps.agents.terraform import Outcome
+
+    rt = AgentRuntime(AgentConfig(urls=["ws://x/"], token="t", agent_id="a1", work_dir=str(tmp_path)))
+    rt.max_frame_bytes = 10_000
+    spec = TaskSpec(task_id=9, attempt=1, task_type="apply", workspace_id=1, files={}, variables={}, state=None)
+    small = rt.fit_result(spec, Outcome(status="succeeded", exit_code=0, state={"serial": 1}))
+    assert (small["status"], small["state"]) == ("succeeded", {"serial": 1})
+    big_state = {"serial": 2, "blob": "x" * 20_000}
+    frame = rt.fit_result(spec, Outcome(status="succeeded", exit_code=0, state=big_state))
+    assert frame["status"] == "errored"
+    assert "state" not in frame
+    assert "exceeds the server's frame limit" in frame["error"]
+    assert json.loads((tmp_path / "state-task-9.json").read_text()) == big_state

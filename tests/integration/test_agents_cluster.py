@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from apps.agents.models import Agent
-from apps.workspaces.models import Task
+from apps.workspaces.models import Task, TaskLogChunk
 from chaos.invariants import applies_executed_twice, overlapping_executions, read_executions
 from tests.integration.agentkit import (
     FAST_ENV,
@@ -125,15 +125,35 @@ def test_a_killed_web_replica_loses_no_agent_and_no_task(processes: ProcessGroup
     spaces = [make_workspace(pool, "ws-%d" % i) for i in range(4)]
     web_a, web_b = processes.daphne("web-a", env=FAST_ENV), processes.daphne("web-b", env=FAST_ENV)
     start_leader(processes)
+    slow = slow_terraform(tmp_path)
     agents = [
-        start_agent(processes, name, urls=[web_a.ws_url, web_b.ws_url], token=token, tmp_path=tmp_path)
+        start_agent(
+            processes,
+            name,
+            urls=[web_a.ws_url, web_b.ws_url],
+            token=token,
+            tmp_path=tmp_path,
+            env={"SLOW_SECONDS": "2"},
+            terraform_bin=slow,
+        )
         for name in ("agent-1", "agent-2")
     ]
     wait_for("agents on web-a", lambda: connected("agent-1", "web-a") and connected("agent-2", "web-a"), 30)
+    # A task in flight when its agent's replica dies: the agent keeps running it and reports it,
+    # logs included, through the other replica.
+    in_flight = enqueue(web_a.url, spaces[0], "plan")
+    wait_for(
+        "plan executing", lambda: TaskLogChunk.objects.filter(task_id=in_flight, text__contains="terraform plan"), 30
+    )
     web_a.signal(signal.SIGKILL)
     web_a.wait(10)
     wait_for("agents moved to web-b", lambda: connected("agent-1", "web-b") and connected("agent-2", "web-b"), 30)
-    task_ids = [enqueue(web_b.url, ws, "plan") for ws in spaces]
-    for task_id in task_ids:
+    task_ids = [enqueue(web_b.url, ws, "plan") for ws in spaces[1:]]
+    for task_id in [in_flight, *task_ids]:
         assert wait_terminal(task_id, 60, [web_b, *agents]) == "succeeded"
+    seqs = list(TaskLogChunk.objects.filter(task_id=in_flight).values_list("seq", flat=True).order_by("seq"))
+    assert seqs == list(range(len(seqs)))
+    log = "".join(TaskLogChunk.objects.filter(task_id=in_flight).order_by("seq").values_list("text", flat=True))
+    assert "Changes to Outputs" in log
+    assert Task.objects.get(pk=in_flight).attempt == 1  # reported, not re-run
     assert Agent.objects.filter(connected_pod="web-a").count() == 0
