@@ -327,6 +327,7 @@ class AgentRuntime:
         if size <= self.max_frame_bytes or outcome.state is None:
             return frame
         kept = Path(self.config.work_dir or tempfile.gettempdir()) / ("state-task-%d.json" % spec.task_id)
+        kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(outcome.state), encoding="utf-8")
         logger.error("agent %s: task %d state of %d bytes kept at %s", self.config.agent_id, spec.task_id, size, kept)
         outcome.state = None
