@@ -1,14 +1,16 @@
 """A task's live log across real daphne replicas on the project's default channel layer.
 
-The producer is this test process doing what the agents' consumer does on the replica an agent
-is connected to: store the chunk, commit, then ``group_send("task.<id>", task.log)``. The reader
-connects to another process (a daphne replica), drops mid-stream and resumes on the other one.
+First with a controlled producer (this test process doing what the agents' consumer does: store
+the chunk, commit, then ``group_send("task.<id>", task.log)``), so that the reader can drop
+mid-stream and resume on the other replica; then with the real producer, a runagent running
+Terraform on one replica and the UI socket on the other.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -16,8 +18,17 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import Permission, User
 from django.db import connection, transaction
 
-from apps.agents.models import AgentPool
+from apps.agents.models import Agent, AgentPool
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
+from tests.integration.agentkit import (
+    FAST_ENV,
+    enqueue,
+    make_pool,
+    make_workspace,
+    start_agent,
+    wait_for,
+    wait_terminal,
+)
 from tests.integration.hubclient import Listener, Login
 from tests.processes import ProcessGroup
 
@@ -88,3 +99,38 @@ def test_a_live_log_is_complete_and_in_order_across_replicas_and_a_reconnect(pro
 
     assert received == list(range(len(received)))
     assert resumed == list(range(resume_from, CHUNKS))
+
+
+def test_a_real_agents_terraform_log_reaches_a_ui_socket_on_the_other_replica(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    """The real producer: runagent (connected to replica A) runs Terraform; the UI reads on B."""
+    pool, token = make_pool("hub-e2e")
+    workspace = make_workspace(pool, "hub-e2e")
+    replica_a = processes.daphne("web-a", env=FAST_ENV)
+    replica_b = processes.daphne("web-b", env=FAST_ENV)
+    agent = start_agent(processes, "agent-1", urls=[replica_a.ws_url], token=token, tmp_path=tmp_path)
+    wait_for("agent online", lambda: Agent.objects.filter(agent_id="agent-1", connected_pod="web-a").exists(), 30)
+    user = User.objects.create_user("watcher", password="pw-watcher-123")
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="workspaces", codename="view_task"))
+    watcher = Login.of(user)
+
+    task_id = enqueue(replica_a.url, workspace, "plan")
+    socket = Listener(watcher.websocket(replica_b, "/ws/tasks/%d/logs/?from_seq=0" % task_id))
+    seqs: list[int] = []
+    text: list[str] = []
+    while True:
+        _, frame = socket.next(timeout=60)
+        if frame["type"] == "task.log":
+            seqs.append(frame["seq"])
+            text.append(frame["text"])
+        elif frame["type"] == "task.status" and frame["status"] in Task.TERMINAL:
+            break
+    socket.close()
+    wait_terminal(task_id, 30, [agent, replica_a, replica_b])
+
+    assert frame["status"] == "succeeded"
+    stored = list(TaskLogChunk.objects.filter(task_id=task_id).order_by("seq").values_list("seq", "text"))
+    assert seqs == [seq for seq, _ in stored] and seqs == sorted(set(seqs))
+    assert "".join(text) == "".join(t for _, t in stored)
+    assert "$ terraform plan" in "".join(text)
