@@ -30,13 +30,14 @@ def holding(*keys: tuple[int, int]) -> psycopg.Connection[tuple[object, ...]]:
 
 
 def test_the_view_decodes_job_and_workspace_locks_with_their_session() -> None:
-    with holding(job_key("cmdb_sync"), workspace_key(42)):
-        locks = {lock.name: lock for lock in AdvisoryLock.objects.all()}
+    with holding(job_key("cmdb_sync"), workspace_key(42)) as conn:
+        pid = conn.info.backend_pid
+        locks = {lock.name: lock for lock in AdvisoryLock.objects.filter(pid=pid)}
         assert set(locks) == {"job:cmdb_sync", "workspace:42"}
         assert locks["job:cmdb_sync"].application_name == "leader-9:leader"
         assert locks["job:cmdb_sync"].granted
         assert locks["workspace:42"].namespace == Namespace.WORKSPACE
-    assert not AdvisoryLock.objects.exists()
+    assert not AdvisoryLock.objects.filter(pid=pid).exists()
 
 
 def test_clusterstatus_json_reports_lease_locks_ticks_and_overlaps() -> None:
@@ -53,8 +54,8 @@ def test_clusterstatus_json_reports_lease_locks_ticks_and_overlaps() -> None:
     assert status["lease"]["backend"] == "postgres"
     assert status["lease"]["holder"] == "leader-1"
     assert status["lease"]["epoch"] == 3
-    assert [lock["name"] for lock in status["advisory_locks"]] == ["job:cmdb_sync"]
-    assert status["advisory_locks"][0]["application_name"] == "leader-9:leader"
+    ours = [lock for lock in status["advisory_locks"] if lock["application_name"] == "leader-9:leader"]
+    assert [lock["name"] for lock in ours] == ["job:cmdb_sync"]
     ticks = {t["job"]: t for t in status["latest_ticks"]}
     assert ticks["cmdb_sync"]["holder"] == "leader-1"
     assert status["overlapping_ticks"] == 1
