@@ -88,7 +88,9 @@ def first_tick_after(when: datetime, *, exclude: str) -> JobRun | None:
 def leader_running_jobs(procs: list[Proc]) -> Proc:
     names = {p.name: p for p in procs}
     name = wait_for(
-        lambda: holder() in names and JobRun.objects.filter(holder=holder(), outcome="ok").exists(), 20, "a leader"
+        lambda: holder() in names and JobRun.objects.filter(job=JOB, holder=holder(), outcome="ok").exists(),
+        20,
+        "a leader",
     )
     assert name
     return names[holder()]
@@ -107,10 +109,15 @@ def test_sigterm_hands_over_within_one_second_and_exits_zero(processes: ProcessG
     leader = leader_running_jobs(procs)
     status, body = get_json(leader, "/healthz")
     assert status == 200 and body["leading"] is True
-    with urllib.request.urlopen(leader.url + "/metrics", timeout=5) as response:  # noqa: S310
-        metrics = response.read().decode()
-    assert 'iacplatform_leader_is_leader{backend="postgres",lease="iacplatform-leader"} 1.0' in metrics
-    assert 'iacplatform_job_ticks_total{job="test_heartbeat",outcome="ok"}' in metrics
+
+    def metrics() -> str:
+        with urllib.request.urlopen(leader.url + "/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        return text if 'iacplatform_job_ticks_total{job="test_heartbeat",outcome="ok"}' in text else ""
+
+    text = wait_for(metrics, 5, "tick metrics")
+    assert isinstance(text, str)
+    assert 'iacplatform_leader_is_leader{backend="postgres",lease="iacplatform-leader"} 1.0' in text
 
     sent = datetime.now(UTC)
     leader.signal(signal.SIGTERM)

@@ -11,7 +11,7 @@ import pytest
 from apps.coordination.models import JobRun
 from apps.coordination.scheduler import overlapping_ticks
 from tests.fakekube import FakeKube
-from tests.integration.test_runleader import LEASE, RETRY, first_tick_after, start_leaders, wait_for
+from tests.integration.test_runleader import JOB, LEASE, RETRY, first_tick_after, start_leaders, wait_for
 from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,9 @@ def k8s_leader(fakekube: FakeKube, procs: list[Proc]) -> Proc:
 
     names = {p.name: p for p in procs}
     wait_for(
-        lambda: holder() in names and JobRun.objects.filter(holder=holder(), outcome="ok").exists(), 20, "a leader"
+        lambda: holder() in names and JobRun.objects.filter(job=JOB, holder=holder(), outcome="ok").exists(),
+        20,
+        "a leader",
     )
     return names[holder()]
 
