@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from apps.coordination.models import JobRun
 from apps.coordination.scheduler import overlapping_ticks
 from tests.fakekube import FakeKube
-from tests.integration.test_runleader import JOB, LEASE, RETRY, first_tick_after, start_leaders, wait_for
+from tests.integration.test_runleader import DEADLINE, JOB, LEASE, RETRY, first_tick_after, start_leaders, wait_for
 from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
@@ -66,4 +67,35 @@ def test_sigkill_is_taken_over_within_lease_duration_plus_retry_period(
     successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), LEASE + RETRY + 5, "a standby's tick")
     assert isinstance(successor, JobRun)
     assert (successor.started_at - sent).total_seconds() < LEASE + RETRY
+    assert overlapping_ticks() == 0
+
+
+def test_api_outages_shorter_than_the_renew_deadline_keep_the_term_longer_ones_stop_the_jobs(
+    processes: ProcessGroup, fakekube: FakeKube, tmp_path: Path
+) -> None:
+    (leader,) = leaders(processes, fakekube, tmp_path, 1)
+    assert k8s_leader(fakekube, [leader]) is leader
+    epoch = JobRun.objects.filter(holder=leader.name, job=JOB).latest("started_at").epoch
+
+    with fakekube.outage(503):
+        time.sleep(DEADLINE / 4)
+    time.sleep(RETRY * 2)
+    assert "lost" not in leader.log()
+    assert JobRun.objects.filter(job=JOB, outcome="ok").latest("started_at").epoch == epoch
+
+    began = datetime.now(UTC)
+    with fakekube.outage(503):
+        time.sleep(DEADLINE + RETRY + 0.5)
+        ended = datetime.now(UTC)
+        assert "lost" in leader.log()
+    # The term ended at RenewDeadline after the last renew: no tick of it started later.
+    cutoff = began + timedelta(seconds=DEADLINE + 0.2)
+    assert not JobRun.objects.filter(job=JOB, epoch=epoch, started_at__gt=cutoff).exists()
+    assert not JobRun.objects.filter(job=JOB, started_at__gt=cutoff, started_at__lt=ended).exclude(outcome="skipped")
+    # When the API is back, the lease is taken again as a new term.
+    tick = wait_for(
+        lambda: JobRun.objects.filter(job=JOB, outcome="ok", epoch__gt=epoch).first(), LEASE + RETRY * 3, "a new term"
+    )
+    assert isinstance(tick, JobRun)
+    assert leader.alive()
     assert overlapping_ticks() == 0
