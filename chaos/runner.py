@@ -161,8 +161,9 @@ class Runner:
         for violation in violations:
             self.totals.violations[violation.split(":", 1)[0]].append("round %d: %s" % (number, violation))
         self.out(
-            "round %3d  %-48s failover %-7s recovery %5.2fs  %s%s"
+            "%s round %3d  %-48s failover %-7s recovery %5.2fs  %s%s"
             % (
+                datetime.now(UTC).strftime("%H:%M:%S"),
                 number,
                 label,
                 "%.2fs" % failover if failover is not None else "none",
