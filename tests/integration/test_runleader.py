@@ -170,3 +170,22 @@ def test_a_leader_paused_past_its_lease_runs_no_tick_after_waking(processes: Pro
     status, body = get_json(leader, "/healthz")
     assert status == 200 and body["leading"] is False
     assert "lost" in leader.log()
+
+
+def test_jobs_that_outlive_the_grace_period_make_the_process_exit_non_zero(processes: ProcessGroup) -> None:
+    (leader,) = [start_leader(processes, "leader-0", env={"LEADER_EXTRA_JOB_MODULES": "tests.coordination.stuckjobs"})]
+    wait_for(lambda: JobRun.objects.filter(job="test_stuck", outcome="running").exists(), 20, "the stuck tick")
+    leader.signal(signal.SIGTERM)
+    assert leader.wait(10) == 1
+    assert "did not stop" in leader.log()
+    # It kept the lease (a stuck job may still act outside the database): it expires normally.
+    assert holder() == "leader-0"
+
+
+def test_bad_options_are_refused_with_a_clear_error(processes: ProcessGroup) -> None:
+    bad = processes.manage("bad", ["runleader", "--renew-deadline=20"], role="leader")
+    assert bad.wait(30) == 1
+    assert "renew deadline" in bad.log()
+    bad = processes.manage("bad-addr", ["runleader", "--http-addr=nowhere"], role="leader")
+    assert bad.wait(30) == 1
+    assert "HOST:PORT" in bad.log()
