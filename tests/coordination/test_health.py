@@ -47,7 +47,8 @@ def test_jobs_stuck_after_a_term_make_it_unhealthy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("addr", "expected"), [(":9090", ("0.0.0.0", 9090)), ("127.0.0.1:1", ("127.0.0.1", 1)), ("[::1]:80", ("::1", 80))]
+    ("addr", "expected"),
+    [(":9090", ("0.0.0.0", 9090)), ("127.0.0.1:1", ("127.0.0.1", 1)), ("[::1]:80", ("::1", 80))],  # noqa: S104
 )
 def test_addresses_parse(addr: str, expected: tuple[str, int]) -> None:
     assert parse_addr(addr) == expected
