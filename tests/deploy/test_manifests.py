@@ -9,6 +9,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from django.core.management import get_commands, load_command_class
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, latest_version
 
 from tests.deploy.kustomize import (
@@ -319,3 +320,16 @@ def test_the_runbooks_metric_names_are_ones_the_code_exports() -> None:
     assert named
     for name in named:
         assert '"%s"' % name in source, name
+
+
+def test_the_runbooks_management_commands_exist_with_their_options() -> None:
+    commands = get_commands()
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    found = re.findall(r"manage\.py ([a-z_]+)((?: --[a-z-]+)*)", runbook)
+    assert {"migrate", "createagentpool", "clusterstatus"} <= {name for name, _ in found}
+    for name, options in found:
+        assert name in commands, name
+        parser = load_command_class(commands[name], name).create_parser("manage.py", name)
+        known = {option for action in parser._actions for option in action.option_strings}
+        for option in options.split():
+            assert option in known, "manage.py %s %s" % (name, option)
