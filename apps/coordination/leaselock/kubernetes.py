@@ -4,14 +4,16 @@ Writes are PUTs carrying the resourceVersion that was read; the API server answe
 to all but the first writer from that version. MicroTime fields (acquireTime, renewTime) are sent
 as strings formatted here with exactly six fractional digits: the client would serialize a
 datetime with ``isoformat()``, which drops the fraction when the microsecond is 0, and a real API
-server rejects that with 400. Every request carries ``_request_timeout`` (the elector's, below
-RenewDeadline). ``watch`` streams the Lease (``fieldSelector=metadata.name=<name>``) in a thread
+server rejects that with 400. Every get/create/update carries ``_request_timeout`` (the elector's,
+below RenewDeadline); the watch is a long poll off the renew path, with its own read timeout.
+``watch`` streams the Lease (``fieldSelector=metadata.name=<name>``) in a thread
 and wakes the elector on every event; when the stream breaks it restarts, and the elector's
 polling at RetryPeriod covers the gap.
 
 Guarantees: one winner per resourceVersion; bounded requests; errors become ``LockError``
 (``Conflict`` for 409, and for a 404 on update: the lease vanished, so re-read).
-Does NOT: create the namespace, or hold RBAC beyond leases get/create/update (and list/watch).
+Does NOT: create the namespace, or need RBAC beyond leases create and get/update/watch of its one
+name (the watch selects metadata.name, so a Role can limit it with resourceNames; it never lists).
 """
 
 from __future__ import annotations
