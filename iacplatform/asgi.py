@@ -11,14 +11,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
 # Django must be set up before consumers (and their models) are imported.
 django_asgi_app: Any = get_asgi_application()
 
-from django.conf import settings  # noqa: E402
-
-if settings.DEBUG:
-    # daphne serves no static files; under `make run` (DEBUG) the admin still gets its CSS.
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
-
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -98,6 +98,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -157,6 +158,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves the apps' static files (the admin's) straight from the installed packages:
+# no collectstatic step in the image, and the same in `make run` as in production.
+WHITENOISE_USE_FINDERS = True
 
 # Channel layer: carries group messages between web replicas. The default is the project's own
 # PostgreSQL layer (apps/pglayer); memory is for a single process, redis for comparison.

@@ -28,6 +28,10 @@ def test_two_web_replicas_answer_probes_and_serve_the_admin_login(processes: Pro
         status, body = _get(replica.url + "/admin/login/")
         assert status == 200
         assert 'name="username"' in body
+        # Static files are served with DEBUG off too (WhiteNoise): the admin is usable in production.
+        status, body = _get(replica.url + "/static/admin/css/base.css")
+        assert status == 200
+        assert "body" in body
         status, body = _get(replica.url + "/api/v1/schema/")
         assert status == 200
         assert "openapi" in body
