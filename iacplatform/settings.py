@@ -157,9 +157,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
 # WhiteNoise serves the apps' static files (the admin's) straight from the installed packages:
-# no collectstatic step in the image, and the same in `make run` as in production.
+# no collectstatic step (and no STATIC_ROOT) in the image, and the same in `make run` as in production.
 WHITENOISE_USE_FINDERS = True
 
 # Channel layer: carries group messages between web replicas. The default is the project's own
