@@ -188,3 +188,21 @@ async def test_a_restarted_agent_that_forgot_its_running_plan_gets_it_requeued(
     again = await recv(comm)
     assert (again["type"], again["task_id"], again["attempt"]) == ("task.dispatch", task.pk, 2)
     await comm.disconnect()
+
+
+async def test_a_connection_that_never_says_hello_is_closed(agent_pool: Pool, settings: Any) -> None:
+    settings.AGENT_HELLO_TIMEOUT = 0.2
+    comm = communicator(agent_pool.token)
+    assert (await comm.connect())[0]
+    assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4408}
+
+
+async def test_binary_frames_and_unsupported_versions_are_refused(agent_pool: Pool) -> None:
+    comm = communicator(agent_pool.token)
+    await comm.connect()
+    await comm.send_to(bytes_data=b"\x00\x01")
+    assert (await recv(comm))["code"] == "binary_not_supported"
+    await send(comm, {"type": "hello", "protocol": 2, "agent_id": "a-1", "capacity": 1})
+    assert (await recv(comm))["code"] == "unsupported_version"
+    assert (await comm.receive_output(timeout=2)) == {"type": "websocket.close", "code": 4400}
+    assert not await database_sync_to_async(Agent.objects.exists)()
