@@ -12,8 +12,9 @@ Configure it like other layers::
 Guarantees:
 - A message is stored (``pglayer_message``) in the same statement that announces it, and stays
   until it is received or expires: a send before the first receive is delivered.
-- Exactly once per message: a receive delivers a row only after its own ``DELETE ... RETURNING``
-  removed it, so no reconnect, re-read or competing process can hand the same row out again.
+- Exactly once per message: a row is delivered by whoever deletes it (``DELETE ... RETURNING``),
+  or, for a small body on a process-specific channel, by its owner straight from the NOTIFY, with
+  the ids that could reach it twice tracked until they no longer can (inline.py).
 - In order per channel for each sender (rows are claimed in id order).
 - Process-specific channels (``...!``) are announced on a NOTIFY channel of their owning process
   only; other names are consumed competitively (``FOR UPDATE SKIP LOCKED``). No advisory locks.
@@ -23,7 +24,8 @@ Guarantees:
   PostgreSQL restart. After reconnecting, every waiting receive re-reads the table.
 - ``capacity`` per channel: ``send`` raises ``ChannelFull``; ``group_send`` skips full members and
   counts them (``channel_layer_group_send_full_total``).
-- Memory per channel exists only while a receive waits on it (or briefly holds claimed rows).
+- Memory per channel exists while a receive waits on it and for a few seconds after (freed at
+  once when the last receive is cancelled with nothing buffered).
 
 Does NOT (as Channels' spec allows, at-most-once): deliver a message whose claim committed while
 the connection broke before the reply arrived, or a message sent when the sender's connection
@@ -56,6 +58,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from apps.pglayer import statements
 from apps.pglayer.inbox import ChannelState, Claimer, Row
+from apps.pglayer.inline import InlineDeliveries
 from apps.pglayer.listener import Listener
 from apps.pglayer.loopthread import LoopThread
 from apps.pglayer.pool import ConnectionPool, backoff
@@ -132,6 +135,9 @@ class PostgresChannelLayer(BaseChannelLayer):
             on_connected=self._on_connected,
         )
         self._claimer = Claimer(channels=self._channels, claim=self._claim_rows, unclaim=self._unclaim)
+        self._inline = InlineDeliveries(
+            delete=self._delete_delivered, unclaim=self._unclaim, keep=float(self.expiry) + 60.0
+        )
         self._housekeeping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._next_self_gc = 0.0
@@ -332,47 +338,65 @@ class PostgresChannelLayer(BaseChannelLayer):
             self._ensure_housekeeping()
             await self._listener.ready()
             while True:
-                row = state.pop_live(_utcnow())
+                row = state.pop_ready(_utcnow())
                 if row is not None:
                     return row
                 event.clear()
-                claimed = await self._claimer.claim(key, shared=shared)
-                row = state.pop_live(_utcnow())
-                if row is not None:
-                    return row
-                if not claimed:
+                if state.dirty:
+                    await self._claimer.claim(key, shared=shared)
+                else:
                     await event.wait()
         except asyncio.CancelledError:
             cancelled = True
             raise
         finally:
             state.waiters.remove(event)
-            if not state.waiters:
-                if state.buffer and cancelled:
-                    # The last receiver left (its consumer is gone): free the memory, keep the rows.
-                    self._unclaim(list(state.buffer))
-                    state.buffer.clear()
-                if not state.buffer:
-                    self._channels.pop(key, None)
-                else:
-                    state.idle_since = time.monotonic()
+            state.idle_since = time.monotonic()
+            if not state.waiters and not state.buffer and cancelled:
+                # The last receiver left (its consumer is gone): free the channel's memory now.
+                self._channels.pop(key, None)
+            # Otherwise the state stays: a consumer receives again right after each message, and
+            # the state (fed by NOTIFYs meanwhile) spares that receive a claim. A state without a
+            # receive for IDLE_BUFFER_SECONDS is freed by housekeeping, its rows handed back; a
+            # buffer left by a receive cancelled by a timeout keeps its order for the next one.
 
     def _give_back(self, row: Row) -> None:
         state = self._channels.get(row.key)
-        if state is not None and state.waiters:
-            state.buffer.appendleft(row)
-            state.wake()
-        else:
-            self._unclaim([row])
+        if state is None:
+            state = self._channels[row.key] = ChannelState(dirty=0)
+        state.buffer.appendleft(row)
+        state.idle_since = time.monotonic()
+        state.wake()
+
+    def _hand_back(self, rows: list[Row]) -> None:
+        """Rows nobody will receive here: back to the table (claimed) or left there (inline)."""
+        claimed = []
+        for row in rows:
+            if row.inline and self._inline.provisional(row.id):
+                self._inline.abandon(row)
+            else:
+                claimed.append(row)
+        self._unclaim(claimed)
 
     async def _claim_rows(self, keys: list[str], limits: list[int]) -> list[tuple[Row, bool]]:
-        rows = await self._pool.run(
-            lambda conn: _fetch(conn, statements.CLAIM, {"keys": keys, "limits": limits}),
+        """Claim rows; each comes with whether to deliver it (live, and not already out inline)."""
+        fence = self._inline.next_fence()
+        params = {"keys": keys, "limits": limits, "own": self._own_notify, "sync": "sync %d" % fence}
+        found = await self._pool.run(
+            lambda conn: _fetch(conn, statements.CLAIM, params), idempotent=True, deadline=float("inf"), what="claim"
+        )
+        rows = [(Row(int(r[0]), str(r[1]), bytes(r[2]), r[3]), bool(r[4])) for r in found]
+        kept = {row.id for row in self._inline.claimed(fence, [row for row, _ in rows])}
+        return [(row, live and row.id in kept) for row, live in rows]
+
+    async def _delete_delivered(self, ids: list[int]) -> set[int]:
+        found = await self._pool.run(
+            lambda conn: _fetch(conn, statements.DELETE_DELIVERED, {"ids": ids}),
             idempotent=True,
             deadline=float("inf"),
-            what="claim",
+            what="delete delivered",
         )
-        return [(Row(int(r[0]), str(r[1]), bytes(r[2]), r[3]), bool(r[4])) for r in rows]
+        return {int(r[0]) for r in found}
 
     def _unclaim(self, rows: list[Row]) -> None:
         rows = [row for row in rows if row.expires > _utcnow()]
@@ -401,14 +425,30 @@ class PostgresChannelLayer(BaseChannelLayer):
             logger.exception("channel layer: could not hand %d claimed message(s) back; they are lost", len(rows))
 
     def _on_notify(self, payload: str) -> None:
-        state = self._channels.get(payload)
-        if state is not None:
-            state.wake()
+        key, _, rest = payload.partition(" ")
+        if ":" not in key:  # a control message: "sync <n>" from one of our claims
+            if key == "sync":
+                self._inline.fence_passed(int(rest))
+            return
+        state = self._channels.get(key)
+        if state is None:
+            return  # nobody here receives it (yet): the row waits in the table
+        row_id, _, body = rest.partition(" ")
+        if not body:  # a shared name, or a body too large for NOTIFY: claim it
+            state.mark_dirty()
+            return
+        if self._inline.known(int(row_id)):
+            return
+        expires = _utcnow() + datetime.timedelta(seconds=float(self.expiry))
+        row = Row(int(row_id), key, base64.b64decode(body), expires, inline=True)
+        self._inline.arrived(row)
+        state.insert(row)
+        state.wake()
 
     def _on_connected(self) -> None:
         # Notifications sent while the listener was away are gone: every waiter re-reads the table.
         for state in self._channels.values():
-            state.wake()
+            state.mark_dirty()
 
     def _ensure_housekeeping(self) -> None:
         if self._housekeeping is None:
@@ -429,8 +469,9 @@ class PostgresChannelLayer(BaseChannelLayer):
         then delete one batch of expired rows (so a cluster with no leader still shrinks)."""
         for key, state in list(self._channels.items()):
             if not state.waiters and now - state.idle_since >= IDLE_BUFFER_SECONDS:
-                self._unclaim(list(state.buffer))
+                self._hand_back(list(state.buffer))
                 del self._channels[key]
+        self._inline.purge(now)
         await self._pool.reap()
         if now >= self._next_self_gc:
             self._next_self_gc = now + SELF_GC_SECONDS * (0.5 + backoff(10, base=1.0, cap=1.0))
@@ -461,6 +502,7 @@ class PostgresChannelLayer(BaseChannelLayer):
             self._housekeeping = None
         await self._listener.stop()
         await self._claimer.stop()
+        await self._inline.stop()
         for task in list(self._background):
             # Hand-backs in flight finish first: they carry messages nobody has received yet.
             await asyncio.wait_for(asyncio.shield(task), 5)
@@ -477,6 +519,7 @@ class PostgresChannelLayer(BaseChannelLayer):
             "pool_size": self._pool.size,
             "pool_opened": self._pool.opened,
             "claim_statements": self._claimer.statements,
+            **self._inline.sizes(),
         }
 
     @property

@@ -14,8 +14,10 @@ across senders (rows are ordered by id, i.e. by insertion).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +36,15 @@ class Row(NamedTuple):
     key: str
     body: bytes
     expires: datetime.datetime
+    inline: bool = False  # came with its NOTIFY (inline.py), not from a claim
+
+
+# Orders "this channel may have rows in the table we have not seen" marks against claim rounds.
+_events = itertools.count(1)
+
+
+def next_event() -> int:
+    return next(_events)
 
 
 @dataclass
@@ -41,14 +52,35 @@ class ChannelState:
     buffer: deque[Row] = field(default_factory=deque)
     waiters: list[asyncio.Event] = field(default_factory=list)
     idle_since: float = 0.0
+    # Non-zero while rows of this channel may wait in the table unseen (a new state, a NOTIFY
+    # without a body, a reconnect): nothing is handed out of the buffer until a claim that
+    # started after the mark has completed, so an inline row never overtakes an older one.
+    dirty: int = field(default_factory=next_event)
 
     def wake(self) -> None:
         for event in self.waiters:
             event.set()
 
-    def pop_live(self, now: datetime.datetime) -> Row | None:
+    def mark_dirty(self) -> None:
+        self.dirty = next_event()
+        self.wake()
+
+    def insert(self, row: Row) -> None:
+        """Add ``row`` in id order (claims and inline NOTIFYs may interleave)."""
+        if not self.buffer or self.buffer[-1].id < row.id:
+            self.buffer.append(row)
+        else:
+            ids = [r.id for r in self.buffer]
+            self.buffer.insert(bisect.bisect_left(ids, row.id), row)
+
+    def pop_ready(self, now: datetime.datetime) -> Row | None:
+        """The next row that may be handed out. A claimed row always may (a claim returns the
+        oldest rows of the channel); an inline one only when no older row can be unseen."""
         while self.buffer:
-            row = self.buffer.popleft()
+            row = self.buffer[0]
+            if row.inline and self.dirty:
+                return None
+            self.buffer.popleft()
             if row.expires > now:
                 return row
         return None
@@ -88,28 +120,31 @@ class Claimer:
             self._pending, self._next = {}, None
             assert round_ is not None
             self.statements += 1
+            started = next_event()
             try:
                 rows = await self._claim(list(pending), list(pending.values()))
             except Exception as exc:
                 round_.set_exception(exc)
                 continue
-            round_.set_result(self._distribute(rows))
+            round_.set_result(self._distribute(rows, pending, started))
 
-    def _distribute(self, rows: list[tuple[Row, bool]]) -> dict[str, int]:
+    def _distribute(self, rows: list[tuple[Row, bool]], pending: dict[str, int], started: int) -> dict[str, int]:
         counts: dict[str, int] = {}
         orphans: list[Row] = []
-        for row, live in sorted(rows, key=lambda item: item[0].id):
+        for row, deliver in sorted(rows, key=lambda item: item[0].id):
             counts[row.key] = counts.get(row.key, 0) + 1
-            if not live:
+            if not deliver:  # expired, or already delivered from its NOTIFY
                 continue
             state = self._channels.get(row.key)
-            if state is None or not state.waiters:
-                if state is not None and state.buffer:
-                    state.buffer.append(row)
-                else:
-                    orphans.append(row)
+            if state is None or not (state.waiters or state.buffer):
+                orphans.append(row)
                 continue
-            state.buffer.append(row)
+            state.insert(row)
+        for key, limit in pending.items():
+            state = self._channels.get(key)
+            # A full batch may have left more rows behind: the channel stays dirty.
+            if state is not None and state.dirty and state.dirty < started and counts.get(key, 0) < limit:
+                state.dirty = 0
         if orphans:
             self._unclaim(orphans)
         return counts

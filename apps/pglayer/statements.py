@@ -4,9 +4,13 @@ Names in the tables are ``<prefix>:<name>``. A message is announced with ``pg_no
 statement that stores it, so the announcement is sent at commit, after the row is visible. The
 NOTIFY channel of a process-specific name (``...<client>!<suffix>``) is derived from the layer's
 prefix and the ``<client>`` part (see :func:`process_notify_channel`, which must agree with
-``_NOTIFY_TARGET``); every other name is announced on the layer's shared NOTIFY channel. Payloads
-are the stored name only (at most ~200 bytes), never the body, so no message meets NOTIFY's
-8000-byte limit.
+``_NOTIFY_TARGET``); every other name is announced on the layer's shared NOTIFY channel.
+
+Payloads (``_PAYLOAD``): ``<name>`` for a shared name (its consumers compete by claiming);
+``<name> <id> <base64 body>`` for a process-specific name whose body is at most
+``INLINE_MAX_BODY`` bytes (delivered from the NOTIFY, see inline.py); ``<name> <id>`` for larger
+ones (the owner claims it), so no payload reaches NOTIFY's 8000-byte limit. Claims announce
+``sync <n>`` to the claiming process itself. Stored names contain no spaces (Channels' name rules).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ _NOTIFY_TARGET = (
     "ELSE %(shared)s END"
 )
 
+INLINE_MAX_BODY = 5600  # base64 (+ line breaks) of this, a name and an id stay under 8000 bytes
+
+_PAYLOAD = (
+    "CASE WHEN strpos({col}, '!') = 0 THEN {col} "
+    "WHEN octet_length({body}) <= "
+    + str(INLINE_MAX_BODY)
+    + " THEN {col} || ' ' || {id} || ' ' || encode({body}, 'base64') "
+    "ELSE {col} || ' ' || {id} END"
+)
+
 # Capacity counts live rows only, and stops counting at the capacity.
 _QUEUED = (
     "(SELECT count(*) FROM (SELECT 1 FROM " + MESSAGE_TABLE + " q WHERE q.channel = {col} AND q.expires > now() "
@@ -46,8 +60,8 @@ _QUEUED = (
 SEND = (
     "WITH ins AS (INSERT INTO " + MESSAGE_TABLE + " (channel, body, expires) "
     "SELECT %(key)s, %(body)s, now() + make_interval(secs => %(expiry)s) "
-    "WHERE " + _QUEUED.format(col="%(key)s") + " < %(capacity)s RETURNING channel) "
-    "SELECT pg_notify(%(notify)s, channel) FROM ins"
+    "WHERE " + _QUEUED.format(col="%(key)s") + " < %(capacity)s RETURNING id, channel, body) "
+    "SELECT pg_notify(%(notify)s, " + _PAYLOAD.format(col="channel", id="id", body="body") + ") FROM ins"
 )
 
 GROUP_SEND = (
@@ -55,28 +69,42 @@ GROUP_SEND = (
     "FROM " + MEMBERSHIP_TABLE + ' g WHERE g."group" = %(group)s AND g.expires > now()), '
     "ins AS (INSERT INTO " + MESSAGE_TABLE + " (channel, body, expires) "
     "SELECT channel, %(body)s, now() + make_interval(secs => %(expiry)s) FROM members WHERE NOT is_full "
-    "ORDER BY channel RETURNING channel), "
-    "notified AS (SELECT pg_notify(" + _NOTIFY_TARGET.format(col="channel") + ", channel) FROM ins) "
+    "ORDER BY channel RETURNING id, channel, body), "
+    "notified AS (SELECT pg_notify("
+    + _NOTIFY_TARGET.format(col="channel")
+    + ", "
+    + _PAYLOAD.format(col="channel", id="id", body="body")
+    + ") FROM ins) "
     "SELECT (SELECT count(*) FROM notified), (SELECT count(*) FROM members WHERE is_full)"
 )
 
 # Claim: whoever deletes a row delivers it. Per requested name, the oldest rows up to its limit;
 # SKIP LOCKED lets competing consumers of a shared name each take different rows without waiting.
 # Expired rows are claimed too (and dropped by the caller): the cheap half of garbage collection.
+# When it claimed anything, it also announces ``sync <n>`` to the claiming process (inline.py).
 CLAIM = (
-    "DELETE FROM " + MESSAGE_TABLE + " WHERE id IN (SELECT m.id FROM "
+    "WITH d AS (DELETE FROM " + MESSAGE_TABLE + " WHERE id IN (SELECT m.id FROM "
     "unnest(%(keys)s::text[], %(limits)s::int[]) AS w(channel, n) CROSS JOIN LATERAL ("
     "SELECT id FROM " + MESSAGE_TABLE + " WHERE channel = w.channel ORDER BY id LIMIT w.n "
     "FOR UPDATE SKIP LOCKED) AS m) "
-    "RETURNING id, channel, body, expires, expires > now()"
+    "RETURNING id, channel, body, expires, expires > now() AS live), "
+    "s AS (SELECT pg_notify(%(own)s, %(sync)s)) "
+    "SELECT d.id, d.channel, d.body, d.expires, d.live, (SELECT count(*) FROM s) FROM d"
 )
+
+# The owner's delete of rows it delivered from their NOTIFY.
+DELETE_DELIVERED = "DELETE FROM " + MESSAGE_TABLE + " WHERE id = ANY(%(ids)s::bigint[]) RETURNING id"
 
 # Give claimed but undelivered rows back under their own ids, so their order is kept.
 UNCLAIM = (
     "WITH ins AS (INSERT INTO " + MESSAGE_TABLE + " (id, channel, body, expires) "
     "SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[], %(bodies)s::bytea[], %(expires)s::timestamptz[]) "
-    "ON CONFLICT (id) DO NOTHING RETURNING channel) "
-    "SELECT pg_notify(" + _NOTIFY_TARGET.format(col="channel") + ", channel) FROM (SELECT DISTINCT channel FROM ins) c"
+    "ON CONFLICT (id) DO NOTHING RETURNING id, channel, body) "
+    "SELECT pg_notify("
+    + _NOTIFY_TARGET.format(col="channel")
+    + ", "
+    + _PAYLOAD.format(col="channel", id="id", body="body")
+    + ") FROM ins"
 )
 
 GROUP_ADD = (

@@ -1,0 +1,150 @@
+"""Small messages delivered straight from their NOTIFY, exactly once.
+
+For a process-specific channel the announcement carries the body itself when it is small
+(statements.INLINE_MAX_BODY), so the owning process can deliver it without a round trip; the row
+is deleted afterwards, in batches. Two other paths can also hand out that row: a claim
+(``DELETE ... RETURNING``) that runs before the inline delete, and an inline NOTIFY that arrives
+after a claim already delivered the row. This module keeps the ids that make both cases
+recognisable:
+
+- *provisional*: rows delivered or buffered from a NOTIFY whose delete has not completed. A claim
+  returning one of them drops it (it is already out) and the delete then finds nothing.
+- *gone*: rows whose delete found nothing (a claim of ours took them, or they expired); a claim
+  result processed later still recognises and drops them.
+- *fenced*: rows a claim delivered; every claim also NOTIFYs ``sync <n>`` to its own process, and
+  notifications arrive in commit order, so once ``sync <n>`` arrives no older inline NOTIFY of
+  those rows can still come, and the fence is dropped.
+Entries not released that way (a NOTIFY lost with the connection) are dropped after ``keep``
+seconds, longer than any message lives.
+
+Guarantees: with these sets checked on every path, each row is delivered at most once by this
+process. Does NOT: apply to shared channel names (competing consumers always claim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from apps.pglayer.inbox import Row
+
+logger = logging.getLogger(__name__)
+
+DeleteFunc = Callable[[list[int]], Awaitable[set[int]]]
+UnclaimFunc = Callable[[list[Row]], None]
+
+
+class InlineDeliveries:
+    def __init__(self, *, delete: DeleteFunc, unclaim: UnclaimFunc, keep: float) -> None:
+        self._delete = delete
+        self._unclaim = unclaim
+        self._keep = keep
+        self._provisional: dict[int, Row] = {}
+        self._abandoned: set[int] = set()
+        self._to_delete: list[int] = []
+        self._gone: dict[int, float] = {}
+        self._fences: dict[int, tuple[float, list[int]]] = {}
+        self._fenced: set[int] = set()
+        self._sync = itertools.count(1)
+        self._passed = 0  # the newest "sync <n>" seen (they arrive in commit order)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- ids seen from the other paths
+
+    def known(self, row_id: int) -> bool:
+        """True when an inline NOTIFY of ``row_id`` must be ignored (already out, or claimed)."""
+        return row_id in self._provisional or row_id in self._fenced or row_id in self._gone
+
+    def next_fence(self) -> int:
+        return next(self._sync)
+
+    def claimed(self, fence: int, rows: list[Row]) -> list[Row]:
+        """Filter what a claim returned: drop rows already out inline; fence the rest."""
+        kept: list[Row] = []
+        for row in rows:
+            if row.id in self._provisional:
+                if row.id in self._abandoned:  # its receiver left: treat as an ordinary claimed row
+                    self._abandoned.discard(row.id)
+                    del self._provisional[row.id]
+                    kept.append(row)
+                else:
+                    # Out already; the batched delete will find nothing for it.
+                    self._gone[row.id] = time.monotonic()
+                continue
+            if self._gone.pop(row.id, None) is not None:
+                continue
+            kept.append(row)
+        # The claim's own "sync" may have arrived before its rows were processed: then no inline
+        # NOTIFY of them can still come, and there is nothing to fence.
+        if kept and fence > self._passed:
+            self._fences[fence] = (time.monotonic(), [row.id for row in kept])
+            self._fenced.update(row.id for row in kept)
+        return kept
+
+    def fence_passed(self, fence: int) -> None:
+        self._passed = max(self._passed, fence)
+        for number in [n for n in self._fences if n <= fence]:
+            _, ids = self._fences.pop(number)
+            self._fenced.difference_update(ids)
+
+    # -- rows that arrived inline
+
+    def arrived(self, row: Row) -> None:
+        self._provisional[row.id] = row
+        self._to_delete.append(row.id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pglayer-inline-delete")
+
+    def provisional(self, row_id: int) -> bool:
+        return row_id in self._provisional
+
+    def abandon(self, row: Row) -> None:
+        """Its receiver left before it was delivered: leave it in (or put it back into) the table."""
+        if row.id in self._to_delete:
+            self._to_delete.remove(row.id)
+            del self._provisional[row.id]  # never deleted: still in the table
+        elif row.id in self._provisional:
+            self._abandoned.add(row.id)  # the delete in flight decides
+        else:
+            self._unclaim([row])
+
+    async def _run(self) -> None:
+        while self._to_delete:
+            ids, self._to_delete = self._to_delete, []
+            try:
+                deleted = await self._delete(ids)
+            except Exception:
+                logger.exception("channel layer: deleting %d delivered message(s) failed", len(ids))
+                deleted = set()
+            now = time.monotonic()
+            for row_id in ids:
+                row = self._provisional.pop(row_id, None)
+                abandoned = row_id in self._abandoned
+                self._abandoned.discard(row_id)
+                if row_id in deleted:
+                    if abandoned and row is not None:
+                        self._unclaim([row])
+                elif row is not None:
+                    self._gone[row_id] = now
+
+    def purge(self, now: float) -> None:
+        limit = now - self._keep
+        for row_id in [i for i, at in self._gone.items() if at < limit]:
+            del self._gone[row_id]
+        for number in [n for n, (at, _) in self._fences.items() if at < limit]:
+            _, ids = self._fences.pop(number)
+            self._fenced.difference_update(ids)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "inline_provisional": len(self._provisional),
+            "inline_gone": len(self._gone),
+            "inline_fenced": len(self._fenced),
+        }
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            await asyncio.wait_for(asyncio.shield(self._task), 5)
