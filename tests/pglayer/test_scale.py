@@ -54,13 +54,14 @@ async def test_twenty_thousand_channels_each_receive_once_then_nothing_is_left(m
     # Idle channels' states are freed by the layer's housekeeping (every 2 s, after 5 s idle).
     await layer._call(layer.housekeeping_step(1e12))
     objects_after, rss_after = _footprint()
-    print("objects %+d rss %+d KB" % (objects_after - objects_before, (rss_after - rss_before) // 1024))
 
     assert layer.stats()["channels_in_memory"] == 0
     # 18,000 more channels: a leak of one object per channel would show 18,000 here (channels-postgres
     # keeps a queue and a lock flag per channel ever seen).
     assert objects_after - objects_before < 2_000, (objects_before, objects_after)
-    assert rss_after - rss_before < 16 * 1024 * 1024, (rss_before, rss_after)
+    # RSS is the whole process (other threads of the suite allocate too): a loose bound, below the
+    # ~61 MB that channels-postgres's ~3.4 KB per channel ever seen would add here.
+    assert rss_after - rss_before < 40 * 1024 * 1024, (rss_before, rss_after)
     assert await count(ADVISORY) == locks_before
     assert await count("SELECT count(*) FROM pglayer_message") == 0
     # Claims were merged: one statement served many receives.
