@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from apps.pglayer.core import PostgresChannelLayer
-from tests.pglayer.conftest import count
+from tests.pglayer.conftest import count, rows_left
 from tests.processes import ROOT, ProcessGroup, free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ async def test_group_send_across_two_processes_exactly_once_in_order(peers: Any)
     for channel, received in got.items():
         assert [m["n"] for m in received] == list(range(1000)), channel
         assert all(m["pad"] == (BIG if m["n"] % 4 == 0 else "s") for m in received)
-    assert await count("SELECT count(*) FROM pglayer_message") == 0
+    assert await rows_left() == 0
 
 
 def _daphne(processes: ProcessGroup, name: str, prefix: str) -> Any:
@@ -147,4 +147,4 @@ async def test_a_group_message_sent_on_replica_a_reaches_a_socket_on_replica_b_o
         if await count("SELECT count(*) FROM pglayer_message") == 0:
             break
         await asyncio.sleep(0.05)
-    assert await count("SELECT count(*) FROM pglayer_message") == 0
+    assert await rows_left() == 0

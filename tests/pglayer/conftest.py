@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -104,3 +105,15 @@ def throwaway_server(transactional_db: None) -> Iterator[ThrowawayServer]:
     with contextlib.suppress(Exception):
         server.stop("immediate")
     shutil.rmtree(root, ignore_errors=True)
+
+
+async def rows_left(sql: str = "SELECT count(*) FROM pglayer_message", params: Sequence[Any] = ()) -> int:
+    """What is left once the layer's batched deletes of delivered rows had their moment (rows
+    delivered from their NOTIFY are deleted just after delivery, not before)."""
+    left = await count(sql, params)
+    for _ in range(100):
+        if left == 0:
+            break
+        await asyncio.sleep(0.05)
+        left = await count(sql, params)
+    return left

@@ -13,7 +13,7 @@ from django.db import connection
 
 from apps.pglayer import statements
 from apps.pglayer.core import PostgresChannelLayer
-from tests.pglayer.conftest import LayerFactory, count, query
+from tests.pglayer.conftest import LayerFactory, count, query, rows_left
 
 BIG = "x" * 9000  # over NOTIFY's 8000-byte payload limit
 
@@ -42,7 +42,7 @@ async def test_a_waiting_receive_is_woken_by_send_and_the_row_is_deleted(layer: 
     await waiting(layer, channel)
     await layer.send(channel, {"type": "late"})
     assert await asyncio.wait_for(receive, 5) == {"type": "late"}
-    assert await count("SELECT count(*) FROM pglayer_message") == 0
+    assert await rows_left() == 0
 
 
 async def test_messages_arrive_once_and_in_order_small_and_large(layer: PostgresChannelLayer) -> None:
@@ -80,7 +80,7 @@ async def test_group_send_reaches_every_member_once_through_their_notify_channel
     await b.group_discard("room", cb)
     await a.group_send("room", {"type": "second"})
     assert await asyncio.wait_for(a.receive(ca), 5) == {"type": "second"}
-    assert await count("SELECT count(*) FROM pglayer_message WHERE channel <> %s", [a._key(ca)]) == 0
+    assert await rows_left("SELECT count(*) FROM pglayer_message WHERE channel <> %s", [a._key(ca)]) == 0
 
 
 def test_the_sql_and_python_notify_channel_names_agree(transactional_db: None) -> None:
@@ -117,7 +117,7 @@ async def test_group_send_skips_full_members_and_counts_them(make_layer: LayerFa
     assert layer.group_send_full == 1
     assert await layer.receive(free) == {"n": "group"}
     assert await layer.receive(full) == {"n": "first"}
-    assert await count("SELECT count(*) FROM pglayer_message") == 0
+    assert await rows_left() == 0
 
 
 async def test_ten_receives_starting_at_once_share_one_listener(layer: PostgresChannelLayer) -> None:
