@@ -34,6 +34,7 @@ from apps.workspaces.models import Task, Workspace
 
 logger = logging.getLogger(__name__)
 
+AGENT_PICK_ROUNDS = 8
 AGENT_CANDIDATES = 10
 
 
@@ -136,19 +137,30 @@ def _active_count() -> Coalesce:
 def pick_agent(pool_id: int) -> Agent | None:
     """An online, connected agent of the pool with free capacity, least busy first, row-locked."""
     fresh = timezone.now() - timedelta(seconds=settings.AGENT_OFFLINE_THRESHOLD)
-    candidates = list(
-        Agent.objects.filter(pool_id=pool_id, connected_pod__isnull=False, capacity__gt=0, last_heartbeat__gte=fresh)
-        .exclude(status=Agent.Status.OFFLINE)
-        .annotate(active=_active_count())
-        .filter(active__lt=F("capacity"))
-        .order_by("active", "last_heartbeat", "pk")
-        .select_for_update(skip_locked=True, of=("self",))[:AGENT_CANDIDATES]
-    )
-    for agent in candidates:
-        # The count above is from the statement's snapshot; a dispatcher that held this row may have
-        # committed since. Recounting now, while we hold the row, sees every committed dispatch.
-        if Task.objects.filter(agent=agent, status__in=Task.ACTIVE).count() < agent.capacity:
-            return agent
+    rejected: list[int] = []
+    # Under a burst, every dispatcher's snapshot ranks the same few agents least busy; once those
+    # are taken (the recount below sees it), ask again without them: each statement takes a new
+    # snapshot. Giving up after one batch left tasks pending until pending_tasks, seconds later.
+    for _ in range(AGENT_PICK_ROUNDS):
+        candidates = list(
+            Agent.objects.filter(
+                pool_id=pool_id, connected_pod__isnull=False, capacity__gt=0, last_heartbeat__gte=fresh
+            )
+            .exclude(status=Agent.Status.OFFLINE)
+            .exclude(pk__in=rejected)
+            .annotate(active=_active_count())
+            .filter(active__lt=F("capacity"))
+            .order_by("active", "last_heartbeat", "pk")
+            .select_for_update(skip_locked=True, of=("self",))[:AGENT_CANDIDATES]
+        )
+        if not candidates:
+            return None
+        for agent in candidates:
+            # The count above is from the statement's snapshot; a dispatcher that held this row may
+            # have committed since. Recounting now, while we hold the row, sees every committed dispatch.
+            if Task.objects.filter(agent=agent, status__in=Task.ACTIVE).count() < agent.capacity:
+                return agent
+            rejected.append(agent.pk)
     return None
 
 
