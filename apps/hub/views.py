@@ -37,7 +37,16 @@ def error_response(exc: actions.HubError) -> Response:
 ERRORS: dict[int | str, Any] = {400: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
 
 
-class SessionListView(APIView):
+class HubAPIView(APIView):
+    """Every refusal of the actions (``HubError``) becomes its status and code, in one place."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, actions.HubError):
+            return error_response(exc)
+        return super().handle_exception(exc)
+
+
+class SessionListView(HubAPIView):
     @extend_schema(request=OpenSessionSerializer, responses={201: EditingSessionSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         """Open a resource: as its editor when nobody edits it, else as a waiting session."""
@@ -51,48 +60,36 @@ class SessionListView(APIView):
         return Response(EditingSessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
-class SessionDetailView(APIView):
+class SessionDetailView(HubAPIView):
     @extend_schema(responses={200: EditingSessionSerializer, **ERRORS})
     def get(self, request: Request, session_id: UUID) -> Response:
-        try:
-            session = actions.get_owned_session(user=request.user, session_id=session_id)
-        except actions.HubError as exc:
-            return error_response(exc)
+        session = actions.get_owned_session(user=request.user, session_id=session_id)
         return Response(EditingSessionSerializer(session).data)
 
 
-class SessionHeartbeatView(APIView):
+class SessionHeartbeatView(HubAPIView):
     @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
     def post(self, request: Request, session_id: UUID) -> Response:
-        try:
-            session = actions.do_heartbeat(user=request.user, session_id=session_id)
-        except actions.HubError as exc:
-            return error_response(exc)
+        session = actions.do_heartbeat(user=request.user, session_id=session_id)
         return Response(EditingSessionSerializer(session).data)
 
 
-class SessionCloseView(APIView):
+class SessionCloseView(HubAPIView):
     @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
     def post(self, request: Request, session_id: UUID) -> Response:
-        try:
-            session = actions.do_close_session(user=request.user, session_id=session_id)
-        except actions.HubError as exc:
-            return error_response(exc)
+        session = actions.do_close_session(user=request.user, session_id=session_id)
         return Response(EditingSessionSerializer(session).data)
 
 
-class SessionClaimView(APIView):
+class SessionClaimView(HubAPIView):
     @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
     def post(self, request: Request, session_id: UUID) -> Response:
         """Make a waiting session the editor, when the resource has no editor any more."""
-        try:
-            session = actions.do_claim_session(user=request.user, session_id=session_id)
-        except actions.HubError as exc:
-            return error_response(exc)
+        session = actions.do_claim_session(user=request.user, session_id=session_id)
         return Response(EditingSessionSerializer(session).data)
 
 
-class TakeoverListView(APIView):
+class TakeoverListView(HubAPIView):
     @extend_schema(
         request=TakeoverCreateSerializer,
         responses={201: TakeoverRequestSerializer, 200: TakeoverRequestSerializer, **ERRORS},
@@ -101,59 +98,47 @@ class TakeoverListView(APIView):
         """Ask the editor of the resource to hand it over (200 with the pending one if already asked)."""
         data = TakeoverCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            takeover, created = actions.do_request_takeover(
-                user=request.user,
-                session_id=data.validated_data["session_id"],
-                message=data.validated_data["message"],
-            )
-        except actions.HubError as exc:
-            return error_response(exc)
+        takeover, created = actions.do_request_takeover(
+            user=request.user,
+            session_id=data.validated_data["session_id"],
+            message=data.validated_data["message"],
+        )
         return Response(
             TakeoverRequestSerializer(takeover).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
 
-class TakeoverDetailView(APIView):
+class TakeoverDetailView(HubAPIView):
     @extend_schema(responses={200: TakeoverRequestSerializer, **ERRORS})
     def get(self, request: Request, request_id: int) -> Response:
         """The request's status, for its requester and its editor (the truth when an event was lost)."""
-        try:
-            takeover = actions.get_takeover_request(user=request.user, request_id=request_id)
-        except actions.HubError as exc:
-            return error_response(exc)
+        takeover = actions.get_takeover_request(user=request.user, request_id=request_id)
         return Response(TakeoverRequestSerializer(takeover).data)
 
 
-class TakeoverRespondView(APIView):
+class TakeoverRespondView(HubAPIView):
     @extend_schema(request=TakeoverRespondSerializer, responses={200: TakeoverRequestSerializer, **ERRORS})
     def post(self, request: Request, request_id: int) -> Response:
         """The editor approves (its session ends, the requester becomes editor) or rejects."""
         data = TakeoverRespondSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            takeover = actions.do_respond_takeover(
-                user=request.user, request_id=request_id, approve=data.validated_data["approve"]
-            )
-        except actions.HubError as exc:
-            return error_response(exc)
+        takeover = actions.do_respond_takeover(
+            user=request.user, request_id=request_id, approve=data.validated_data["approve"]
+        )
         return Response(TakeoverRequestSerializer(takeover).data)
 
 
-class TakeoverForceView(APIView):
+class TakeoverForceView(HubAPIView):
     @extend_schema(request=TakeoverCreateSerializer, responses={201: TakeoverRequestSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         """Take the resource without asking; needs hub.force_takeover. The editor's session ends."""
         data = TakeoverCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            takeover = actions.do_force_takeover(
-                user=request.user,
-                session_id=data.validated_data["session_id"],
-                message=data.validated_data["message"],
-            )
-        except actions.HubError as exc:
-            return error_response(exc)
+        takeover = actions.do_force_takeover(
+            user=request.user,
+            session_id=data.validated_data["session_id"],
+            message=data.validated_data["message"],
+        )
         return Response(TakeoverRequestSerializer(takeover).data, status=status.HTTP_201_CREATED)
 
 
@@ -163,27 +148,21 @@ DRAFT_KEY_PARAMETERS = [
 ]
 
 
-class DraftView(APIView):
+class DraftView(HubAPIView):
     """The caller's draft of one resource: GET/DELETE take the key as query parameters."""
 
     @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={200: DraftSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
         key = DraftKeySerializer(data=request.query_params)
         key.is_valid(raise_exception=True)
-        try:
-            draft = drafts.get_draft(user=request.user, **key.validated_data)
-        except actions.HubError as exc:
-            return error_response(exc)
+        draft = drafts.get_draft(user=request.user, **key.validated_data)
         return Response(DraftSerializer(draft).data)
 
     @extend_schema(request=DraftSaveSerializer, responses={200: DraftSerializer, **ERRORS})
     def put(self, request: Request) -> Response:
         data = DraftSaveSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            draft = drafts.do_save_draft(user=request.user, **data.validated_data)
-        except actions.HubError as exc:
-            return error_response(exc)
+        draft = drafts.do_save_draft(user=request.user, **data.validated_data)
         return Response(DraftSerializer(draft).data)
 
     @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={204: None, **ERRORS})
