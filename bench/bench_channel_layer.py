@@ -1,5 +1,6 @@
-"""The channel layer itself, side by side in one run: the project's PostgreSQL layer,
-channels-postgres 1.1.4 (the published layer it replaces), and channels-redis's
+"""The channel layer itself, side by side in one run: the project's PostgreSQL layer (on the
+benchmark's loop, as under daphne, where it runs on the server's loop; and on a thread of its own,
+as for sync callers such as the leader), channels-postgres 1.1.4 (the published layer it replaces), and channels-redis's
 RedisChannelLayer and RedisPubSubChannelLayer (Redis on 127.0.0.1:6379, benchmarks only).
 
 Scenarios, each with 100 B and 10 KB message bodies, every layer in this one process and loop:
@@ -12,7 +13,8 @@ The machine is shared and its load drifts, so the layers take turns: ``ROUNDS`` 
 running every scenario for every layer (the order rotating between rounds), and each line is the
 median of its rounds.
 Goals: the project layer's throughput at least channels-postgres's on every line; its p99 latency
-within 3x RedisPubSubChannelLayer's.
+within 3x RedisPubSubChannelLayer's. The goals are judged on the configuration the web replicas
+run (the server's loop); the own-thread lines are shown with the same references, without a goal.
 
 ``python -m bench.bench_channel_layer`` (or ``make bench BENCH=bench_channel_layer``) writes
 bench/results/ like every benchmark; DATABASE_URL must point at a migrated database.
@@ -34,6 +36,7 @@ from bench.report import Progress, Row, percentile
 BENCH = "channel_layer"
 LAYERS = [
     ("project", "PostgreSQL layer (project)"),
+    ("project_own", "PostgreSQL layer (project), own thread"),
     ("channels_postgres", "channels-postgres 1.1.4"),
     ("redis", "RedisChannelLayer"),
     ("redis_pubsub", "RedisPubSubChannelLayer"),
@@ -63,13 +66,18 @@ def _setup_django() -> None:
         call_command("migrate", "channels_postgres", verbosity=0)
 
 
-def _make(kind: str) -> Any:
+async def _make(kind: str) -> Any:
     from django.conf import settings
 
-    if kind == "project":
+    if kind in ("project", "project_own"):
         from apps.pglayer.core import PostgresChannelLayer
+        from apps.pglayer.loopthread import treat_as_server_loop
 
-        return PostgresChannelLayer(prefix="bench", capacity=CAPACITY)
+        # The benchmark's loop runs for the whole run, as daphne's does for a web replica's life.
+        treat_as_server_loop(asyncio.get_running_loop())
+        return PostgresChannelLayer(
+            prefix="bench", capacity=CAPACITY, event_loop="server" if kind == "project" else "own"
+        )
     if kind == "channels_postgres":
         from channels_postgres.core import PostgresChannelLayer as ChannelsPostgresLayer
 
@@ -86,7 +94,7 @@ def _make(kind: str) -> Any:
 async def _close(kind: str, layer: Any) -> None:
     with contextlib.suppress(Exception):
         await layer.flush()
-    if kind == "project":
+    if kind in ("project", "project_own"):
         await layer.close()
     elif kind == "redis":
         await layer.close_pools()
@@ -187,7 +195,7 @@ async def measure(progress: Progress) -> dict[tuple[str, str, str], float]:
     def record(kind: str, metric: str, size_label: str, value: float) -> None:
         rounds.setdefault((kind, metric, size_label), []).append(value)
 
-    layers = {kind: _make(kind) for kind, _ in LAYERS}
+    layers = {kind: await _make(kind) for kind, _ in LAYERS}
     labels = dict(LAYERS)
     try:
         for number in range(ROUNDS):
@@ -237,6 +245,8 @@ def rows(results: dict[tuple[str, str, str], float]) -> list[Row]:
                     reference = "channels_postgres"
                     goal = ">= channels-postgres"
                     met = value >= results[(reference, metric, size_label)]
+                elif kind == "project_own" and "throughput" in metric:
+                    reference = "channels_postgres"
                 elif metric.startswith("p"):
                     reference = "redis_pubsub"
                 lost_key = metric.split(" ")[0] if "throughput" in metric else "latency"

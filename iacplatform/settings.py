@@ -170,6 +170,9 @@ CHANNEL_LAYER_GROUP_EXPIRY = env_number("CHANNEL_LAYER_GROUP_EXPIRY", 86400.0)
 CHANNEL_LAYER_CAPACITY = env_int("CHANNEL_LAYER_CAPACITY", 100)
 CHANNEL_LAYER_PREFIX = env_str("CHANNEL_LAYER_PREFIX", "asgi")
 CHANNEL_LAYER_ENCRYPTION_KEYS = env_list("CHANNEL_LAYER_ENCRYPTION_KEYS", [])
+CHANNEL_LAYER_EVENT_LOOP = env_str("CHANNEL_LAYER_EVENT_LOOP", "server")
+if CHANNEL_LAYER_EVENT_LOOP not in ("server", "own"):
+    raise ImproperlyConfigured("CHANNEL_LAYER_EVENT_LOOP must be server or own, got %r" % CHANNEL_LAYER_EVENT_LOOP)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS: dict[str, dict[str, object]]
 if CHANNEL_LAYER_BACKEND == "postgres":
@@ -183,6 +186,7 @@ if CHANNEL_LAYER_BACKEND == "postgres":
                 "capacity": CHANNEL_LAYER_CAPACITY,
                 "prefix": CHANNEL_LAYER_PREFIX,
                 "symmetric_encryption_keys": CHANNEL_LAYER_ENCRYPTION_KEYS,
+                "event_loop": CHANNEL_LAYER_EVENT_LOOP,
             },
         }
     }

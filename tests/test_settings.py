@@ -44,6 +44,7 @@ def test_debug_runs_without_a_secret_key() -> None:
         ({"DEBUG": "maybe"}, "DEBUG must be a boolean"),
         ({"LEADER_ELECTION_LEASE_DURATION": "soon"}, "LEADER_ELECTION_LEASE_DURATION must be a number"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be text or json"),
+        ({"CHANNEL_LAYER_EVENT_LOOP": "main"}, "CHANNEL_LAYER_EVENT_LOOP must be server or own"),
         ({"DATABASE_URL": "sqlite:///x.db"}, "DATABASE_URL must point at PostgreSQL"),
         ({"DATABASE_URL": ""}, "DATABASE_URL is not set"),
     ],

@@ -5,9 +5,11 @@ Configure it like other layers::
     CHANNEL_LAYERS = {"default": {"BACKEND": "apps.pglayer.core.PostgresChannelLayer",
                                   "CONFIG": {"database": "default", "expiry": 60, "group_expiry": 86400,
                                              "capacity": 100, "prefix": "asgi",
-                                             "symmetric_encryption_keys": []}}}
+                                             "symmetric_encryption_keys": [], "event_loop": "server"}}}
 
-``database`` is a Django database alias or a ``postgresql://`` URL.
+``database`` is a Django database alias or a ``postgresql://`` URL. ``event_loop``: ``server`` runs
+the layer on the ASGI server's loop once it is called there (loopthread.py), ``own`` always on a
+loop of its own in a daemon thread.
 
 Guarantees:
 - A message is stored (``pglayer_message``) in the same statement that announces it, and stays
@@ -19,9 +21,9 @@ Guarantees:
 - Process-specific channels (``...!``) are announced on a NOTIFY channel of their owning process
   only; other names are consumed competitively (``FOR UPDATE SKIP LOCKED``). No advisory locks.
 - One LISTEN connection per layer (per process), reconnecting with jittered backoff, plus a pool
-  of at most four connections of which one stays open: all on the layer's own event loop
-  (loopthread.py), so async callers and sync callers through ``async_to_sync`` both survive a
-  PostgreSQL restart. After reconnecting, every waiting receive re-reads the table.
+  of at most four connections of which one stays open: all on one long-lived event loop, the
+  ASGI server's or the layer's own (loopthread.py), so async callers and sync callers through
+  ``async_to_sync`` both survive a PostgreSQL restart. After reconnecting, every waiting receive re-reads the table.
 - ``capacity`` per channel: ``send`` raises ``ChannelFull``; ``group_send`` skips full members and
   counts them (``channel_layer_group_send_full_total``).
 - Memory per channel exists while a receive waits on it and for a few seconds after (freed at
@@ -102,6 +104,7 @@ class PostgresChannelLayer(BaseChannelLayer):
         capacity: int = 100,
         prefix: str = "asgi",
         symmetric_encryption_keys: list[str] | list[bytes] | None = None,
+        event_loop: str = "server",
     ) -> None:
         if not isinstance(database, str) or not database:
             raise ValueError("channel layer: database must be a database alias or a postgresql:// URL")
@@ -112,6 +115,8 @@ class PostgresChannelLayer(BaseChannelLayer):
             raise ValueError("channel layer: capacity must be a positive integer, got %r" % (capacity,))
         if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
             raise ValueError("channel layer: prefix must be 1-40 of [A-Za-z0-9_.-], got %r" % (prefix,))
+        if event_loop not in ("server", "own"):
+            raise ValueError("channel layer: event_loop must be 'server' or 'own', got %r" % (event_loop,))
         if isinstance(symmetric_encryption_keys, str | bytes):
             raise ValueError("channel layer: symmetric_encryption_keys must be a list of keys")
         super().__init__(expiry=expiry, capacity=capacity)
@@ -125,7 +130,7 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._start = prefix + ":"
         self._shared_notify = statements.shared_notify_channel(prefix)
         self._own_notify = statements.process_notify_channel(prefix, self.client_prefix)
-        self._thread = LoopThread("pglayer-%s" % self.client_prefix)
+        self._thread = LoopThread("pglayer-%s" % self.client_prefix, adopt=event_loop == "server")
         self._channels: dict[str, ChannelState] = {}
         self._pool = ConnectionPool(lambda: self._conninfo("layer:" + self.client_prefix))
         self._listener = Listener(
@@ -169,6 +174,11 @@ class PostgresChannelLayer(BaseChannelLayer):
         return make_conninfo("", **params)
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the layer's loop: right here when the caller is on it (the server's
+        loop, adopted), else submitted to it and awaited."""
+        self._thread.adopt_caller()
+        if self._thread.in_loop():
+            return await coro
         return await asyncio.wrap_future(self._thread.submit(coro))
 
     # ------------------------------------------------------------------ names and bodies
@@ -258,6 +268,11 @@ class PostgresChannelLayer(BaseChannelLayer):
         key = self._key(channel)
         if "!" in channel and statements.client_part(key) != self.client_prefix:
             raise ValueError("channel layer: %s is another process's channel; receive it there" % channel)
+        self._thread.adopt_caller()
+        if self._thread.in_loop():
+            # No hop: a cancellation reaches _receive itself, which never holds a row across an
+            # await (a row is returned the moment it is popped), so nothing can be lost here.
+            return self.deserialize((await self._receive(key)).body)
         caller = asyncio.get_running_loop()
         outer: asyncio.Future[Row] = caller.create_future()
         holder: dict[str, asyncio.Task[Row]] = {}
@@ -303,16 +318,20 @@ class PostgresChannelLayer(BaseChannelLayer):
 
     async def close(self) -> None:
         """Stop the listener and close the layer's connections (tests, shutdown)."""
-        if self._thread.in_loop():
-            raise RuntimeError("close() must not be called from the layer's own loop")
+        if self._thread.in_loop() and not self._thread.adopted:
+            raise RuntimeError("close() must not be called from the layer's own thread")
         await self._call(self._close())
         self._thread.stop()
 
     def close_sync(self, timeout: float = 10.0) -> None:
-        """close() for sync callers; does nothing if the layer never started its loop."""
-        if self._thread.started:
+        """close() for sync callers; does nothing if the layer never started its loop. On an
+        adopted loop that no longer runs (the server stopped), its tasks cannot run any more: the
+        layer just lets go of it, and the process's exit closes the connections."""
+        if self._thread.in_loop():
+            raise RuntimeError("close_sync() called on the layer's own loop: await close() there")
+        if self._thread.runnable():
             self._thread.submit(self._close()).result(timeout)
-            self._thread.stop()
+        self._thread.stop()
 
     # ------------------------------------------------------------------ on the layer's loop
 

@@ -2,7 +2,10 @@
 
 For a process-specific channel the announcement carries the body itself when it is small
 (statements.INLINE_MAX_BODY), so the owning process can deliver it without a round trip; the row
-is deleted afterwards, in batches. Two other paths can also hand out that row: a claim
+is deleted afterwards, in batches: the delete waits ``linger`` seconds (5 ms) for more delivered
+ids unless ``DELETE_BATCH`` are already waiting, so a busy channel costs one DELETE per batch,
+not one per message. (Rows delivered but not yet deleted still count towards the channel's
+capacity for those milliseconds.) Two other paths can also hand out that row: a claim
 (``DELETE ... RETURNING``) that runs before the inline delete, and an inline NOTIFY that arrives
 after a claim already delivered the row. This module keeps the ids that make both cases
 recognisable:
@@ -33,13 +36,17 @@ from apps.pglayer.inbox import Row
 
 logger = logging.getLogger(__name__)
 
+DELETE_LINGER = 0.005
+DELETE_BATCH = 100
+
 DeleteFunc = Callable[[list[int]], Awaitable[set[int]]]
 UnclaimFunc = Callable[[list[Row]], None]
 
 
 class InlineDeliveries:
-    def __init__(self, *, delete: DeleteFunc, unclaim: UnclaimFunc, keep: float) -> None:
+    def __init__(self, *, delete: DeleteFunc, unclaim: UnclaimFunc, keep: float, linger: float = DELETE_LINGER) -> None:
         self._delete = delete
+        self._linger = linger
         self._unclaim = unclaim
         self._keep = keep
         self._provisional: dict[int, Row] = {}
@@ -113,6 +120,8 @@ class InlineDeliveries:
 
     async def _run(self) -> None:
         while self._to_delete:
+            if self._linger and len(self._to_delete) < DELETE_BATCH:
+                await asyncio.sleep(self._linger)
             ids, self._to_delete = self._to_delete, []
             try:
                 deleted = await self._delete(ids)

@@ -140,6 +140,7 @@ async def test_a_group_message_sent_on_replica_a_reaches_a_socket_on_replica_b_o
             await asyncio.wait_for(on_b.recv(), 0.5)  # nothing twice
     assert [m["n"] for m in heard_on_b] == list(range(20))
     assert all(m["from"] == "web-a" and m["to"] == "web-b" for m in heard_on_b)
+    assert all(m["server_loop"] for m in heard_on_a + heard_on_b)  # no thread hop under daphne
     assert [m["n"] for m in heard_on_a] == list(range(20))
     assert heard_on_b[7]["pad"] == BIG
     # Delivered rows are deleted.

@@ -1,6 +1,7 @@
 """Test-only ASGI app for daphne: Django HTTP (for /healthz) plus ``ws/echo/<group>/``, a consumer
 that joins ``<group>`` and group_sends every text frame it receives; every member socket gets it,
-tagged with the replica that sent it and the one that delivered it."""
+tagged with the replica that sent it, the one that delivered it, and whether the layer ran on
+daphne's event loop there."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_send(self.group, {"type": "echo.message", "payload": message})
 
     async def echo_message(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps({**event["payload"], "to": settings.POD_NAME}))
+        # Whether the layer runs on daphne's own loop (adopted) rather than on a thread of its own.
+        adopted = self.channel_layer._thread.adopted
+        await self.send(text_data=json.dumps({**event["payload"], "to": settings.POD_NAME, "server_loop": adopted}))
 
 
 application = ProtocolTypeRouter(

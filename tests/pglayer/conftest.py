@@ -15,15 +15,27 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from apps.pglayer import loopthread
 from apps.pglayer.core import PostgresChannelLayer
+from apps.pglayer.loopthread import treat_as_server_loop
 
 LayerFactory = Callable[..., PostgresChannelLayer]
 
 
 @pytest.fixture
-async def make_layer(transactional_db: None) -> AsyncIterator[LayerFactory]:
+def layer_loop() -> str:
+    """Where the layers of make_layer run: on a loop of their own ("own thread", as in the leader
+    and for sync callers) unless a test module asks for "server loop" too (as under daphne)."""
+    return "own thread"
+
+
+@pytest.fixture
+async def make_layer(transactional_db: None, layer_loop: str) -> AsyncIterator[LayerFactory]:
     """Layers on the test database, each with a prefix of its own test; all closed at the end."""
     prefix = "t%s" % uuid.uuid4().hex[:8]
+    loop = asyncio.get_running_loop()
+    if layer_loop == "server loop":
+        treat_as_server_loop(loop)
     made: list[PostgresChannelLayer] = []
 
     def make(**config: Any) -> PostgresChannelLayer:
@@ -34,10 +46,14 @@ async def make_layer(transactional_db: None) -> AsyncIterator[LayerFactory]:
 
     yield make
     for layer in made:
+        # The test's calls ran on its own loop, adopted, or on the layer's thread: never a mix.
+        adopts = layer_loop == "server loop" and layer._thread._adopt
+        assert not layer._thread.started or layer._thread.adopted == adopts
         await layer.close()
         # Closed with all its connections (others, e.g. the settings' layer, may share the database).
         assert layer.stats()["pool_size"] == 0
         assert not layer.stats()["listener_started"]
+    loopthread._server_loops.discard(loop)
 
 
 @pytest.fixture

@@ -13,9 +13,16 @@ from django.db import connection
 
 from apps.pglayer import statements
 from apps.pglayer.core import PostgresChannelLayer
+from apps.pglayer.loopthread import treat_as_server_loop
 from tests.pglayer.conftest import LayerFactory, count, query, rows_left
 
 BIG = "x" * 9000  # over NOTIFY's 8000-byte payload limit
+
+
+@pytest.fixture(params=["own thread", "server loop"])
+def layer_loop(request: pytest.FixtureRequest) -> str:
+    """Every test of the API runs with the layer on its own thread and on the caller's (server) loop."""
+    return str(request.param)
 
 
 async def waiting(layer: PostgresChannelLayer, channel: str) -> None:
@@ -60,6 +67,11 @@ async def test_messages_arrive_once_and_in_order_small_and_large(layer: Postgres
     assert layer.stats()["channels_in_memory"] == 1
     await layer._call(layer.housekeeping_step(1e12))
     assert layer.stats()["channels_in_memory"] == 0
+    # Rows delivered from their NOTIFY are deleted in batches a few milliseconds later.
+    for _ in range(200):
+        if layer.stats()["inline_provisional"] == 0:
+            break
+        await asyncio.sleep(0.01)
     assert layer.stats()["inline_provisional"] == 0
 
 
@@ -208,6 +220,46 @@ async def test_a_give_back_after_the_caller_left_returns_the_row(layer: Postgres
     assert await asyncio.wait_for(layer.receive(channel), 5) == {"n": "kept"}
 
 
+async def test_on_the_server_loop_calls_run_in_place_and_other_threads_still_reach_it(
+    make_layer: LayerFactory, layer_loop: str
+) -> None:
+    layer = make_layer()
+    channel = await layer.new_channel()
+    await layer.send(channel, {"n": 0})
+    assert await asyncio.wait_for(layer.receive(channel), 5) == {"n": 0}
+    threaded = any(t.name == "pglayer-" + layer.client_prefix for t in threading.enumerate())
+    assert threaded == (layer_loop == "own thread")
+
+    # A sync caller on another thread (async_to_sync on a fresh loop there) submits to the layer's loop.
+    def worker() -> None:
+        async_to_sync(layer.send)(channel, {"n": 1})
+
+    await asyncio.to_thread(worker)
+    assert await asyncio.wait_for(layer.receive(channel), 5) == {"n": 1}
+
+    # event_loop="own": a thread of its own even when called on the server's loop.
+    own = make_layer(event_loop="own")
+    own_channel = await own.new_channel()
+    await own.send(own_channel, {"n": 2})
+    assert await asyncio.wait_for(own.receive(own_channel), 5) == {"n": 2}
+    assert not own._thread.adopted
+
+
+def test_a_layer_whose_server_loop_has_closed_says_so(transactional_db: None) -> None:
+    layer = PostgresChannelLayer(prefix="gone")
+
+    async def serve() -> None:
+        treat_as_server_loop(asyncio.get_running_loop())
+        await layer.group_discard("g", "c.x!y")  # one statement, on this loop
+        await layer._pool.close()  # (no listener was started: nothing else holds a connection)
+
+    asyncio.run(serve())
+    with pytest.raises(RuntimeError, match="server's event loop it ran on has closed"):
+        async_to_sync(layer.group_discard)("g", "c.x!y")
+    layer.close_sync(timeout=1)  # nothing left to run: lets go of the loop without waiting
+    assert not layer._thread.started
+
+
 def test_sync_callers_through_async_to_sync_work_on_fresh_loops(transactional_db: None) -> None:
     layer = PostgresChannelLayer(prefix="sync")
     try:
@@ -268,6 +320,7 @@ async def test_bad_input_gets_a_clear_error_and_stores_nothing(layer: PostgresCh
         {"prefix": ""},
         {"database": ""},
         {"symmetric_encryption_keys": "one-key-not-a-list"},
+        {"event_loop": "main"},
     ],
 )
 def test_bad_configuration_is_refused(config: dict[str, object]) -> None:

@@ -24,8 +24,10 @@ class FakeTable:
     def __init__(self, ids: set[int]) -> None:
         self.ids = ids
         self.unclaimed: list[Row] = []
+        self.deletes: list[list[int]] = []
 
     async def delete(self, ids: list[int]) -> set[int]:
+        self.deletes.append(ids)
         found = self.ids & set(ids)
         self.ids -= found
         return found
@@ -71,7 +73,7 @@ async def test_a_sync_seen_before_the_claims_rows_leaves_no_fence() -> None:
 
 async def test_abandoned_inline_rows_stay_in_or_return_to_the_table() -> None:
     table = FakeTable({1, 2})
-    inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60)
+    inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60, linger=0)
     first, second = _row(1), _row(2)
     inline.arrived(first)
     inline.abandon(first)  # before its delete was sent: simply never deleted
@@ -84,6 +86,22 @@ async def test_abandoned_inline_rows_stay_in_or_return_to_the_table() -> None:
     await inline.stop()
     assert table.ids == {1}
     assert table.unclaimed == [second]  # deleted meanwhile: put back
+
+
+async def test_rows_delivered_close_together_are_deleted_in_one_statement() -> None:
+    table = FakeTable(set(range(1, 251)))
+    inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60, linger=0.05)
+    for row_id in range(1, 4):
+        inline.arrived(_row(row_id))
+        await asyncio.sleep(0.001)
+    await inline.stop()
+    assert table.deletes == [[1, 2, 3]]
+    # A full batch does not wait for the linger.
+    for row_id in range(4, 251):
+        inline.arrived(_row(row_id))
+    await asyncio.wait_for(inline.stop(), 0.04)
+    assert table.deletes[1] == list(range(4, 251))
+    assert table.ids == set()
 
 
 async def test_forgotten_entries_are_purged_after_keep_seconds() -> None:
