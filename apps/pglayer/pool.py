@@ -1,4 +1,4 @@
-"""A small pool of autocommit psycopg connections for the channel layer, living on its own loop.
+"""A small pool of autocommit psycopg connections for the channel layer, living on the layer's loop.
 
 Guarantees: at most ``max_size`` connections at once, of which ``keep`` stay open while idle
 (the others close after ``max_idle`` seconds); a connection whose server side went away while it
@@ -9,7 +9,7 @@ always for operations declared idempotent.
 
 Does NOT: retry a non-idempotent statement whose outcome is unknown (the connection broke after
 it was sent): the caller gets the error, as Channels' at-most-once contract allows; share
-connections between event loops (the layer owns one loop per process, see core.py).
+connections between event loops (the layer runs on one loop per process, see loopthread.py).
 """
 
 from __future__ import annotations
