@@ -151,6 +151,8 @@ class Cluster:
             PYTHONUNBUFFERED="1",
             DJANGO_SETTINGS_MODULE="iacplatform.settings",
         )
+        if member.role == "agent":  # as in deploy/: agents get no database and no signing key
+            del env["DATABASE_URL"], env["SECRET_KEY"]
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         return env
 

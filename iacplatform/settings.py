@@ -5,9 +5,11 @@ apps/coordination/checks.py reject bad combinations."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -63,11 +65,6 @@ def _default_role() -> str:
 
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-only-for-debug"  # noqa: S105 - DEBUG only
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -76,6 +73,16 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 POD_NAME = env_str("POD_NAME", socket.gethostname())[:100]
 POD_NAMESPACE = env_str("POD_NAMESPACE", "default")
 PROCESS_ROLE = env_str("PROCESS_ROLE", _default_role())
+
+# Agents talk to the web replicas only, over their pool token: they get neither the database nor
+# the platform's signing key (Terraform runs as the agent's user and can read its environment).
+AGENT_PROCESS = PROCESS_ROLE == "agent"
+SECRET_KEY = env_str("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and not AGENT_PROCESS:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    # An agent signs nothing that outlives it; DEBUG is for development only.
+    SECRET_KEY = secrets.token_urlsafe(50) if AGENT_PROCESS else "insecure-development-key-only-for-debug"
 
 INSTALLED_APPS = [
     "daphne",
@@ -126,24 +133,33 @@ TEMPLATES = [
     },
 ]
 
-# Database: DATABASE_URL is required (make run / make test start an embedded server and set it).
+# Database: DATABASE_URL is required but for agents (make run / make test start an embedded server and set it).
 DATABASE_URL = env_str("DATABASE_URL", "")
-if not DATABASE_URL:
+if not DATABASE_URL and not AGENT_PROCESS:
     raise ImproperlyConfigured(
         "DATABASE_URL is not set. `make run` and `make test` start an embedded PostgreSQL and set it; "
         "elsewhere set it to postgresql://user:password@host:port/dbname"
     )
 DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60)
-_db = dj_database_url.parse(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True)
-if _db["ENGINE"] != "django.db.backends.postgresql":
-    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL, got engine %s" % _db["ENGINE"])
-_db.setdefault("OPTIONS", {})
+DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 5)
+DATABASE_TEST_NAME = env_str("DATABASE_TEST_NAME", "")
 # "<pod>:<role>" names every session in pg_stat_activity, and so the holder of every advisory lock.
 DB_APPLICATION_NAME = ("%s:%s" % (POD_NAME, PROCESS_ROLE))[:63]
-_db["OPTIONS"]["application_name"] = DB_APPLICATION_NAME
-_db["OPTIONS"].setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
-_db["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_%s" % _db["NAME"])}
-DATABASES = {"default": _db}
+DATABASES: dict[str, dict[str, Any]]
+if AGENT_PROCESS:
+    # No database, even when DATABASE_URL is set (as `make run` does for every process): any query
+    # an agent made would fail at once (Django's dummy backend) instead of reaching PostgreSQL.
+    DATABASES = {}
+else:
+    _db: dict[str, Any] = dict(
+        dj_database_url.parse(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True)
+    )
+    if _db["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL, got engine %s" % _db["ENGINE"])
+    _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "application_name": DB_APPLICATION_NAME}
+    _db["OPTIONS"].setdefault("connect_timeout", DB_CONNECT_TIMEOUT)
+    _db["TEST"] = {"NAME": DATABASE_TEST_NAME or "test_%s" % _db["NAME"]}
+    DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

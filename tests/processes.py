@@ -94,6 +94,10 @@ class ProcessGroup:
             PYTHONUNBUFFERED="1",
             DJANGO_SETTINGS_MODULE="iacplatform.settings",
         )
+        if role == "agent":
+            # As in deploy/: an agent gets neither the database nor the platform's signing key.
+            for name in ("DATABASE_URL", "SECRET_KEY"):
+                env.pop(name, None)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.update(extra or {})
         return env

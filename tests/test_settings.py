@@ -14,7 +14,7 @@ from tests.processes import ROOT
 
 
 def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    full = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG", "PROCESS_ROLE")}
     full.update(env)
     return subprocess.run(
         [sys.executable, "-c", "import iacplatform.settings as s; print(s.DB_APPLICATION_NAME, s.DEBUG)"],
@@ -36,6 +36,26 @@ def test_debug_runs_without_a_secret_key() -> None:
     result = _import_settings(DEBUG="1", POD_NAME="web-7", PROCESS_ROLE="web")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["web-7:web", "True"]
+
+
+def test_an_agent_needs_neither_database_nor_secret_key_and_gets_no_database() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    for database_url in (None, env.get("DATABASE_URL") or "postgresql://u@h/d"):
+        result = subprocess.run(
+            [sys.executable, "-c", "import iacplatform.settings as s; print(s.DATABASES, len(s.SECRET_KEY) > 40)"],
+            cwd=ROOT,
+            env={
+                **{k: v for k, v in env.items() if k not in ("SECRET_KEY", "DEBUG")},
+                "DEBUG": "0",
+                "PROCESS_ROLE": "agent",
+                **({"DATABASE_URL": database_url} if database_url else {}),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["{}", "True"]  # even with DATABASE_URL set, as `make run` does
 
 
 @pytest.mark.parametrize(

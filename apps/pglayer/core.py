@@ -23,7 +23,8 @@ Guarantees:
 - One LISTEN connection per layer (per process), reconnecting with jittered backoff, plus a pool
   of at most four connections of which one stays open: all on one long-lived event loop, the
   ASGI server's or the layer's own (loopthread.py), so async callers and sync callers through
-  ``async_to_sync`` both survive a PostgreSQL restart. After reconnecting, every waiting receive re-reads the table.
+  ``async_to_sync`` both survive a PostgreSQL restart. After reconnecting, every waiting receive
+  re-reads the table.
 - ``capacity`` per channel: ``send`` raises ``ChannelFull``; ``group_send`` skips full members and
   counts them (``channel_layer_group_send_full_total``).
 - Memory per channel exists while a receive waits on it and for a few seconds after (freed at

@@ -62,15 +62,20 @@ def settings_variables(source: str) -> SettingsVariables:
                 bound[statement.targets[0].id] = call[0]
     required: set[str] = set()
     for statement in tree.body:
+        if not isinstance(statement, ast.If):
+            continue
+        # `if not X:` or `if not X and <exemption>:` (e.g. a role that does without X).
+        test = statement.test
+        if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+            test = test.values[0]
         if (
-            isinstance(statement, ast.If)
-            and isinstance(statement.test, ast.UnaryOp)
-            and isinstance(statement.test.op, ast.Not)
-            and isinstance(statement.test.operand, ast.Name)
-            and statement.test.operand.id in bound
+            isinstance(test, ast.UnaryOp)
+            and isinstance(test.op, ast.Not)
+            and isinstance(test.operand, ast.Name)
+            and test.operand.id in bound
             and any(isinstance(n, ast.Raise) for s in statement.body for n in ast.walk(s))
         ):
-            required.add(bound[statement.test.operand.id])
+            required.add(bound[test.operand.id])
     return SettingsVariables(frozenset(read), frozenset(required), defaults)
 
 
