@@ -1,7 +1,8 @@
 """The channel layer itself, side by side in one run: the project's PostgreSQL layer (on the
 benchmark's loop, as under daphne, where it runs on the server's loop; and on a thread of its own,
-as for sync callers such as the leader), channels-postgres 1.1.4 (the published layer it replaces), and channels-redis's
-RedisChannelLayer and RedisPubSubChannelLayer (Redis on 127.0.0.1:6379, benchmarks only).
+as for sync callers such as the leader), channels-postgres 1.1.4 (the published layer it
+replaces), and channels-redis's RedisChannelLayer and RedisPubSubChannelLayer (Redis on
+127.0.0.1:6379, benchmarks only).
 
 Scenarios, each with 100 B and 10 KB message bodies, every layer in this one process and loop:
 - one-way latency p50/p99 at 200 msg/s to one channel: arrival minus the *scheduled* send time,
