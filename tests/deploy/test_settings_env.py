@@ -108,6 +108,19 @@ def pod_environment(container: Container, resources: list[dict[str, Any]]) -> di
     return values
 
 
+def manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`manage.py check` with exactly ``env`` (plus PATH): nothing inherited from this process."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env={**env, "PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
 def test_settings_and_system_checks_accept_every_containers_environment(kustomization: Path) -> None:
     """Import the settings and run `manage.py check` with exactly the environment each container gets
@@ -120,16 +133,7 @@ def test_settings_and_system_checks_accept_every_containers_environment(kustomiz
         if key in seen:
             continue
         seen.add(key)
-        env.update({"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"})
-        result = subprocess.run(
-            [sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = manage_check(env)
         assert result.returncode == 0, "%s:\n%s%s" % (container.name, result.stdout, result.stderr)
     assert seen
 
@@ -137,19 +141,18 @@ def test_settings_and_system_checks_accept_every_containers_environment(kustomiz
 def test_the_check_fails_on_a_bad_environment() -> None:
     """The check above can fail: a renew deadline past the lease duration is refused."""
     env = {
-        "PATH": os.environ["PATH"],
         "DATABASE_URL": "postgresql://u:p@postgres.invalid/db",
         "SECRET_KEY": "k" * 50,
         "LEADER_ELECTION_RENEW_DEADLINE": "20",
     }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = manage_check(env)
     assert result.returncode != 0
     assert "coordination.E003" in result.stderr
+
+
+def test_a_missing_setting_is_named_not_hidden_behind_app_registry_not_ready() -> None:
+    """Django's command runner swallows a settings module's ImproperlyConfigured; manage.py states it."""
+    result = manage_check({"DATABASE_URL": "postgresql://u:p@postgres.invalid/db"})  # no SECRET_KEY
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+    assert "AppRegistryNotReady" not in result.stderr
