@@ -93,13 +93,22 @@ def test_two_openers_of_a_free_resource_get_one_editor(workspace: Workspace, ali
     assert EditingSession.objects.filter(active=True, mode="editor").count() == 1
 
 
-def test_an_editor_approving_two_requests_at_once_hands_over_once(
+def _alice_edits_bob_asks(
     workspace: Workspace, alice: User, bob: User, carol: User
-) -> None:
+) -> tuple[EditingSession, TakeoverRequest, EditingSession]:
+    """Alice edits ADDR, Bob and Carol wait on it, Bob has asked to take over.
+    Returns Bob's session, his request, and Carol's session."""
     actions.do_open_session(user=alice, workspace=workspace, resource_address=ADDR)
     bob_session = actions.do_open_session(user=bob, workspace=workspace, resource_address=ADDR)
     carol_session = actions.do_open_session(user=carol, workspace=workspace, resource_address=ADDR)
     bob_request, _ = actions.do_request_takeover(user=bob, session_id=bob_session.session_id)
+    return bob_session, bob_request, carol_session
+
+
+def test_an_editor_approving_two_requests_at_once_hands_over_once(
+    workspace: Workspace, alice: User, bob: User, carol: User
+) -> None:
+    _, bob_request, carol_session = _alice_edits_bob_asks(workspace, alice, bob, carol)
     carol_request, _ = actions.do_request_takeover(user=carol, session_id=carol_session.session_id)
 
     one, two = _race(
@@ -117,10 +126,7 @@ def test_an_editor_approving_two_requests_at_once_hands_over_once(
 def test_a_force_racing_an_approval_leaves_one_editor(
     workspace: Workspace, alice: User, bob: User, carol: User
 ) -> None:
-    actions.do_open_session(user=alice, workspace=workspace, resource_address=ADDR)
-    bob_session = actions.do_open_session(user=bob, workspace=workspace, resource_address=ADDR)
-    carol_session = actions.do_open_session(user=carol, workspace=workspace, resource_address=ADDR)
-    bob_request, _ = actions.do_request_takeover(user=bob, session_id=bob_session.session_id)
+    bob_session, bob_request, carol_session = _alice_edits_bob_asks(workspace, alice, bob, carol)
 
     one, two = _race(
         lambda: actions.do_respond_takeover(user=alice, request_id=bob_request.pk, approve=True),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from apps.agents.models import AgentPool
+from apps.agents.models import Agent, AgentPool
 from apps.workspaces.models import Task, Workspace
 from tests.processes import Proc, ProcessGroup
 
@@ -144,6 +144,16 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, procs: li
                 raise AssertionError("%s exited while waiting for %s:\n%s" % (proc.name, what, proc.log()[-4000:]))
         time.sleep(0.1)
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def wait_connected(agent: Proc, pod: str, timeout: float = 30) -> None:
+    """Until the agent started as ``agent`` is online through the replica named ``pod``."""
+    wait_for(
+        "%s connected to %s" % (agent.name, pod),
+        lambda: Agent.objects.filter(agent_id=agent.name, connected_pod=pod).exists(),
+        timeout,
+        [agent],
+    )
 
 
 def task_status(task_id: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apps.agents.models import Agent
-from apps.workspaces.models import StateVersion, Task, TaskLogChunk
+from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
 from tests.integration.agentkit import (
     FAST_ENV,
     api,
@@ -19,10 +19,11 @@ from tests.integration.agentkit import (
     slow_terraform,
     start_agent,
     task_status,
+    wait_connected,
     wait_for,
     wait_terminal,
 )
-from tests.processes import ProcessGroup
+from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def test_plan_apply_and_drift_check_run_with_real_terraform(processes: ProcessGr
     workspace = make_workspace(pool, "demo")
     web = processes.daphne("web-1", env=FAST_ENV)
     agent = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path)
-    wait_for("agent online", lambda: Agent.objects.filter(agent_id="agent-1", connected_pod="web-1").exists(), 30)
+    wait_connected(agent, "web-1")
 
     plan, apply, drift = (
         Task.objects.get(pk=enqueue(web.url, workspace, kind)) for kind in ("plan", "apply", "drift_check")
@@ -65,7 +66,8 @@ def test_plan_apply_and_drift_check_run_with_real_terraform(processes: ProcessGr
     assert {e["agent_id"] for e in events} == {"agent-1"}
 
 
-def test_sigterm_lets_the_running_task_finish_then_exits(processes: ProcessGroup, tmp_path: Path) -> None:
+def _slow_agent(processes: ProcessGroup, tmp_path: Path, *, seconds: int) -> tuple[Workspace, Proc, Proc]:
+    """A workspace, a replica, and an agent on it whose Terraform takes ``seconds`` per command."""
     pool, token = make_pool()
     workspace = make_workspace(pool, "slow")
     web = processes.daphne("web-1", env=FAST_ENV)
@@ -75,10 +77,15 @@ def test_sigterm_lets_the_running_task_finish_then_exits(processes: ProcessGroup
         urls=[web.ws_url],
         token=token,
         tmp_path=tmp_path,
-        env={"SLOW_SECONDS": "2"},
+        env={"SLOW_SECONDS": str(seconds)},
         terraform_bin=slow_terraform(tmp_path),
     )
-    wait_for("agent online", lambda: Agent.objects.filter(agent_id="agent-1", connected_pod="web-1").exists(), 30)
+    wait_connected(agent, "web-1")
+    return workspace, web, agent
+
+
+def test_sigterm_lets_the_running_task_finish_then_exits(processes: ProcessGroup, tmp_path: Path) -> None:
+    workspace, web, agent = _slow_agent(processes, tmp_path, seconds=2)
     task, queued = (Task.objects.get(pk=enqueue(web.url, workspace, "plan")) for _ in range(2))
     wait_for("running", lambda: task_status(task.pk) == "running", 30, [agent])
     agent.signal(signal.SIGTERM)
@@ -90,19 +97,7 @@ def test_sigterm_lets_the_running_task_finish_then_exits(processes: ProcessGroup
 
 
 def test_cancel_stops_terraform_and_the_task_ends_cancelled(processes: ProcessGroup, tmp_path: Path) -> None:
-    pool, token = make_pool()
-    workspace = make_workspace(pool, "slow")
-    web = processes.daphne("web-1", env=FAST_ENV)
-    agent = start_agent(
-        processes,
-        "agent-1",
-        urls=[web.ws_url],
-        token=token,
-        tmp_path=tmp_path,
-        env={"SLOW_SECONDS": "30"},
-        terraform_bin=slow_terraform(tmp_path),
-    )
-    wait_for("agent online", lambda: Agent.objects.filter(agent_id="agent-1", connected_pod="web-1").exists(), 30)
+    workspace, web, agent = _slow_agent(processes, tmp_path, seconds=30)
     task = Task.objects.get(pk=enqueue(web.url, workspace, "plan"))
     wait_for("running", lambda: task_status(task.pk) == "running", 30, [agent])
     wait_for("plan started", lambda: TaskLogChunk.objects.filter(task=task, text__contains="terraform plan"), 30)

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import Permission, User
 from django.db import connection, transaction
 
-from apps.agents.models import Agent, AgentPool
+from apps.agents.models import AgentPool
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
 from tests.integration.agentkit import (
     FAST_ENV,
@@ -26,7 +26,7 @@ from tests.integration.agentkit import (
     make_pool,
     make_workspace,
     start_agent,
-    wait_for,
+    wait_connected,
     wait_terminal,
 )
 from tests.integration.hubclient import Listener, Login
@@ -110,7 +110,7 @@ def test_a_real_agents_terraform_log_reaches_a_ui_socket_on_the_other_replica(
     replica_a = processes.daphne("web-a", env=FAST_ENV)
     replica_b = processes.daphne("web-b", env=FAST_ENV)
     agent = start_agent(processes, "agent-1", urls=[replica_a.ws_url], token=token, tmp_path=tmp_path)
-    wait_for("agent online", lambda: Agent.objects.filter(agent_id="agent-1", connected_pod="web-a").exists(), 30)
+    wait_connected(agent, "web-a")
     user = User.objects.create_user("watcher", password="pw-watcher-123")
     user.user_permissions.add(Permission.objects.get(content_type__app_label="workspaces", codename="view_task"))
     watcher = Login.of(user)
