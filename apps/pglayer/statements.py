@@ -57,6 +57,15 @@ _QUEUED = (
     "LIMIT %(capacity)s) AS queued)"
 )
 
+# Announce an inserted row (columns id, channel, body) to whoever receives its channel.
+_ANNOUNCE_INSERTED = (
+    "pg_notify("
+    + _NOTIFY_TARGET.format(col="channel")
+    + ", "
+    + _PAYLOAD.format(col="channel", id="id", body="body")
+    + ")"
+)
+
 SEND = (
     "WITH ins AS (INSERT INTO " + MESSAGE_TABLE + " (channel, body, expires) "
     "SELECT %(key)s, %(body)s, now() + make_interval(secs => %(expiry)s) "
@@ -70,11 +79,7 @@ GROUP_SEND = (
     "ins AS (INSERT INTO " + MESSAGE_TABLE + " (channel, body, expires) "
     "SELECT channel, %(body)s, now() + make_interval(secs => %(expiry)s) FROM members WHERE NOT is_full "
     "ORDER BY channel RETURNING id, channel, body), "
-    "notified AS (SELECT pg_notify("
-    + _NOTIFY_TARGET.format(col="channel")
-    + ", "
-    + _PAYLOAD.format(col="channel", id="id", body="body")
-    + ") FROM ins) "
+    "notified AS (SELECT " + _ANNOUNCE_INSERTED + " FROM ins) "
     "SELECT (SELECT count(*) FROM notified), (SELECT count(*) FROM members WHERE is_full)"
 )
 
@@ -100,11 +105,7 @@ UNCLAIM = (
     "WITH ins AS (INSERT INTO " + MESSAGE_TABLE + " (id, channel, body, expires) "
     "SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[], %(bodies)s::bytea[], %(expires)s::timestamptz[]) "
     "ON CONFLICT (id) DO NOTHING RETURNING id, channel, body) "
-    "SELECT pg_notify("
-    + _NOTIFY_TARGET.format(col="channel")
-    + ", "
-    + _PAYLOAD.format(col="channel", id="id", body="body")
-    + ") FROM ins"
+    "SELECT " + _ANNOUNCE_INSERTED + " FROM ins"
 )
 
 GROUP_ADD = (
