@@ -85,6 +85,16 @@ def first_tick_after(when: datetime, *, exclude: str) -> JobRun | None:
     )
 
 
+def sigterm_and_first_successor_tick(leader: Proc) -> JobRun:
+    """SIGTERM the leader; a standby's first tick must start within one second of the signal."""
+    sent = datetime.now(UTC)
+    leader.signal(signal.SIGTERM)
+    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), 5, "a standby's tick")
+    assert isinstance(successor, JobRun)
+    assert (successor.started_at - sent).total_seconds() < 1.0
+    return successor
+
+
 def leader_running_jobs(procs: list[Proc]) -> Proc:
     names = {p.name: p for p in procs}
     name = wait_for(
@@ -119,11 +129,7 @@ def test_sigterm_hands_over_within_one_second_and_exits_zero(processes: ProcessG
     assert isinstance(text, str)
     assert 'iacplatform_leader_is_leader{backend="postgres",lease="iacplatform-leader"} 1.0' in text
 
-    sent = datetime.now(UTC)
-    leader.signal(signal.SIGTERM)
-    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), 5, "a standby's tick")
-    assert isinstance(successor, JobRun)
-    assert (successor.started_at - sent).total_seconds() < 1.0
+    successor = sigterm_and_first_successor_tick(leader)
     assert leader.wait(10) == 0
     assert "released" in leader.log()
     assert successor.epoch > JobRun.objects.filter(holder=leader.name).latest("started_at").epoch

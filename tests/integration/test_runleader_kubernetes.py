@@ -12,7 +12,16 @@ import pytest
 from apps.coordination.models import JobRun
 from apps.coordination.scheduler import overlapping_ticks
 from tests.fakekube import FakeKube
-from tests.integration.test_runleader import DEADLINE, JOB, LEASE, RETRY, first_tick_after, start_leaders, wait_for
+from tests.integration.test_runleader import (
+    DEADLINE,
+    JOB,
+    LEASE,
+    RETRY,
+    first_tick_after,
+    sigterm_and_first_successor_tick,
+    start_leaders,
+    wait_for,
+)
 from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
@@ -44,11 +53,7 @@ def test_sigterm_hands_over_through_the_watch_within_one_second(
     procs = leaders(processes, fakekube, tmp_path, 3)
     leader = k8s_leader(fakekube, procs)
     assert "kubernetes lease default/iacplatform-leader" in leader.log()
-    sent = datetime.now(UTC)
-    leader.signal(signal.SIGTERM)
-    successor = wait_for(lambda: first_tick_after(sent, exclude=leader.name), 5, "a standby's tick")
-    assert isinstance(successor, JobRun)
-    assert (successor.started_at - sent).total_seconds() < 1.0
+    successor = sigterm_and_first_successor_tick(leader)
     assert leader.wait(10) == 0
     lease = fakekube.lease("iacplatform-leader")
     assert lease is not None
