@@ -22,6 +22,8 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
+from tests.plugins.environment import SECRET_KEY as SUITE_SECRET_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -90,7 +92,7 @@ class ProcessGroup:
             DATABASE_URL=self.db_url,
             POD_NAME=pod,
             PROCESS_ROLE=role,
-            SECRET_KEY="test-secret-key-not-for-production",
+            SECRET_KEY=SUITE_SECRET_KEY,
             PYTHONUNBUFFERED="1",
             DJANGO_SETTINGS_MODULE="iacplatform.settings",
         )

@@ -8,10 +8,9 @@ from __future__ import annotations
 import ast
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tests.processes import ROOT
-
-SETTINGS = ROOT / "iacplatform" / "settings.py"
+SETTINGS = Path(__file__).resolve().parents[2] / "iacplatform" / "settings.py"
 READERS = {"env_str", "env_bool", "env_number", "env_int", "env_list"}
 
 

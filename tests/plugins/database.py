@@ -10,6 +10,3 @@ if not os.environ.get("DATABASE_URL"):
     from iacplatform.devdb import ensure_server
 
     os.environ["DATABASE_URL"] = ensure_server()
-os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
-os.environ.setdefault("PROCESS_ROLE", "test")
-os.environ.setdefault("POD_NAME", "pytest")
