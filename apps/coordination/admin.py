@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from apps.coordination import registry
 from apps.coordination.models import AdvisoryLock, Fence, JobRun, Lease
 from apps.coordination.status import recent_terms
 
@@ -64,6 +65,10 @@ class AdvisoryLockAdmin(ReadOnlyAdmin):
     list_display = ("lock_name", "granted", "mode", "pid", "application_name", "state", "xact_start", "waiting_since")
     list_filter = ("granted", "namespace")
     search_fields = ("application_name",)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, object] | None = None) -> HttpResponse:
+        registry.autodiscover()  # job names decode the job locks; a web replica imports no jobs otherwise
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="lock")
     def lock_name(self, obj: AdvisoryLock) -> str:

@@ -98,8 +98,9 @@ class AdvisoryLock(models.Model):
 
     @property
     def name(self) -> str:
+        """The decoded name; job locks are named after the jobs registered in this process (the
+        callers that show names, clusterstatus and the admin, discover the jobs first)."""
         from apps.coordination.lockkeys import decode
-        from apps.coordination.registry import autodiscover, registered_jobs
+        from apps.coordination.registry import registered_jobs
 
-        autodiscover()  # idempotent: job names are needed to decode job locks
         return decode(self.namespace, self.key, job_names=[spec.name for spec in registered_jobs()])

@@ -1,4 +1,7 @@
-"""What ``clusterstatus`` and the admin show: the lease, locks held, ticks, agents and tasks.
+"""What ``clusterstatus`` and the admin show: the lease, locks held, ticks, and the apps' sections.
+
+The coordination core knows nothing of the domain: agents, tasks and the rest come from the
+sections apps register in ``apps/<app>/status.py`` (sections.py).
 
 Read-only and best effort: a backend that cannot be reached is reported as an error in the
 result, never raised. Ages come from the wall clocks of the writer and the reader (there is no
@@ -14,6 +17,7 @@ from django.conf import settings
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
+from apps.coordination import sections
 from apps.coordination.fencing import current_epoch
 from apps.coordination.leaselock import make_lock, resolve_backend
 from apps.coordination.leaselock.base import LockError
@@ -132,24 +136,13 @@ def recent_terms(limit: int = 10) -> list[dict[str, Any]]:
 
 
 def cluster_status() -> dict[str, Any]:
-    from apps.agents.models import Agent
-    from apps.workspaces.models import Task
-
-    agents = (
-        Agent.objects.exclude(connected_pod__isnull=True)
-        .exclude(connected_pod="")
-        .values("connected_pod")
-        .annotate(count=Count("id"))
-        .order_by("connected_pod")
-    )
-    tasks = Task.objects.values("status").annotate(count=Count("id")).order_by("status")
+    """Everything ``clusterstatus --json`` prints: the core's keys, then one key per app section."""
+    sections.autodiscover()
     return {
         "lease": lease_status(),
         "advisory_locks": advisory_locks(),
         "latest_ticks": latest_ticks(),
         "overlapping_ticks": overlapping_ticks(),
         "recent_terms": recent_terms(),
-        "agents_per_pod": {row["connected_pod"]: row["count"] for row in agents},
-        "agents_offline": Agent.objects.filter(connected_pod__isnull=True).count(),
-        "tasks_per_status": {row["status"]: row["count"] for row in tasks},
+        **sections.collect_sections(),
     }

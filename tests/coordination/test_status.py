@@ -64,7 +64,7 @@ def test_clusterstatus_json_reports_lease_locks_ticks_and_overlaps() -> None:
     ticks = {t["job"]: t for t in status["latest_ticks"]}
     assert ticks["cmdb_sync"]["holder"] == "leader-1"
     assert status["overlapping_ticks"] == 1
-    assert status["tasks_per_status"] == {}
+    assert status["tasks"] == {"active": {}, "finished_last_24h": {}}
 
 
 def test_clusterstatus_text_flags_overlaps_and_survives_an_unreachable_backend(settings: object) -> None:

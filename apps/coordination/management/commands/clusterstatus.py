@@ -1,4 +1,4 @@
-"""``manage.py clusterstatus [--json]``: the lease, locks, ticks, agents and tasks at a glance."""
+"""``manage.py clusterstatus [--json]``: the lease, locks, ticks and the apps' sections at a glance."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from apps.coordination import registry
+from apps.coordination import registry, sections
 from apps.coordination.status import cluster_status
 
 
 class Command(BaseCommand):
-    help = "Show the leader lease, advisory locks held, latest job ticks, overlaps, agents per pod and tasks."
+    help = "Show the leader lease, advisory locks, latest job ticks, overlaps and the apps' sections (agents, tasks)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -69,7 +69,6 @@ class Command(BaseCommand):
         self.stdout.write(
             "Overlapping ticks by different holders: %d%s" % (overlaps, "" if overlaps == 0 else "  <-- MUST BE 0")
         )
-        self.stdout.write(
-            "Agents per pod: %s (offline: %d)" % (status["agents_per_pod"] or "{}", status["agents_offline"])
-        )
-        self.stdout.write("Tasks per status: %s" % (status["tasks_per_status"] or "{}"))
+        for section in sections.registered_sections():
+            for line in section.text(status[section.name]):
+                self.stdout.write(line)
