@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from iacplatform.dburl import DatabaseURLError, django_database, libpq_params
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -134,30 +135,38 @@ TEMPLATES = [
 ]
 
 # Database: DATABASE_URL is required but for agents (make run / make test start an embedded server and set it).
+# Any URL libpq accepts (iacplatform/dburl.py), e.g. several hosts with target_session_attrs=read-write.
 DATABASE_URL = env_str("DATABASE_URL", "")
 if not DATABASE_URL and not AGENT_PROCESS:
     raise ImproperlyConfigured(
         "DATABASE_URL is not set. `make run` and `make test` start an embedded PostgreSQL and set it; "
         "elsewhere set it to postgresql://user:password@host:port/dbname"
     )
+# The session path (iacplatform/sessiondb.py): LISTEN, session advisory locks, the election's
+# beacon. Empty = DATABASE_URL. Set it when DATABASE_URL goes through a transaction pooler.
+DATABASE_SESSION_URL = env_str("DATABASE_SESSION_URL", "")
 DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60)
 DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 5)
 DATABASE_TEST_NAME = env_str("DATABASE_TEST_NAME", "")
 # "<pod>:<role>" names every session in pg_stat_activity, and so the holder of every advisory lock.
 DB_APPLICATION_NAME = ("%s:%s" % (POD_NAME, PROCESS_ROLE))[:63]
 DATABASES: dict[str, dict[str, Any]]
+DATABASE_SESSION_PARAMS: dict[str, Any] = {}
+DATABASE_CONFIGURED_NAME = ""
 if AGENT_PROCESS:
     # No database, even when DATABASE_URL is set (as `make run` does for every process): any query
     # an agent made would fail at once (Django's dummy backend) instead of reaching PostgreSQL.
     DATABASES = {}
 else:
-    _db: dict[str, Any] = dict(
-        dj_database_url.parse(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True)
-    )
-    if _db["ENGINE"] != "django.db.backends.postgresql":
-        raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL, got engine %s" % _db["ENGINE"])
-    _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "application_name": DB_APPLICATION_NAME}
+    try:
+        _db = django_database(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE)
+        if DATABASE_SESSION_URL:
+            DATABASE_SESSION_PARAMS = libpq_params(DATABASE_SESSION_URL, setting="DATABASE_SESSION_URL")
+    except DatabaseURLError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+    _db["OPTIONS"] = {**_db["OPTIONS"], "application_name": DB_APPLICATION_NAME}
     _db["OPTIONS"].setdefault("connect_timeout", DB_CONNECT_TIMEOUT)
+    DATABASE_CONFIGURED_NAME = _db["NAME"]
     _db["TEST"] = {"NAME": DATABASE_TEST_NAME or "test_%s" % _db["NAME"]}
     DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -155,16 +155,14 @@ class PostgresChannelLayer(BaseChannelLayer):
     def _conninfo(self, purpose: str) -> str:
         if self.database.startswith(("postgres://", "postgresql://")):
             params: dict[str, Any] = conninfo_to_dict(self.database)
+            name = str(params.get("application_name") or "iacplatform")
+            params["application_name"] = "%s/%s" % (name[: 62 - len(purpose)], purpose)
         else:
-            from django.db import connections
+            from iacplatform.sessiondb import session_connection_params
 
-            # A fresh wrapper each time: the alias's settings as they are now (the test database
-            # under pytest-django), without touching the thread-local connections of Django.
-            params = connections.create_connection(self.database).get_connection_params()
-            for django_only in ("cursor_factory", "context", "server_side_binding"):
-                params.pop(django_only, None)
-        name = str(params.get("application_name") or "iacplatform")
-        params["application_name"] = "%s/%s" % (name[: 62 - len(purpose)], purpose)
+            # The session path (DATABASE_SESSION_URL for the default alias): the listener needs a
+            # session of its own, and the pool's connections are few and live long.
+            params = session_connection_params(purpose=purpose, alias=self.database)
         # Messages are hints with at-most-once delivery (the database tables are the truth), so
         # the layer does not wait for each commit to reach disk: a crash loses at most the last
         # fraction of a second of messages, never consistency, and a send costs no fsync.
