@@ -24,6 +24,7 @@ import psycopg
 from django.db import DatabaseError, connection, transaction
 
 from apps.coordination.leaselock.base import Conflict, LeaderElectionRecord, LeaseLock, LockError, Observed, OnChange
+from iacplatform.sessiondb import session_connection_params
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ class _Listener:
                 self._stopping.wait(1.0)
 
     def _listen(self) -> None:
-        params = connection.get_connection_params()
+        # The session path (DATABASE_SESSION_URL): a LISTEN needs a session of its own.
+        params = session_connection_params(purpose="lease-listen")
         with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute("LISTEN %s" % CHANNEL)
             while not self._stopping.is_set():
