@@ -295,6 +295,9 @@ AGENT_URLS = env_list("AGENT_URLS", [])
 AGENT_WORK_DIR = env_str("AGENT_WORK_DIR", "")
 AGENT_SHUTDOWN_GRACE = env_number("AGENT_SHUTDOWN_GRACE", 60.0)
 AGENT_RECONNECT_MAX_DELAY = env_number("AGENT_RECONNECT_MAX_DELAY", 10.0)
+# Names of the agent's own environment variables Terraform also gets, besides the allowlist of
+# apps/agents/isolation.py (e.g. TF_PLUGIN_CACHE_DIR); never put a credential here.
+AGENT_TERRAFORM_ENV_PASSTHROUGH = env_list("AGENT_TERRAFORM_ENV_PASSTHROUGH", [])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

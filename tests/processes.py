@@ -80,6 +80,17 @@ class Proc:
         return self.popen.wait(timeout)
 
 
+NOBODY = 65534
+UNPRIVILEGED = [
+    "setpriv",
+    "--reuid=%d" % NOBODY,
+    "--regid=%d" % NOBODY,
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+]
+
+
 class ProcessGroup:
     def __init__(self, tmp_path: Path, db_url: str) -> None:
         self.tmp_path = tmp_path
@@ -105,10 +116,23 @@ class ProcessGroup:
         return env
 
     def start(
-        self, name: str, argv: list[str], *, role: str, port: int | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        role: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        unprivileged: bool = False,
     ) -> Proc:
+        """Start ``argv``; ``unprivileged``: when the suite runs as root, as ``nobody`` (root reads
+        every process's /proc, dumpable or not), keeping only CAP_DAC_READ_SEARCH so that it still
+        reads the interpreter and files under root's private directories; it writes only where
+        ``nobody`` may."""
         log_path = self.tmp_path / ("%s.log" % name)
         full_env = self.env(name, role, env)
+        if unprivileged and os.geteuid() == 0:
+            argv = [*UNPRIVILEGED, *argv]
         popen = subprocess.Popen(
             argv, cwd=ROOT, env=full_env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -130,9 +154,17 @@ class ProcessGroup:
         return proc
 
     def manage(
-        self, name: str, args: list[str], *, role: str, env: dict[str, str] | None = None, port: int | None = None
+        self,
+        name: str,
+        args: list[str],
+        *,
+        role: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        unprivileged: bool = False,
     ) -> Proc:
-        return self.start(name, [sys.executable, "manage.py", *args], role=role, env=env, port=port)
+        argv = [sys.executable, "manage.py", *args]
+        return self.start(name, argv, role=role, env=env, port=port, unprivileged=unprivileged)
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -54,6 +54,7 @@ class AgentConfig:
     shutdown_grace: float = 60.0
     reconnect_max_delay: float = 10.0
     heartbeat_interval: float = 10.0
+    terraform_env_passthrough: tuple[str, ...] = ()
 
 
 class Phase(enum.Enum):
@@ -358,6 +359,7 @@ class AgentRuntime:
             on_output=lambda text: self.output(held, text),
             work_root=self.config.work_dir,
             execution_log=self.execution_log,
+            passthrough=self.config.terraform_env_passthrough,
         )
         held.run = run
         if self._past_deadline():

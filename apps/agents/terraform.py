@@ -5,7 +5,8 @@ one, the newest state; the Terraform child runs in its own process group and die
 (PR_SET_PDEATHSIG on Linux), so a killed agent leaves no Terraform running behind it; the
 execution log gets a fsynced ``start`` line before the first Terraform command and an ``end``
 line after the last; a cancel stops Terraform with SIGINT (its graceful stop), then SIGTERM, then
-SIGKILL. Does NOT: decide whether to run (the runtime runs only accepted tasks), enforce the task
+SIGKILL. Terraform's environment is the allowlist of isolation.py plus the workspace's variables,
+never the agent's own. Does NOT: decide whether to run (the runtime runs only accepted tasks), enforce the task
 timeout (the server's task_timeout job sends task.cancel), or talk to the server.
 """
 
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apps.agents.isolation import terraform_environment
+
 logger = logging.getLogger(__name__)
 
 SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -49,6 +52,8 @@ class TaskSpec:
     variables: dict[str, str]
     state: dict[str, Any] | None
     log_seq_start: int = 0
+    # The workspace's plain environment variables (category env), set under their own names.
+    env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dispatch(cls, frame: dict[str, Any]) -> TaskSpec:
@@ -61,6 +66,7 @@ class TaskSpec:
             variables={str(k): str(v) for k, v in (frame.get("variables") or {}).items()},
             state=frame.get("state"),
             log_seq_start=int(frame.get("log_seq_start", 0)),
+            env={str(k): str(v) for k, v in (frame.get("env") or {}).items()},
         )
 
 
@@ -131,7 +137,8 @@ class TerraformRun:
     on_output: Callable[[str], None]
     work_root: str | None = None
     execution_log: ExecutionLog | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    # Names of the agent's own variables Terraform may also see (AGENT_TERRAFORM_ENV_PASSTHROUGH).
+    passthrough: tuple[str, ...] = ()
     cancelled: bool = False
     _proc: asyncio.subprocess.Process | None = None
     _escalation: asyncio.Task[None] | None = None
@@ -220,14 +227,12 @@ class TerraformRun:
         return Outcome(status="succeeded", exit_code=code, plan_summary=summary, drifted=drifted)
 
     async def _terraform(self, workdir: Path, *args: str) -> tuple[int, str]:
-        env = {
-            **os.environ,
-            **self.env,
-            "TF_IN_AUTOMATION": "1",
-            "TF_INPUT": "0",
-            "CHECKPOINT_DISABLE": "1",
-            **{"TF_VAR_%s" % name: value for name, value in self.spec.variables.items()},
-        }
+        env = terraform_environment(
+            agent_env=os.environ,
+            passthrough=self.passthrough,
+            terraform_vars=self.spec.variables,
+            env_vars=self.spec.env,
+        )
         if self.cancelled:
             return 130, ""
         self.on_output("$ terraform %s\n" % " ".join(args))

@@ -95,7 +95,11 @@ def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.Mo
                 planning.set()
 
         tf = TerraformRun(
-            spec=spec("plan"), terraform_bin=slow_terraform(tmp_path), on_output=on_output, work_root=str(tmp_path)
+            spec=spec("plan"),
+            terraform_bin=slow_terraform(tmp_path),
+            on_output=on_output,
+            work_root=str(tmp_path),
+            passthrough=("SLOW_SECONDS",),
         )
         job = asyncio.create_task(tf.run())
         await asyncio.wait_for(planning.wait(), 30)

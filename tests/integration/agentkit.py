@@ -44,7 +44,8 @@ output "greeting" {
 """
 
 # A TERRAFORM_BIN that makes plan and apply slow (so a test can kill an agent in the middle),
-# then runs the real Terraform. SLOW_SECONDS comes from the agent's environment.
+# then runs the real Terraform. SLOW_SECONDS comes from the agent's environment, passed through to
+# Terraform by name (AGENT_TERRAFORM_ENV_PASSTHROUGH; start_agent sets it).
 SLOW_WRAPPER = """\
 #!/bin/sh
 case "$1" in
@@ -122,6 +123,7 @@ def start_agent(
     tmp_path: Path,
     env: dict[str, str] | None = None,
     terraform_bin: str | None = None,
+    unprivileged: bool = False,
 ) -> Proc:
     token_file = tmp_path / ("%s.token" % name)
     token_file.write_text(token)
@@ -130,7 +132,8 @@ def start_agent(
     args += ["--terraform-bin", terraform_bin or terraform_path()]
     for url in urls:
         args += ["--url", url + "/ws/agents/"]
-    return processes.manage(name, args, role="agent", env={**FAST_ENV, **(env or {})})
+    agent_env = {**FAST_ENV, "AGENT_TERRAFORM_ENV_PASSTHROUGH": "SLOW_SECONDS", **(env or {})}
+    return processes.manage(name, args, role="agent", env=agent_env, unprivileged=unprivileged)
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, procs: list[Proc] | None = None) -> T:

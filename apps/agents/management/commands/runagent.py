@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.agents.isolation import make_non_dumpable
 from apps.agents.protocol import AGENT_ID_RE, agent_group
 from apps.agents.runtime import AgentConfig, AgentRuntime
 
@@ -37,6 +39,10 @@ class Command(BaseCommand):
         parser.add_argument("--shutdown-grace", type=float, default=settings.AGENT_SHUTDOWN_GRACE)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # First, before any secret is read: a same-user Terraform must not read this process's
+        # environment or memory through /proc (isolation.py).
+        if not make_non_dumpable() and sys.platform.startswith("linux"):
+            raise CommandError("could not make the agent non-dumpable (prctl PR_SET_DUMPABLE)")
         urls = [*settings.AGENT_URLS, *options["url"]]
         if not urls:
             raise CommandError("give at least one --url (or AGENT_URLS)")
@@ -65,6 +71,7 @@ class Command(BaseCommand):
             shutdown_grace=options["shutdown_grace"],
             reconnect_max_delay=settings.AGENT_RECONNECT_MAX_DELAY,
             heartbeat_interval=settings.AGENT_HEARTBEAT_INTERVAL,
+            terraform_env_passthrough=tuple(settings.AGENT_TERRAFORM_ENV_PASSTHROUGH),
         )
         asyncio.run(self.serve(config))
 
