@@ -22,7 +22,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_pg_utils.locks import advisory_lock
@@ -30,7 +30,7 @@ from django_pg_utils.locks import advisory_lock
 from apps.agents.models import Agent
 from apps.agents.protocol import agent_group, task_group
 from apps.coordination.lockkeys import workspace_key
-from apps.workspaces.models import Task, Workspace
+from apps.workspaces.models import StateVersion, Task, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,12 @@ def _dispatch_next(workspace_id: int) -> Task | None:
         return None
     if Task.objects.filter(workspace_id=workspace_id, status__in=Task.ACTIVE).exists():
         return None
-    task = (
-        Task.objects.filter(workspace_id=workspace_id, status=Task.Status.PENDING)
-        .order_by("created_at", "pk")
-        .select_for_update(skip_locked=True)
-        .first()
-    )
+    pending = Task.objects.filter(workspace_id=workspace_id, status=Task.Status.PENDING)
+    if StateVersion.objects.filter(workspace_id=workspace_id, status=StateVersion.Status.CONFLICT).exists():
+        # Held until an operator resolves the conflict (states.py): an apply would start from a
+        # state that may not describe what a settled attempt built. Plans only read; they run.
+        pending = pending.exclude(type=Task.Type.APPLY)
+    task = pending.order_by("created_at", "pk").select_for_update(skip_locked=True).first()
     if task is None:
         return None
     agent = pick_agent(workspace.pool_id)
@@ -235,8 +235,14 @@ def requeue_unaccepted(*, older_than: timedelta) -> int:
 
 def workspaces_to_kick(*, pool_id: int | None = None, limit: int = 500) -> list[int]:
     """Unlocked workspaces with a pending task and nothing active: their kick may have been lost."""
-    qs = Workspace.objects.filter(locked=False, tasks__status=Task.Status.PENDING).exclude(
-        Q(tasks__status__in=Task.ACTIVE)
+    held = StateVersion.objects.filter(workspace=OuterRef("pk"), status=StateVersion.Status.CONFLICT)
+    runnable = Task.objects.filter(workspace=OuterRef("pk"), status=Task.Status.PENDING).exclude(type=Task.Type.APPLY)
+    # A workspace whose only pending tasks are applies held by a state conflict is not kicked
+    # every round (nor allowed to fill the limit ahead of workspaces that can run).
+    qs = (
+        Workspace.objects.filter(locked=False, tasks__status=Task.Status.PENDING)
+        .exclude(Q(tasks__status__in=Task.ACTIVE))
+        .filter(~Exists(held) | Exists(runnable))
     )
     if pool_id is not None:
         qs = qs.filter(pool_id=pool_id)

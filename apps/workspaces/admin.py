@@ -1,17 +1,46 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
-from apps.workspaces.models import Resource, StateVersion, Task, TaskLogChunk, Workspace
+from apps.workspaces import states
+from apps.workspaces.models import Resource, StateTransition, StateVersion, Task, TaskLogChunk, Workspace
+
+
+class ConflictFilter(admin.SimpleListFilter):
+    title = "state conflict"
+    parameter_name = "state_conflict"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "unresolved"), ("no", "none")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workspace]) -> QuerySet[Workspace]:
+        conflicted = StateVersion.objects.filter(status=StateVersion.Status.CONFLICT).values("workspace_id")
+        if self.value() == "yes":
+            return queryset.filter(pk__in=conflicted)
+        if self.value() == "no":
+            return queryset.exclude(pk__in=conflicted)
+        return queryset
 
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ("name", "pool", "locked", "drift_check_enabled", "drift_status", "drift_next_check_at")
-    list_filter = ("pool", "locked", "drift_check_enabled", "drift_status")
+    list_display = (
+        "name",
+        "pool",
+        "locked",
+        "current_state",
+        "state_conflicts",
+        "drift_check_enabled",
+        "drift_status",
+        "drift_next_check_at",
+    )
+    list_filter = ("pool", "locked", ConflictFilter, "drift_check_enabled", "drift_status")
+    list_select_related = ("pool", "current_state")
     search_fields = ("name",)
     readonly_fields = (
+        "current_state",
         "locked_at",
         "drift_next_check_at",
         "drift_last_checked_at",
@@ -20,6 +49,15 @@ class WorkspaceAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
+        conflicts = Count("state_versions", filter=Q(state_versions__status=StateVersion.Status.CONFLICT))
+        return super().get_queryset(request).defer("current_state__state").annotate(conflicts=conflicts)
+
+    @admin.display(description="state conflicts", ordering="conflicts")
+    def state_conflicts(self, workspace: Workspace) -> int:
+        # Unresolved: the workspace's applies are held (promote or discard in State versions).
+        return int(workspace.conflicts)  # type: ignore[attr-defined]
 
 
 class TaskLogChunkInline(admin.TabularInline):
@@ -61,9 +99,77 @@ class TaskAdmin(admin.ModelAdmin):
 
 @admin.register(StateVersion)
 class StateVersionAdmin(admin.ModelAdmin):
-    list_display = ("workspace", "serial", "lineage", "task", "created_at")
-    list_filter = ("workspace",)
-    readonly_fields = ("workspace", "serial", "lineage", "state", "task", "created_at")
+    list_display = ("workspace", "serial", "status", "terraform_serial", "lineage", "task", "attempt", "created_at")
+    list_filter = ("status", "workspace")
+    list_select_related = ("workspace", "task")
+    readonly_fields = (
+        "workspace",
+        "serial",
+        "status",
+        "terraform_serial",
+        "lineage",
+        "state",
+        "task",
+        "attempt",
+        "resolved_by",
+        "resolved_at",
+        "created_at",
+    )
+    actions = ["promote", "discard"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StateVersion]:
+        return super().get_queryset(request).defer("state")  # loaded only when a page shows it
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def _resolve(self, request: HttpRequest, queryset: QuerySet[StateVersion], do: states.Resolver) -> None:
+        if not request.user.is_superuser:
+            self.message_user(request, "Resolving a state conflict needs a platform admin.", messages.ERROR)
+            return
+        for version in queryset:
+            try:
+                do(workspace_id=version.workspace_id, version_id=version.pk, actor=request.user)
+            except states.Refused as exc:
+                self.message_user(request, "%s: %s" % (version, exc.message), messages.ERROR)
+            else:
+                self.message_user(request, "%s: done" % version, messages.SUCCESS)
+
+    @admin.action(description="Promote to the workspace's current state")
+    def promote(self, request: HttpRequest, queryset: QuerySet[StateVersion]) -> None:
+        self._resolve(request, queryset, states.do_promote)
+
+    @admin.action(description="Discard the selected conflict versions")
+    def discard(self, request: HttpRequest, queryset: QuerySet[StateVersion]) -> None:
+        self._resolve(request, queryset, states.do_discard)
+
+
+@admin.register(StateTransition)
+class StateTransitionAdmin(admin.ModelAdmin):
+    list_display = (
+        "workspace",
+        "kind",
+        "from_serial",
+        "from_lineage",
+        "to_serial",
+        "to_lineage",
+        "task",
+        "attempt",
+        "actor",
+        "created_at",
+    )
+    list_filter = ("kind", "workspace")
+    list_select_related = ("workspace", "actor")
+    readonly_fields = (*list_display, "from_version", "to_version")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Resource)

@@ -1,4 +1,4 @@
-"""The CMDB: each workspace's newest Terraform state (format version 4) indexed as Resource rows.
+"""The CMDB: each workspace's current Terraform state (format version 4) indexed as Resource rows.
 
 One row per resource INSTANCE, keyed by its full address as Terraform prints it:
 ``module.net["eu"].aws_subnet.private[0]``, ``data.aws_ami.base``. Modules (also instances of
@@ -8,7 +8,7 @@ redacted: the CMDB is for looking things up, not a second copy of secrets.
 
 Guarantees: one transaction per workspace, fenced by the caller's tick: the rows of a workspace
 always match exactly one state serial, and ``cmdb_synced_serial`` names it. Idempotent: a
-workspace whose newest serial is already synced is not touched; re-syncing the same state changes
+workspace whose current serial is already synced is not touched; re-syncing the same state changes
 nothing. Resources gone from the state are deleted. A state that is not a valid version-4 state
 raises :class:`StateFormatError` for that workspace only and leaves its rows as they were.
 Does NOT: read state from anywhere but ``StateVersion``, or keep history (older serials are in
@@ -175,18 +175,23 @@ _FIELDS = ["type", "name", "provider", "module", "mode", "index_key", "attribute
 
 
 def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) -> SyncResult | None:
-    """Index the newest state of one workspace; None when it is already in sync (or gone)."""
+    """Index the current state of one workspace; None when it is already in sync (or gone)."""
     with atomic():
         # The row lock (FOR NO KEY UPDATE: new tasks may still reference the workspace) orders
         # this sync after any other of the same workspace; reading the newest serial under it
         # makes a repeated or late sync a no-op instead of a step back.
         workspace = (
-            Workspace.objects.select_for_update(no_key=True).filter(pk=workspace_id).only("cmdb_synced_serial").first()
+            Workspace.objects.select_for_update(no_key=True)
+            .filter(pk=workspace_id)
+            .only("cmdb_synced_serial", "current_state_id")
+            .first()
         )
         if workspace is None:
             return None
         newest = (
-            StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial").values("serial", "state").first()
+            StateVersion.objects.filter(pk=workspace.current_state_id).values("serial", "state").first()
+            if workspace.current_state_id
+            else None
         )
         serial = newest["serial"] if newest else None
         if workspace.cmdb_synced_serial == serial and (
@@ -224,8 +229,8 @@ def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) ->
 
 
 def workspaces_to_sync() -> list[int]:
-    """Workspaces whose newest state serial is not the one indexed, or with rows but no state."""
-    newest = StateVersion.objects.filter(workspace=OuterRef("pk")).order_by("-serial").values("serial")[:1]
+    """Workspaces whose current state serial is not the one indexed, or with rows but no state."""
+    newest = StateVersion.objects.filter(pk=OuterRef("current_state_id")).values("serial")[:1]
     return list(
         Workspace.objects.annotate(newest=Subquery(newest))
         .filter(

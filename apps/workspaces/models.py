@@ -31,6 +31,11 @@ class Workspace(models.Model):
     drift_last_checked_at = models.DateTimeField(null=True, blank=True)
     drift_status = models.CharField(max_length=10, choices=DriftStatus.choices, default=DriftStatus.UNKNOWN)
     cmdb_synced_serial = models.IntegerField(null=True, blank=True)
+    # The state Terraform starts from. It moves only forward (same lineage, higher Terraform
+    # serial) or by an operator's promote (apps/workspaces/states.py); never to the newest row.
+    current_state = models.ForeignKey(
+        "StateVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -125,19 +130,71 @@ class TaskLogChunk(models.Model):
 
 
 class StateVersion(models.Model):
+    """One Terraform state a workspace received. ``serial`` numbers the rows of a workspace (ours);
+    ``terraform_serial`` and ``lineage`` are Terraform's own, the ones its rules compare."""
+
+    class Status(models.TextChoices):
+        # Was the workspace's current state when stored (or promoted to it later).
+        ACCEPTED = "accepted"
+        # Reported by a settled or superseded attempt: describes real infrastructure, but never
+        # becomes current by itself. An operator promotes or discards it.
+        CONFLICT = "conflict"
+        DISCARDED = "discarded"
+
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="state_versions")
     serial = models.PositiveIntegerField()
     lineage = models.CharField(max_length=64, blank=True)
+    terraform_serial = models.PositiveBigIntegerField(default=0)
     state = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACCEPTED)
     task = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="state_versions")
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "serial"], name="state_version_unique_serial")]
+        indexes = [
+            # Unresolved conflicts are few and looked up on every schedule of the workspace.
+            models.Index(fields=["workspace"], condition=Q(status="conflict"), name="state_version_conflicts"),
+        ]
         ordering = ["workspace", "-serial"]
 
     def __str__(self) -> str:
         return "%s serial %d" % (self.workspace_id, self.serial)
+
+
+class StateTransition(models.Model):
+    """Every move of a workspace's current-state pointer: who or which task, from, to, when."""
+
+    class Kind(models.TextChoices):
+        TERRAFORM = "terraform"  # a state write of the task's current attempt
+        PROMOTE = "promote"  # an operator made a version current
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="state_transitions")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    from_version = models.ForeignKey(StateVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    to_version = models.ForeignKey(StateVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    from_serial = models.PositiveBigIntegerField(null=True, blank=True)
+    from_lineage = models.CharField(max_length=64, blank=True)
+    to_serial = models.PositiveBigIntegerField()
+    to_lineage = models.CharField(max_length=64)
+    task = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "created_at"])]
+        ordering = ["workspace", "created_at", "pk"]
+
+    def __str__(self) -> str:
+        return "%s %s %s -> %s" % (self.workspace_id, self.kind, self.from_serial, self.to_serial)
 
 
 class Resource(models.Model):

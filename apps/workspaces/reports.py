@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.agents.protocol import task_group
+from apps.workspaces import states
 from apps.workspaces.actions import kick_after_commit, notify_status, send_after_commit
-from apps.workspaces.models import StateVersion, Task, Workspace
+from apps.workspaces.models import Task, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def record_result(*, agent: Agent, task_id: int, attempt: int, report: dict[str,
             return Outcome.NOT_OWNED
         state = report.get("state")
         if task.is_terminal:
-            # Already settled (a resend, or the server timed it out or cancelled it meanwhile). The
-            # verdict stands, but the state an apply produced describes real infrastructure: keep it.
-            if task.type == Task.Type.APPLY and state and not task.state_versions.exists():
-                _store_state(task, state)
-                logger.warning("task %d was already %s; kept the state its agent reported", task.pk, task.status)
+            # Already settled (a resend, or the server timed it out, cancelled it or declared its
+            # agent lost meanwhile). The verdict stands; the state an apply produced describes real
+            # infrastructure, so it is kept, but as a conflict: a later apply may have moved on.
+            if task.type == Task.Type.APPLY and state:
+                _store_state(task, state, live=False)
             return Outcome.DUPLICATE
         status = report["status"]
         if task.cancel_requested_at is not None and status != Task.Status.SUCCEEDED:
@@ -116,7 +117,7 @@ def record_result(*, agent: Agent, task_id: int, attempt: int, report: dict[str,
         task.error = report.get("error", "")
         task.save(update_fields=["status", "finished_at", "exit_code", "plan_summary", "error"])
         if task.type == Task.Type.APPLY and status == Task.Status.SUCCEEDED and state:
-            _store_state(task, state)
+            _store_state(task, state, live=True)
         if task.type == Task.Type.DRIFT_CHECK:
             _record_drift(task.workspace, status=status, drifted=report.get("drifted"))
         notify_status(task.pk, status)
@@ -124,17 +125,17 @@ def record_result(*, agent: Agent, task_id: int, attempt: int, report: dict[str,
     return Outcome.OK
 
 
-def _store_state(task: Task, state: dict[str, Any]) -> StateVersion:
-    # Our serial numbers every stored version; Terraform's own serial stays inside the state.
-    Workspace.objects.select_for_update().filter(pk=task.workspace_id).first()
-    last = StateVersion.objects.filter(workspace_id=task.workspace_id).aggregate(m=Max("serial"))["m"] or 0
-    return StateVersion.objects.create(
-        workspace_id=task.workspace_id,
-        serial=last + 1,
-        lineage=str(state.get("lineage", ""))[:64],
-        state=state,
-        task=task,
-    )
+def _store_state(task: Task, state: Any, *, live: bool) -> None:
+    try:
+        states.offer_state(task=task, attempt=task.attempt, state=state, live=live)
+    except states.Refused as exc:
+        if exc.status != 409 or not live:
+            logger.warning("task %d: state not stored: %s", task.pk, exc.message)
+            return
+        # Another lineage or a serial that does not rise, from the live attempt: never current,
+        # but still what Terraform left behind.
+        logger.warning("task %d: %s; kept as a conflict", task.pk, exc.message)
+        states.offer_state(task=task, attempt=task.attempt, state=state, live=False)
 
 
 def _record_drift(workspace: Workspace, *, status: str, drifted: bool | None) -> None:
@@ -151,13 +152,13 @@ def _record_drift(workspace: Workspace, *, status: str, drifted: bool | None) ->
 def dispatch_payload(*, agent_pk: int, task_id: int) -> dict[str, Any] | None:
     """The ``task.dispatch`` frame for a task dispatched to this agent; None if it no longer is."""
     task = (
-        Task.objects.select_related("workspace")
+        Task.objects.select_related("workspace__current_state")
         .filter(pk=task_id, agent_id=agent_pk, status=Task.Status.DISPATCHED)
         .first()
     )
     if task is None:
         return None
-    latest = StateVersion.objects.filter(workspace_id=task.workspace_id).order_by("-serial").first()
+    current = task.workspace.current_state
     return {
         "type": "task.dispatch",
         "task_id": task.pk,
@@ -167,7 +168,7 @@ def dispatch_payload(*, agent_pk: int, task_id: int) -> dict[str, Any] | None:
         "workspace": task.workspace.name,
         "files": task.workspace.terraform_files,
         "variables": task.workspace.variables,
-        "state": latest.state if latest else None,
+        "state": current.state if current else None,
         "timeout_seconds": task.timeout_seconds,
         "log_seq_start": next_log_seq(task.pk),
     }

@@ -8,7 +8,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.agents.models import AgentPool
-from apps.workspaces.models import Task, TaskLogChunk, Workspace
+from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogChunk, Workspace
 
 # Files land in a fresh directory on the agent: plain names only, never a path or the state file.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -33,6 +33,45 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StateVersionSerializer(serializers.ModelSerializer[StateVersion]):
+    """A state version without its content (states can be megabytes)."""
+
+    class Meta:
+        model = StateVersion
+        fields = [
+            "id",
+            "serial",
+            "terraform_serial",
+            "lineage",
+            "status",
+            "task",
+            "attempt",
+            "resolved_by",
+            "resolved_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class StateTransitionSerializer(serializers.ModelSerializer[StateTransition]):
+    class Meta:
+        model = StateTransition
+        fields = [
+            "kind",
+            "from_version",
+            "to_version",
+            "from_serial",
+            "from_lineage",
+            "to_serial",
+            "to_lineage",
+            "task",
+            "attempt",
+            "actor",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
     pool = serializers.SlugRelatedField(slug_field="name", queryset=AgentPool.objects.all())
     terraform_files = serializers.DictField(child=StrictCharField(allow_blank=True, trim_whitespace=False))
@@ -41,6 +80,10 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
         required=False,
     )
     drift_check_interval_minutes = serializers.IntegerField(min_value=1, max_value=60 * 24 * 366, required=False)
+    current_state = StateVersionSerializer(read_only=True)
+    state_conflicts = serializers.SerializerMethodField(
+        help_text="Unresolved conflict versions: states of settled attempts. Applies are held until resolved."
+    )
 
     class Meta:
         model = Workspace
@@ -60,6 +103,8 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
             "locked_by",
             "locked_at",
             "lock_reason",
+            "current_state",
+            "state_conflicts",
             "created_at",
             "updated_at",
         ]
@@ -72,6 +117,12 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
             "locked_at",
             "lock_reason",
         ]
+
+    def get_state_conflicts(self, workspace: Workspace) -> list[dict[str, Any]]:
+        conflicts = getattr(workspace, "conflicts", None)
+        if conflicts is None:
+            conflicts = workspace.state_versions.filter(status=StateVersion.Status.CONFLICT).defer("state")
+        return list(StateVersionSerializer(conflicts, many=True).data)
 
     def validate_terraform_files(self, files: dict[str, str]) -> dict[str, str]:
         if len(files) > MAX_FILES:
@@ -158,3 +209,9 @@ class TaskLogSerializer(serializers.Serializer[Any]):
     status = serializers.CharField()
     chunks = LogChunkSerializer(many=True)
     complete = serializers.BooleanField(help_text="The task has finished and every chunk up to now is included.")
+
+
+class WorkspaceStateSerializer(serializers.Serializer[Any]):
+    current = StateVersionSerializer(allow_null=True)
+    conflicts = StateVersionSerializer(many=True)
+    transitions = StateTransitionSerializer(many=True, help_text="The latest moves of the pointer, newest first.")

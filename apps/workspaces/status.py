@@ -14,9 +14,10 @@ from django.db.models import Count
 from django.utils import timezone
 
 from apps.coordination.sections import status_section
-from apps.workspaces.models import Task
+from apps.workspaces.models import StateVersion, Task
 
 FINISHED_WINDOW = timedelta(hours=24)
+CONFLICTS_SHOWN = 50
 
 
 @status_section(name="tasks", title="Tasks", order=20)
@@ -46,3 +47,38 @@ def _tasks_text(data: dict[str, Any]) -> list[str]:
         "Tasks active: %s" % (data["active"] or "{}"),
         "Tasks finished in the last 24 h (by creation): %s" % (data["finished_last_24h"] or "{}"),
     ]
+
+
+@status_section(name="state_conflicts", title="State conflicts", order=30)
+def state_conflicts() -> list[dict[str, Any]]:
+    """Unresolved conflict versions (their workspaces' applies are held), oldest first; the partial
+    index ``state_version_conflicts`` holds only these rows."""
+    rows = (
+        StateVersion.objects.filter(status=StateVersion.Status.CONFLICT)
+        .order_by("created_at")
+        .values("id", "workspace__name", "serial", "terraform_serial", "lineage", "task_id", "attempt", "created_at")
+    )[:CONFLICTS_SHOWN]
+    return [
+        {
+            "workspace": r["workspace__name"],
+            "version": r["id"],
+            "serial": r["serial"],
+            "terraform_serial": r["terraform_serial"],
+            "lineage": r["lineage"],
+            "task": r["task_id"],
+            "attempt": r["attempt"],
+            "since": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]
+
+
+@state_conflicts.describe
+def _conflicts_text(data: list[dict[str, Any]]) -> list[str]:
+    lines = ["State conflicts (applies held until promoted or discarded): %s" % ("none" if not data else len(data))]
+    lines += [
+        "  workspace %s: version %s (serial %s, lineage %s) from task %s attempt %s, since %s"
+        % (c["workspace"], c["version"], c["terraform_serial"], c["lineage"], c["task"], c["attempt"], c["since"])
+        for c in data
+    ]
+    return lines

@@ -5,30 +5,50 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.workspaces import actions
-from apps.workspaces.models import Task, Workspace
+from apps.workspaces import actions, states
+from apps.workspaces.models import StateVersion, Task, Workspace
 from apps.workspaces.serializers import (
     LockSerializer,
     LogQuerySerializer,
+    StateVersionSerializer,
     TaskCreateSerializer,
     TaskFilterSerializer,
     TaskLogSerializer,
     TaskSerializer,
     WorkspaceSerializer,
+    WorkspaceStateSerializer,
 )
 
 
+def _require_platform_admin(request: Request) -> None:
+    # Moving a workspace's state by hand is an operator's act; until workspace roles exist, only
+    # platform admins (superusers) may do it.
+    if not request.user.is_superuser:
+        raise PermissionDenied("Resolving a state conflict needs a platform admin.")
+
+
 class WorkspaceViewSet(viewsets.ModelViewSet[Workspace]):
-    queryset = Workspace.objects.select_related("pool").order_by("name")
+    queryset = (
+        Workspace.objects.select_related("pool", "current_state")
+        .defer("current_state__state")
+        .prefetch_related(
+            Prefetch(
+                "state_versions",
+                queryset=StateVersion.objects.filter(status=StateVersion.Status.CONFLICT).defer("state"),
+                to_attr="conflicts",
+            )
+        )
+        .order_by("name")
+    )
     serializer_class = WorkspaceSerializer
 
     def perform_destroy(self, instance: Workspace) -> None:
@@ -61,6 +81,36 @@ class WorkspaceViewSet(viewsets.ModelViewSet[Workspace]):
             # Tasks queued while it was locked can run now.
             actions.kick_after_commit(workspace.pk)
         return Response(WorkspaceSerializer(workspace).data)
+
+    @extend_schema(request=None, responses=WorkspaceStateSerializer)
+    @action(detail=True, methods=["get"])
+    def state(self, request: Request, pk: str | None = None) -> Response:
+        """The current state version, unresolved conflicts and the latest moves of the pointer."""
+        workspace = self.get_object()
+        data = {
+            "current": workspace.current_state,
+            "conflicts": workspace.conflicts,  # type: ignore[attr-defined]
+            "transitions": workspace.state_transitions.order_by("-created_at", "-pk")[:50],
+        }
+        return Response(WorkspaceStateSerializer(data).data)
+
+    @extend_schema(request=None, responses=StateVersionSerializer)
+    @action(detail=True, methods=["post"], url_path=r"state-versions/(?P<version_id>[0-9]+)/promote")
+    def promote_state(self, request: Request, pk: str | None = None, version_id: str = "") -> Response:
+        """Make a state version current (a conflict resolved in its favour, or a rollback)."""
+        _require_platform_admin(request)
+        workspace = self.get_object()
+        version = _resolve(states.do_promote, workspace, int(version_id), request)
+        return Response(StateVersionSerializer(version).data)
+
+    @extend_schema(request=None, responses=StateVersionSerializer)
+    @action(detail=True, methods=["post"], url_path=r"state-versions/(?P<version_id>[0-9]+)/discard")
+    def discard_state(self, request: Request, pk: str | None = None, version_id: str = "") -> Response:
+        """Discard a conflict version: it stays stored, and no longer holds applies."""
+        _require_platform_admin(request)
+        workspace = self.get_object()
+        version = _resolve(states.do_discard, workspace, int(version_id), request)
+        return Response(StateVersionSerializer(version).data)
 
 
 class TaskViewSet(
@@ -120,3 +170,12 @@ class TaskViewSet(
         complete = task.is_terminal and len(chunks) <= limit
         data = {"task": task.pk, "status": task.status, "chunks": chunks[:limit], "complete": complete}
         return Response(TaskLogSerializer(data).data)
+
+
+def _resolve(do: states.Resolver, workspace: Workspace, version_id: int, request: Request) -> StateVersion:
+    try:
+        return do(workspace_id=workspace.pk, version_id=version_id, actor=request.user)
+    except states.Refused as exc:
+        error = APIException(exc.message)
+        error.status_code = exc.status  # 404 (not this workspace's) or 409 (not a conflict)
+        raise error from exc

@@ -159,14 +159,17 @@ def test_running_tasks_past_their_timeout_are_timed_out(agent_pool: Pool, worksp
     assert actions.time_out_tasks() == 1
     task.refresh_from_db()
     assert task.status == "timed_out"
-    # The agent's late report does not overturn the verdict, but its state is kept.
-    state = {"lineage": "l", "serial": 1}
+    # The agent's late report does not overturn the verdict; its state is kept, as a conflict.
+    state = {"version": 4, "lineage": "l", "serial": 1}
     outcome = reports.record_result(
         agent=agent, task_id=task.pk, attempt=1, report={"status": "succeeded", "state": state}
     )
     assert outcome is reports.Outcome.DUPLICATE
     assert Task.objects.get(pk=task.pk).status == "timed_out"
-    assert StateVersion.objects.get(workspace=workspace).state == state
+    kept = StateVersion.objects.get(workspace=workspace)
+    assert (kept.state, kept.status) == (state, "conflict")
+    workspace.refresh_from_db()
+    assert workspace.current_state is None
 
 
 def test_cancel_pending_is_immediate_and_running_ends_cancelled(agent_pool: Pool, workspace: Workspace) -> None:
@@ -184,8 +187,10 @@ def test_results_store_state_serials_and_drift_verdicts(agent_pool: Pool, worksp
     agent = online_agent(agent_pool, "a1")
     for serial in (1, 2):
         task = actions.enqueue_task(workspace=workspace, type="apply")
-        run(task, agent, state={"lineage": "L", "serial": serial}, exit_code=0)
+        run(task, agent, state={"version": 4, "lineage": "L", "serial": serial}, exit_code=0)
     assert list(StateVersion.objects.values_list("serial", flat=True).order_by("serial")) == [1, 2]
+    workspace.refresh_from_db()
+    assert workspace.current_state is not None and workspace.current_state.terraform_serial == 2
     drift = actions.enqueue_task(workspace=workspace, type="drift_check")
     run(drift, agent, exit_code=2, drifted=True)
     workspace.refresh_from_db()

@@ -110,7 +110,9 @@ def ws(agent_pool: Pool) -> Workspace:
 
 
 def add_state(ws: Workspace, serial: int, resources: list[dict[str, Any]]) -> StateVersion:
-    return StateVersion.objects.create(workspace=ws, serial=serial, state=state(serial, resources))
+    version = StateVersion.objects.create(workspace=ws, serial=serial, state=state(serial, resources))
+    Workspace.objects.filter(pk=ws.pk).update(current_state=version)
+    return version
 
 
 def rows(ws: Workspace) -> dict[str, Resource]:
@@ -229,7 +231,8 @@ def test_the_job_syncs_good_workspaces_and_reports_bad_ones_without_touching_the
     other = Workspace.objects.create(name="ws-broken", pool=agent_pool.pool)
     add_state(other, 1, RESOURCES[:1])
     cmdb.sync_workspace(other.pk)
-    StateVersion.objects.create(workspace=other, serial=2, state={"version": 3, "modules": []})
+    bad = StateVersion.objects.create(workspace=other, serial=2, state={"version": 3, "modules": []})
+    Workspace.objects.filter(pk=other.pk).update(current_state=bad)
     add_state(ws, 1, RESOURCES)
     opened: list[str] = []
     tick = Tick(job="cmdb_sync", holder="leader", lease="lease", epoch=1)
