@@ -5,7 +5,9 @@ Guarantees: at most ``max_size`` connections at once, of which ``keep`` stay ope
 was idle (PostgreSQL restart, ``pg_terminate_backend``) is noticed before it is used, by the
 socket being readable, and replaced; :meth:`run` retries an operation with jittered backoff when
 it certainly did not take effect (no connection, or the server said it was shutting down), and
-always for operations declared idempotent.
+always for operations declared idempotent; a connection the server refuses permanently
+(authentication, a missing database, an unsupported startup parameter: pgerrors.py) fails at once
+with :class:`PermanentConnectionError` and the server's message.
 
 Does NOT: retry a non-idempotent statement whose outcome is unknown (the connection broke after
 it was sent): the caller gets the error, as Channels' at-most-once contract allows; share
@@ -25,6 +27,8 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import pq
+
+from iacplatform.pgerrors import PermanentConnectionError, permanent_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +130,10 @@ class ConnectionPool:
                     sent = True
                     return await operation(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                refusal = None if sent else permanent_refusal(exc)
+                if refusal is not None:
+                    logger.error("channel layer: %s: the server refused the connection: %s", what, refusal)
+                    raise PermanentConnectionError(refusal) from None
                 certain_not_done = not sent or getattr(exc, "sqlstate", None) in _NOT_EXECUTED_SQLSTATES
                 if not (idempotent or certain_not_done) or self._clock() >= deadline:
                     raise
