@@ -24,6 +24,7 @@ import psycopg
 from django.db import DatabaseError, connection, transaction
 
 from apps.coordination.leaselock.base import Conflict, LeaderElectionRecord, LeaseLock, LockError, Observed, OnChange
+from iacplatform.pgerrors import PermanentConnectionError, permanent_refusal
 from iacplatform.sessiondb import session_connection_params
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,10 @@ class _Listener:
         while not self._stopping.is_set():
             try:
                 self._listen()
+            except PermanentConnectionError as exc:
+                # Not retried: the elector still polls, and the operator sees the server's reason.
+                logger.error("lease listener for %s: the server refused the connection: %s", self.name, exc)
+                return
             except psycopg.Error as exc:
                 logger.warning("lease listener for %s lost its connection: %s", self.name, exc)
                 # Whatever changed while disconnected is found by the elector's next poll.
@@ -161,7 +166,14 @@ class _Listener:
     def _listen(self) -> None:
         # The session path (DATABASE_SESSION_URL): a LISTEN needs a session of its own.
         params = session_connection_params(purpose="lease-listen")
-        with psycopg.connect(**params, autocommit=True) as conn:
+        try:
+            conn = psycopg.connect(**params, autocommit=True)
+        except psycopg.OperationalError as exc:
+            refusal = permanent_refusal(exc)
+            if refusal is None:
+                raise
+            raise PermanentConnectionError(refusal) from None
+        with conn:
             conn.execute("LISTEN %s" % CHANNEL)
             while not self._stopping.is_set():
                 # A short timeout bounds how long stop() waits; notifications wake us at once.
