@@ -5,8 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROUNDS ?= 20
+# The embedded server's database of `make run`, `make manage` and `make migrate`.
+DEV_DATABASE ?= iacplatform
+SIG ?= TERM
+RUN_DIR := .data/run
 
-.PHONY: run test lint format bench chaos migrate db clean
+.PHONY: run stop manage kill-leader test lint format bench chaos migrate db clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,22 +21,49 @@ $(STAMP): requirements.txt requirements-dev.txt | $(PY)
 	touch $(STAMP)
 
 # The database URL: the one given, or the embedded server's (started if needed).
-DB_URL = $(if $(DATABASE_URL),$(DATABASE_URL),$$($(PY) -m iacplatform.devdb))
+DB_URL = $(if $(DATABASE_URL),$(DATABASE_URL),$$($(PY) -m iacplatform.devdb --database $(DEV_DATABASE)))
+# What every local command runs with: that database, DEBUG (so no SECRET_KEY is needed) unless
+# DEBUG is set, and the venv's executables (daphne, terraform) first on PATH.
+LOCAL_ENV = url=$(DB_URL) && export DATABASE_URL=$$url DEBUG=$${DEBUG:-1} PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 
 db: $(STAMP)
 	@echo $(DB_URL)
 
 migrate: $(STAMP)
-	DATABASE_URL=$(DB_URL) DEBUG=1 $(PY) manage.py migrate --noinput
+	@$(LOCAL_ENV) && $(PY) manage.py migrate --noinput
 
+# Any manage.py command against the local cluster's database: make manage ARGS="clusterstatus".
+manage: $(STAMP)
+	@$(LOCAL_ENV) && $(PY) manage.py $(ARGS)
+
+# Every Procfile process runs under iacplatform.supervise, which starts it again when it exits
+# (as Kubernetes restarts a pod) and keeps its pid in .data/run/<POD_NAME>.pid.
 run: $(STAMP)
-	@url=$(DB_URL); \
-	export DATABASE_URL=$$url DEBUG=$${DEBUG:-1} PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	@$(LOCAL_ENV) && \
 	$(PY) manage.py migrate --noinput && \
 	$(PY) manage.py bootstrapdemo && \
 	echo "web replicas: http://127.0.0.1:$${WEB1_PORT:-8001}/  http://127.0.0.1:$${WEB2_PORT:-8002}/" && \
 	echo "admin: /admin/   API schema: /api/v1/schema/   API docs: /api/v1/docs/   probes: /healthz /readyz" && \
+	mkdir -p $(RUN_DIR) && echo $$$$ > $(RUN_DIR)/make-run.pid && \
 	exec $(VENV)/bin/honcho start -f Procfile
+
+# Signal (SIG=TERM, or SIG=KILL for a crash) the runleader process that holds the lease now.
+kill-leader: $(STAMP)
+	@$(LOCAL_ENV) && \
+	holder=$$($(PY) manage.py clusterstatus --json | $(PY) -c 'import json, sys; print(json.load(sys.stdin)["lease"].get("holder") or "")') && \
+	if [ -z "$$holder" ]; then echo "nobody holds the lease"; exit 1; fi && \
+	if [ ! -f $(RUN_DIR)/$$holder.pid ]; then echo "the holder $$holder is no process of make run"; exit 1; fi && \
+	pid=$$(cat $(RUN_DIR)/$$holder.pid) && kill -$(SIG) $$pid && echo "sent SIG$(SIG) to $$holder (pid $$pid)"
+
+# Stop what `make run` and `make test` leave running: the cluster of a `make run` (if another
+# terminal still runs one) and every embedded PostgreSQL under .data/.
+stop:
+	@pidfile=$(RUN_DIR)/make-run.pid; \
+	if [ -f $$pidfile ] && ps -o args= -p $$(cat $$pidfile) 2>/dev/null | grep -q honcho; then \
+	  pid=$$(cat $$pidfile); echo "stopping make run (honcho, pid $$pid)"; kill -TERM $$pid; \
+	  for i in $$(seq 150); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	fi; rm -f $$pidfile
+	@if [ -x $(PY) ]; then $(PY) -m iacplatform.devdb --stop; fi
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -57,5 +88,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+# Everything local: stops first, then removes the venv, caches and .data (the embedded databases,
+# the admin password and agent token of `make run`).
+clean: stop
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .data
