@@ -264,6 +264,9 @@ LEADER_JOB_STOP_GRACE = env_number("LEADER_JOB_STOP_GRACE", 10.0)
 LEADER_HTTP_ADDR = env_str("LEADER_HTTP_ADDR", "0.0.0.0:9090")
 # Extra modules registering jobs, imported by runleader besides apps/*/jobs.py (tests use it).
 LEADER_EXTRA_JOB_MODULES = env_list("LEADER_EXTRA_JOB_MODULES", [])
+# JobRun keeps every tick this many days, then daily aggregates (apps/coordination/retention.py).
+JOBRUN_RETENTION_DAYS = env_number("JOBRUN_RETENTION_DAYS", 7.0)
+JOB_JOBRUN_RETENTION_EVERY = env_number("JOB_JOBRUN_RETENTION_EVERY", 300.0)
 KUBECONFIG = env_str("KUBECONFIG", "")
 KUBERNETES_SERVICE_HOST = env_str("KUBERNETES_SERVICE_HOST", "")
 

@@ -6,7 +6,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from apps.coordination import registry
-from apps.coordination.models import AdvisoryLock, Fence, JobRun, Lease
+from apps.coordination.models import AdvisoryLock, Fence, JobRun, JobRunDay, Lease
 from apps.coordination.status import recent_terms
 
 
@@ -56,6 +56,26 @@ class JobRunAdmin(ReadOnlyAdmin):
     list_filter = ("outcome", "job", "holder", "epoch")
     search_fields = ("job", "holder", "error")
     date_hierarchy = "started_at"
+
+
+@admin.register(JobRunDay)
+class JobRunDayAdmin(ReadOnlyAdmin):
+    """Ticks older than JOBRUN_RETENTION_DAYS, folded into one row per job and day."""
+
+    list_display = (
+        "day",
+        "job",
+        "ticks",
+        "ok",
+        "error",
+        "fenced",
+        "skipped",
+        "overlapped",
+        "total_duration_seconds",
+        "max_duration_seconds",
+    )
+    list_filter = ("job",)
+    date_hierarchy = "day"
 
 
 @admin.register(AdvisoryLock)

@@ -44,6 +44,14 @@ def check_leader_election(app_configs: Any, **kwargs: Any) -> list[Error]:
                 id="coordination.E004",
             )
         )
+    if settings.JOBRUN_RETENTION_DAYS <= 0 or settings.JOB_JOBRUN_RETENTION_EVERY <= 0:
+        errors.append(
+            Error(
+                "JOBRUN_RETENTION_DAYS and JOB_JOBRUN_RETENTION_EVERY must be positive.",
+                hint="Ticks younger than the window are never pruned; a window of 0 would prune every tick.",
+                id="coordination.E006",
+            )
+        )
     if not settings.POD_NAME:
         errors.append(Error("POD_NAME is empty.", hint="Set it from the downward API.", id="coordination.E005"))
     return errors

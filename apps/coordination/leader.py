@@ -25,6 +25,7 @@ from apps.coordination.fencing import current_epoch
 from apps.coordination.health import HealthServer
 from apps.coordination.leaselock import make_lock, resolve_backend
 from apps.coordination.metrics import REGISTRY, register_elector
+from apps.coordination.overlaps import OverlapCollector
 from apps.coordination.scheduler import Term, TermContext
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class LeaderProcess:
 
     def run(self, stopping: threading.Event) -> int:
         collector = register_elector(self.elector)
+        overlaps = OverlapCollector()
+        REGISTRY.register(overlaps)
         logger.info(
             "%s: campaigning for %s (%d jobs: %s)",
             self.options.identity,
@@ -98,6 +101,7 @@ class LeaderProcess:
             if self.http is not None:
                 self.http.stop()
             REGISTRY.unregister(collector)
+            REGISTRY.unregister(overlaps)
         if self.failed.is_set() or thread.is_alive():
             logger.error(
                 "%s: exiting non-zero: jobs did not stop within %.1fs", self.options.identity, self.options.grace

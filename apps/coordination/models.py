@@ -60,11 +60,50 @@ class JobRun(models.Model):
     error = models.TextField(blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["job", "started_at"]), models.Index(fields=["started_at"])]
+        indexes = [
+            # Start order per job, ties by id: the overlap check's window and latest_ticks walk it.
+            models.Index(fields=["job", "started_at", "id"], name="jobrun_job_start_order"),
+            models.Index(fields=["started_at"]),
+            models.Index(fields=["epoch", "holder", "started_at"], name="jobrun_term"),
+            # Ticks running now: a handful, read by every term start, the prune and clusterstatus.
+            models.Index(fields=["job"], condition=models.Q(outcome="running"), name="jobrun_running"),
+        ]
         ordering = ["-started_at"]
 
     def __str__(self) -> str:
         return "%s by %s (epoch %d): %s" % (self.job, self.holder, self.epoch, self.outcome)
+
+
+class JobRunDay(models.Model):
+    """What the ticks of one job on one UTC day were, once they are older than the retention window.
+
+    Written only by the ``jobrun_retention`` job, in the same statement that deletes the ticks it
+    counts (apps/coordination/retention.py), so every tick is counted exactly once. ``last_end`` is
+    the latest end of a tick that ran (not skipped) among the ticks folded in so far: the overlap
+    check of the ticks kept starts from it, so an overlap across the window's edge is still found.
+    """
+
+    job = models.CharField(max_length=100)
+    day = models.DateField()
+    ticks = models.PositiveIntegerField(default=0)
+    ok = models.PositiveIntegerField(default=0)
+    error = models.PositiveIntegerField(default=0)
+    fenced = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    total_duration_seconds = models.FloatField(default=0.0)
+    max_duration_seconds = models.FloatField(default=0.0)
+    overlapped = models.PositiveIntegerField(default=0)
+    first_started_at = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_end = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "day"], name="jobrunday_unique_job_day")]
+        ordering = ["-day", "job"]
+        verbose_name = "job run day"
+
+    def __str__(self) -> str:
+        return "%s on %s: %d ticks" % (self.job, self.day, self.ticks)
 
 
 class AdvisoryLock(models.Model):

@@ -12,7 +12,7 @@ wait(every)``, and a tick:
 
 Guarantees: while PostgreSQL keeps sessions alive, no two processes run the same job at once (the
 advisory lock), and no tick of an older epoch commits a fenced write after a newer term began.
-JobRun rows that are not ``skipped`` never overlap for one job across holders; ``overlapping_ticks``
+JobRun rows that are not ``skipped`` never overlap for one job; ``overlaps.overlapping_ticks``
 counts violations. Does NOT: interrupt a job function that is running (it finishes its tick; its
 writes are fenced), or schedule ticks exactly: intervals are measured from the start of each tick.
 """
@@ -238,36 +238,3 @@ def close_abandoned_runs(ctx: TermContext) -> int:
         return JobRun.objects.filter(outcome=JobRun.Outcome.RUNNING, epoch__lt=ctx.epoch).update(
             outcome=JobRun.Outcome.ERROR, finished_at=timezone.now(), error="abandoned: its holder lost the lease"
         )
-
-
-_OVERLAP = """
-    FROM coordination_jobrun a JOIN coordination_jobrun b
-      ON a.job = b.job AND a.id < b.id AND a.holder <> b.holder
-     AND a.started_at < COALESCE(b.finished_at, 'infinity')
-     AND b.started_at < COALESCE(a.finished_at, 'infinity')
-    WHERE a.outcome <> 'skipped' AND b.outcome <> 'skipped'
-"""
-
-
-def overlapping_ticks(job: str | None = None) -> int:
-    """Pairs of ticks of one job by different holders that overlap in time (must be 0).
-
-    Skipped ticks never ran, so they do not count.
-    """
-    sql = "SELECT count(*) " + _OVERLAP
-    params: list[str] = []
-    if job is not None:
-        sql += " AND a.job = %s"
-        params.append(job)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return int(row[0]) if row else 0
-
-
-def overlapping_tick_pairs(limit: int = 20) -> list[tuple[JobRun, JobRun]]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT a.id, b.id " + _OVERLAP + " ORDER BY a.id LIMIT %s", [limit])
-        pairs = cursor.fetchall()
-    runs = JobRun.objects.in_bulk([pk for pair in pairs for pk in pair])
-    return [(runs[a], runs[b]) for a, b in pairs]

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, Min
+from django.db import connection
+from django.db.models import Count, F, Max, Min, Sum
 from django.utils import timezone
 
 from apps.coordination import sections
@@ -22,9 +23,10 @@ from apps.coordination.fencing import current_epoch
 from apps.coordination.leaselock import make_lock, resolve_backend
 from apps.coordination.leaselock.base import LockError
 from apps.coordination.lockkeys import Namespace
-from apps.coordination.models import AdvisoryLock, JobRun
+from apps.coordination.models import AdvisoryLock, JobRun, JobRunDay
+from apps.coordination.overlaps import overlap_counts
 from apps.coordination.registry import registered_jobs
-from apps.coordination.scheduler import overlapping_ticks
+from apps.coordination.retention import kept_jobs
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -92,9 +94,7 @@ def advisory_locks() -> list[dict[str, Any]]:
 
 
 def latest_ticks() -> list[dict[str, Any]]:
-    names = sorted(
-        {spec.name for spec in registered_jobs()} | set(JobRun.objects.values_list("job", flat=True).distinct())
-    )
+    names = sorted({spec.name for spec in registered_jobs()} | set(kept_jobs()))
     ticks: list[dict[str, Any]] = []
     for name in names:
         run = JobRun.objects.filter(job=name).exclude(outcome=JobRun.Outcome.SKIPPED).first()
@@ -116,33 +116,109 @@ def latest_ticks() -> list[dict[str, Any]]:
     return ticks
 
 
-def recent_terms(limit: int = 10) -> list[dict[str, Any]]:
-    """Terms seen in JobRun (the lease itself keeps no history): epoch, holder, first and last tick."""
-    rows = (
-        JobRun.objects.values("epoch", "holder")
-        .annotate(first=Min("started_at"), last=Max("started_at"), ticks=Count("id"))
-        .order_by("-epoch", "-first")[:limit]
+def tick_history() -> dict[str, dict[str, Any]]:
+    """Per job, every tick ever: those kept in JobRun (the retention window) plus the aggregates.
+
+    Costs one pass over the window (bounded by the retention setting, not by history) and one over
+    the aggregates (a row per job and day).
+    """
+    history: dict[str, dict[str, Any]] = {}
+
+    def entry(job: str) -> dict[str, Any]:
+        return history.setdefault(
+            job,
+            {
+                "ticks": 0,
+                "ok": 0,
+                "error": 0,
+                "fenced": 0,
+                "skipped": 0,
+                "running": 0,
+                "max_duration_seconds": 0.0,
+                "kept_since": None,
+                "aggregated_days": 0,
+                "first_day": None,
+            },
+        )
+
+    kept = (
+        JobRun.objects.values("job", "outcome")
+        .annotate(count=Count("id"), first=Min("started_at"), longest=Max(F("finished_at") - F("started_at")))
+        .order_by()
     )
+    for row in kept:
+        e = entry(row["job"])
+        e["ticks"] += row["count"]
+        e[row["outcome"]] = e.get(row["outcome"], 0) + row["count"]
+        if row["longest"] is not None:
+            e["max_duration_seconds"] = max(e["max_duration_seconds"], row["longest"].total_seconds())
+        first = _iso(row["first"])
+        e["kept_since"] = first if e["kept_since"] is None else min(e["kept_since"], first)
+    days = (
+        JobRunDay.objects.values("job")
+        .annotate(
+            days=Count("id"),
+            first_day=Min("day"),
+            ticks=Sum("ticks"),
+            ok=Sum("ok"),
+            error=Sum("error"),
+            fenced=Sum("fenced"),
+            skipped=Sum("skipped"),
+            longest=Max("max_duration_seconds"),
+        )
+        .order_by()
+    )
+    for day in days:
+        e = entry(day["job"])
+        for key in ("ticks", "ok", "error", "fenced", "skipped"):
+            e[key] += day[key]
+        e["max_duration_seconds"] = round(max(e["max_duration_seconds"], day["longest"]), 3)
+        e["aggregated_days"] = day["days"]
+        e["first_day"] = day["first_day"].isoformat()
+    return dict(sorted(history.items()))
+
+
+def recent_terms(limit: int = 10) -> list[dict[str, Any]]:
+    """Terms seen in the ticks kept (the lease itself keeps no history): epoch, holder, first and
+    last tick. A skip scan finds the ``limit`` newest epochs on the ``jobrun_term`` index, so the
+    cost is that of those terms' ticks, not of the whole table."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH RECURSIVE epochs(epoch, n) AS (
+                (SELECT epoch, 1 FROM coordination_jobrun ORDER BY epoch DESC LIMIT 1)
+                UNION ALL
+                SELECT (SELECT r.epoch FROM coordination_jobrun r WHERE r.epoch < e.epoch
+                        ORDER BY r.epoch DESC LIMIT 1), e.n + 1
+                FROM epochs e WHERE e.epoch IS NOT NULL AND e.n < %(limit)s
+            )
+            SELECT r.epoch, r.holder, min(r.started_at), max(r.started_at), count(*)
+            FROM coordination_jobrun r
+            WHERE r.epoch IN (SELECT epoch FROM epochs WHERE epoch IS NOT NULL)
+            GROUP BY r.epoch, r.holder
+            ORDER BY r.epoch DESC, min(r.started_at) DESC
+            LIMIT %(limit)s
+            """,
+            {"limit": limit},
+        )
+        rows = cursor.fetchall()
     return [
-        {
-            "epoch": r["epoch"],
-            "holder": r["holder"],
-            "first_tick": _iso(r["first"]),
-            "last_tick": _iso(r["last"]),
-            "ticks": r["ticks"],
-        }
-        for r in rows
+        {"epoch": epoch, "holder": holder, "first_tick": _iso(first), "last_tick": _iso(last), "ticks": ticks}
+        for epoch, holder, first, last, ticks in rows
     ]
 
 
 def cluster_status() -> dict[str, Any]:
     """Everything ``clusterstatus --json`` prints: the core's keys, then one key per app section."""
     sections.autodiscover()
+    overlaps = overlap_counts()
     return {
         "lease": lease_status(),
         "advisory_locks": advisory_locks(),
         "latest_ticks": latest_ticks(),
-        "overlapping_ticks": overlapping_ticks(),
+        "overlapping_ticks": overlaps.window,
+        "overlapping_ticks_ever": overlaps.ever,
         "recent_terms": recent_terms(),
+        "tick_history": tick_history(),
         **sections.collect_sections(),
     }

@@ -30,3 +30,7 @@ def test_unknown_backend_is_rejected(backend: str) -> None:
 
 def test_non_positive_timings_are_rejected() -> None:
     assert "coordination.E002" in _ids(LEADER_ELECTION_RETRY_PERIOD=0)
+
+
+def test_a_retention_window_of_zero_days_is_rejected() -> None:
+    assert "coordination.E006" in _ids(JOBRUN_RETENTION_DAYS=0)

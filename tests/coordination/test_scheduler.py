@@ -13,8 +13,9 @@ from django.utils import timezone
 from apps.coordination.fencing import Tick, raise_epoch
 from apps.coordination.lockkeys import job_key
 from apps.coordination.models import Fence, JobRun
+from apps.coordination.overlaps import overlapping_ticks
 from apps.coordination.registry import JobSpec
-from apps.coordination.scheduler import Term, TermContext, close_abandoned_runs, overlapping_ticks, run_tick
+from apps.coordination.scheduler import Term, TermContext, close_abandoned_runs, run_tick
 from tests.fakeclock import FakeClock
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from apps.coordination.models import JobRun, Lease
-from apps.coordination.scheduler import overlapping_tick_pairs, overlapping_ticks
+from apps.coordination.overlaps import overlapping_tick_pairs, overlapping_ticks
 from tests.processes import Proc, ProcessGroup, free_port, wait_http
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apps.coordination.models import JobRun
-from apps.coordination.scheduler import overlapping_ticks
+from apps.coordination.overlaps import overlapping_ticks
 from tests.fakekube import FakeKube
 from tests.integration.test_runleader import (
     DEADLINE,

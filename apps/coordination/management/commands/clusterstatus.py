@@ -65,10 +65,26 @@ class Command(BaseCommand):
                     tick["duration_seconds"],
                 )
             )
-        overlaps = status["overlapping_ticks"]
+        overlaps, ever = status["overlapping_ticks"], status["overlapping_ticks_ever"]
         self.stdout.write(
-            "Overlapping ticks by different holders: %d%s" % (overlaps, "" if overlaps == 0 else "  <-- MUST BE 0")
+            "Overlapping ticks: %d in the ticks kept, %d ever%s"
+            % (overlaps, ever, "" if overlaps == 0 and ever == 0 else "  <-- MUST BE 0")
         )
+        self.stdout.write("Tick history (kept ticks + daily aggregates):")
+        for job, h in status["tick_history"].items():
+            self.stdout.write(
+                "  %-24s %d ticks (%d ok, %d error, %d fenced, %d skipped), longest %.3fs, since %s"
+                % (
+                    job,
+                    h["ticks"],
+                    h["ok"],
+                    h["error"],
+                    h["fenced"],
+                    h["skipped"],
+                    h["max_duration_seconds"],
+                    h["first_day"] or h["kept_since"],
+                )
+            )
         for section in sections.registered_sections():
             for line in section.text(status[section.name]):
                 self.stdout.write(line)
