@@ -260,6 +260,13 @@ LEADER_ELECTION_RENEW_DEADLINE = env_number("LEADER_ELECTION_RENEW_DEADLINE", 10
 LEADER_ELECTION_RETRY_PERIOD = env_number("LEADER_ELECTION_RETRY_PERIOD", 2.0)
 # Seconds jobs get to stop after a term ends; past it runleader exits non-zero.
 LEADER_JOB_STOP_GRACE = env_number("LEADER_JOB_STOP_GRACE", 10.0)
+# statement_timeout (SET LOCAL) of every job and fence transaction, seconds: a statement stuck on a
+# lock or a commit waiting for a missing synchronous standby is cancelled instead of hanging.
+JOB_STATEMENT_TIMEOUT = env_number("JOB_STATEMENT_TIMEOUT", 10.0)
+if JOB_STATEMENT_TIMEOUT <= 0:
+    raise ImproperlyConfigured(
+        "JOB_STATEMENT_TIMEOUT must be a positive number of seconds, got %s" % JOB_STATEMENT_TIMEOUT
+    )
 # runleader's /healthz and /metrics; empty disables the server.
 LEADER_HTTP_ADDR = env_str("LEADER_HTTP_ADDR", "0.0.0.0:9090")
 # Extra modules registering jobs, imported by runleader besides apps/*/jobs.py (tests use it).

@@ -41,6 +41,8 @@ class LeaderOptions:
     grace: float
     http_addr: str | None
     extra_job_modules: tuple[str, ...] = ()
+    # SET LOCAL statement_timeout of every job and fence transaction (seconds).
+    statement_timeout: float = 10.0
 
 
 def discover_jobs(extra_modules: tuple[str, ...] = ()) -> list[registry.JobSpec]:
@@ -135,6 +137,7 @@ class LeaderProcess:
             is_leader=self.elector.is_leader,
             stop=stop,
             idle_in_transaction_timeout=self.options.config.renew_deadline,
+            statement_timeout=self.options.statement_timeout,
         )
         self.term = Term(ctx=ctx, jobs=self.jobs, recovery=registry.recovery_passes(), grace=self.options.grace)
         logger.info("%s: leading %s, epoch %d", self.options.identity, self.elector.lock.describe(), epoch)

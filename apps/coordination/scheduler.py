@@ -51,6 +51,18 @@ class TermContext:
     # PostgreSQL ends a job session left idle inside a transaction this long (seconds): a leader
     # paused mid-transaction must not hold the fence row (and its job lock) against its successor.
     idle_in_transaction_timeout: float = 10.0
+    # Every statement of a job or fence transaction is cancelled after this long (seconds).
+    statement_timeout: float = 10.0
+
+    def tick(self, job: str) -> Tick:
+        return Tick(
+            job=job,
+            holder=self.holder,
+            lease=self.lease,
+            epoch=self.epoch,
+            statement_timeout=self.statement_timeout,
+            idle_in_transaction_timeout=self.idle_in_transaction_timeout,
+        )
 
 
 def run_tick(spec: JobSpec, ctx: TermContext) -> str | None:
@@ -59,14 +71,11 @@ def run_tick(spec: JobSpec, ctx: TermContext) -> str | None:
         close_old_connections()
     if not ctx.is_leader() or ctx.stop.is_set():
         return None
-    tick = Tick(job=spec.name, holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch)
+    tick = ctx.tick(spec.name)
     started = time.perf_counter()
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
-                ["%dms" % max(1, ctx.idle_in_transaction_timeout * 1000)],
-            )
+        # The tick's timeouts are SET LOCAL in each of its fenced transactions (fencing.py): nothing
+        # session-level, which a transaction pooler would leak to its other clients.
         outcome = _locked_tick(spec, tick, ctx)
     except DatabaseError as exc:
         # The database went away mid-tick: nothing to record it in; the next tick retries.
@@ -139,9 +148,7 @@ def run_recovery(passes: list[JobFunc], ctx: TermContext) -> None:
     for func in passes:
         if ctx.stop.is_set() or not ctx.is_leader():
             return
-        tick = Tick(
-            job="recovery:%s" % getattr(func, "__name__", "pass"), holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch
-        )
+        tick = ctx.tick("recovery:%s" % getattr(func, "__name__", "pass"))
         try:
             func(tick)
         except StaleEpoch as exc:
@@ -166,11 +173,9 @@ class Term:
         ctx = self.ctx
         try:
             evict_stale_job_holders(ctx)
-            try:
-                fenced_in = raise_epoch(name=ctx.lease, epoch=ctx.epoch, holder=ctx.holder)
-            except DatabaseError as exc:
-                logger.error("%s: cannot raise the fence of %s to %d: %s", ctx.holder, ctx.lease, ctx.epoch, exc)
-                fenced_in = False
+            fenced_in = raise_fence(ctx)
+            if fenced_in is None:
+                return  # stopped or no longer leading before the fence could be raised
             if not fenced_in:
                 logger.error("%s: fence of %s is ahead of epoch %d; running no jobs", ctx.holder, ctx.lease, ctx.epoch)
                 return
@@ -196,6 +201,25 @@ class Term:
             logger.error(
                 "%s: jobs still running %.1fs after the term ended: %s", self.ctx.holder, self.grace, self.stuck
             )
+
+
+def raise_fence(ctx: TermContext) -> bool | None:
+    """Raise the fence to this term's epoch; None when the term ended before it could.
+
+    Retried while leading: the statement is bounded (statement_timeout), and the fence row may be
+    held FOR SHARE by a tick of the previous term that is still finishing, or the database may be
+    away for a moment; a term must not give up its jobs for that.
+    """
+    while not ctx.stop.is_set() and ctx.is_leader():
+        try:
+            return raise_epoch(
+                name=ctx.lease, epoch=ctx.epoch, holder=ctx.holder, statement_timeout=ctx.statement_timeout
+            )
+        except DatabaseError as exc:
+            logger.warning("%s: cannot raise the fence of %s to %d yet: %s", ctx.holder, ctx.lease, ctx.epoch, exc)
+            connection.close()
+            ctx.clock.wait(ctx.stop, 0.5)
+    return None
 
 
 def evict_stale_job_holders(ctx: TermContext) -> int:
@@ -234,7 +258,7 @@ def close_abandoned_runs(ctx: TermContext) -> int:
     Called after the fence was raised and before any job starts, so the end time it writes is
     before every tick of this term. A paused old holder that wakes overwrites it with its own end.
     """
-    with Tick(job="recovery:jobruns", holder=ctx.holder, lease=ctx.lease, epoch=ctx.epoch).fenced():
+    with ctx.tick("recovery:jobruns").fenced():
         return JobRun.objects.filter(outcome=JobRun.Outcome.RUNNING, epoch__lt=ctx.epoch).update(
             outcome=JobRun.Outcome.ERROR, finished_at=timezone.now(), error="abandoned: its holder lost the lease"
         )

@@ -56,6 +56,7 @@ class Command(BaseCommand):
             grace=grace,
             http_addr=http_addr or None,
             extra_job_modules=tuple(settings.LEADER_EXTRA_JOB_MODULES),
+            statement_timeout=settings.JOB_STATEMENT_TIMEOUT,
         )
         try:
             process = LeaderProcess(options)
