@@ -208,6 +208,8 @@ def _fixture() -> tuple[str, str]:
     from django.contrib.auth.models import User
     from django.test import Client
 
+    from apps.access.actions import do_grant_role
+    from apps.access.models import Role
     from apps.agents.models import AgentPool
     from apps.hub.actions import do_close_session, do_open_session
     from apps.workspaces.models import Workspace
@@ -219,6 +221,7 @@ def _fixture() -> tuple[str, str]:
         pool.set_new_token()
         pool.save()
     workspace, _ = Workspace.objects.get_or_create(name="bench-hub", defaults={"pool": pool})
+    do_grant_role(actor=None, workspace=workspace, user=user, role=Role.WRITE)  # editing needs write
     for old in user.editing_sessions.filter(active=True):
         do_close_session(user=user, session_id=old.session_id)
     session = do_open_session(user=user, workspace=workspace, resource_address="bench.resource")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import viewsets
 
+from apps.access.drf import PLATFORM_ADMIN, AccessRule
 from apps.agents.models import Agent
 from apps.agents.serializers import AgentSerializer
 
@@ -11,3 +12,4 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet[Agent]):
 
     queryset = Agent.objects.select_related("pool").order_by("agent_id")
     serializer_class = AgentSerializer
+    access_rules: dict[str, AccessRule] = {"list": PLATFORM_ADMIN, "retrieve": PLATFORM_ADMIN}

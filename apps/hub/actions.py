@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from apps.access import policy
+from apps.hub import permissions
 from apps.hub.events import notify_on_commit
 from apps.hub.models import EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
@@ -50,6 +52,15 @@ class Conflict(HubError):
     code = "conflict"
 
 
+def require_edit(user: Any, workspace_id: int, *, missing: str) -> None:
+    """Editing needs ``write`` (apps/hub/permissions.py); an invisible workspace reads as ``missing``."""
+    verdict = policy.check(user, workspace_id, permissions.EDIT)
+    if verdict is policy.Verdict.INVISIBLE:
+        raise NotFound(missing)
+    if verdict is policy.Verdict.FORBIDDEN:
+        raise NotAllowed("editing needs the write role on this workspace")
+
+
 def _user_summary(user: Any) -> dict[str, Any]:
     return {"id": user.pk, "username": user.get_username()}
 
@@ -75,6 +86,7 @@ def request_expires_at(request: TakeoverRequest) -> datetime:
 
 def do_open_session(*, user: Any, workspace: Workspace, resource_address: str) -> EditingSession:
     """Open ``resource_address``: as its editor when nobody edits it, else as a waiting session."""
+    require_edit(user, workspace.pk, missing="no such workspace")
     with transaction.atomic():
         try:
             # A savepoint: losing the race for the edit lock must not abort the outer transaction.
@@ -90,30 +102,33 @@ def do_open_session(*, user: Any, workspace: Workspace, resource_address: str) -
         )
 
 
-def _owned_session_for_update(*, user: Any, session_id: UUID) -> EditingSession:
+def _owned_session_for_update(*, user: Any, session_id: UUID, edit: bool = True) -> EditingSession:
     session = EditingSession.objects.select_for_update().filter(session_id=session_id).first()
     # Someone else's session is reported as missing: session ids are not to be probed.
     if session is None or session.user_id != user.pk:
         raise NotFound("no such editing session")
+    if edit:
+        require_edit(user, session.workspace_id, missing="no such editing session")
     return session
 
 
 def get_owned_session(*, user: Any, session_id: UUID) -> EditingSession:
+    """The caller's own session, while they may still edit its workspace."""
     session = EditingSession.objects.filter(session_id=session_id, user_id=user.pk).first()
     if session is None:
         raise NotFound("no such editing session")
+    require_edit(user, session.workspace_id, missing="no such editing session")
     return session
 
 
 def do_heartbeat(*, user: Any, session_id: UUID, now: datetime | None = None) -> EditingSession:
     """Record that the session is alive. An ended session stays ended (Conflict)."""
     now = now or timezone.now()
+    session = get_owned_session(user=user, session_id=session_id)
     # Compare-and-set: a heartbeat racing with the cleanup job's expiry either lands first (and the
     # job, re-checking last_seen_at under its lock, spares the session) or finds it inactive.
-    updated = EditingSession.objects.filter(session_id=session_id, user_id=user.pk, active=True).update(
-        last_seen_at=now
-    )
-    session = get_owned_session(user=user, session_id=session_id)
+    updated = EditingSession.objects.filter(pk=session.pk, active=True).update(last_seen_at=now)
+    session.refresh_from_db()
     if updated != 1:
         raise Conflict("the editing session has ended (%s)" % (session.ended_reason or "unknown"))
     return session
@@ -159,7 +174,7 @@ def do_close_session(*, user: Any, session_id: UUID, now: datetime | None = None
     """Close the caller's session (idempotent: closing an ended session changes nothing)."""
     now = now or timezone.now()
     with transaction.atomic():
-        session = _owned_session_for_update(user=user, session_id=session_id)
+        session = _owned_session_for_update(user=user, session_id=session_id, edit=False)
         if session.active:
             _end_session(session, reason=EditingSession.EndReason.CLOSED, now=now)
     return session
@@ -286,12 +301,16 @@ def do_request_takeover(*, user: Any, session_id: UUID, message: str = "") -> tu
 
 
 def get_takeover_request(*, user: Any, request_id: int) -> TakeoverRequest:
-    """A request as its requester or its editor sees it; anyone else gets NotFound."""
+    """A request as its requester or its editor (while they may edit the workspace) or a platform
+    admin sees it; anyone else gets NotFound."""
     request = TakeoverRequest.objects.select_related("session", "requester").filter(pk=request_id).first()
-    if request is None or not (
-        request.requester_id == user.pk or request.session.user_id == user.pk or user.is_superuser
-    ):
+    if request is None:
         raise NotFound("no such takeover request")
+    if policy.is_platform_admin(user):
+        return request
+    if not (request.requester_id == user.pk or request.session.user_id == user.pk):
+        raise NotFound("no such takeover request")
+    require_edit(user, request.session.workspace_id, missing="no such takeover request")
     return request
 
 
@@ -348,10 +367,14 @@ def _hand_over(*, editor: EditingSession, taker: EditingSession, reason: str, no
 def do_force_takeover(
     *, user: Any, session_id: UUID, message: str = "", now: datetime | None = None
 ) -> TakeoverRequest:
-    """Take the resource from its editor without asking (needs ``hub.force_takeover``)."""
+    """Take the resource from its editor without asking (apps/hub/permissions.py: ``admin`` on the
+    workspace, or ``write`` and ``hub.force_takeover``)."""
     now = now or timezone.now()
-    if not user.has_perm("hub.force_takeover"):
-        raise NotAllowed("forcing a takeover needs the hub.force_takeover permission")
+    workspace_id = get_owned_session(user=user, session_id=session_id).workspace_id
+    if not permissions.can_force_takeover(user, workspace_id):
+        raise NotAllowed(
+            "forcing a takeover needs the admin role on the workspace or the hub.force_takeover permission"
+        )
     with transaction.atomic():
         mine, editor = _waiting_session_and_editor(user=user, session_id=session_id)
         request = TakeoverRequest.objects.create(

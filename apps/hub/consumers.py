@@ -1,8 +1,10 @@
 """WebSocket consumers of the UI hub: an editing session's events, and a task's live log.
 
 Close codes (the socket is accepted first so that the code reaches the client; a handshake refusal
-would arrive as a bare HTTP 403): 4400 bad request, 4403 not allowed, 4404 no such task,
-4410 the editing session has ended. docs/hub.md describes the frames.
+would arrive as a bare HTTP 403): 4400 bad request, 4403 not logged in or the role is too low,
+4404 no such task or session (or one the user may not see: the same answer, as REST's 404),
+4410 the editing session has ended. Who may connect is apps/hub/permissions.py's socket_refusal.
+docs/hub.md describes the frames.
 
 Guarantees of the log stream: a client that asks from seq N receives every stored chunk with
 seq >= N, then the live ones, each seq once and in increasing order, with no gap between what was
@@ -31,14 +33,12 @@ from apps.agents.protocol import task_group
 from apps.hub import actions
 from apps.hub.events import session_group
 from apps.hub.models import EditingSession
-from apps.hub.permissions import can_view_task_logs
+from apps.hub.permissions import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, EDIT, VIEW_LOGS, socket_refusal
 from apps.workspaces.models import Task, TaskLogChunk
 
 logger = logging.getLogger(__name__)
 
 CLOSE_BAD_REQUEST = 4400
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
 CLOSE_SESSION_ENDED = 4410
 
 LOG_BATCH = 1000
@@ -78,9 +78,9 @@ class SessionConsumer(HubConsumer):
 
     async def connect(self) -> None:
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
-        session = await database_sync_to_async(self._owned_session)()
-        if session is None:
-            await self.refuse(CLOSE_FORBIDDEN)
+        session, refusal = await database_sync_to_async(self._owned_session)()
+        if session is None or refusal is not None:
+            await self.refuse(refusal or CLOSE_NOT_FOUND)
             return
         # Joined before the state is read: an event racing with the connect is received, maybe
         # after a state that already includes it (events are hints; the state is the truth).
@@ -95,11 +95,13 @@ class SessionConsumer(HubConsumer):
         if not state["active"]:
             await self._ended(state.get("ended_reason") or "")
 
-    def _owned_session(self) -> EditingSession | None:
+    def _owned_session(self) -> tuple[EditingSession | None, int | None]:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            return None
-        return EditingSession.objects.filter(session_id=self.session_id, user_id=user.pk).first()
+        session = None
+        if user is not None and user.is_authenticated:
+            session = EditingSession.objects.filter(session_id=self.session_id, user_id=user.pk).first()
+        refusal = socket_refusal(user, workspace_id=session.workspace_id if session else None, role=EDIT)
+        return session, refusal
 
     def _state(self) -> dict[str, Any]:
         session = EditingSession.objects.get(session_id=self.session_id)
@@ -134,6 +136,10 @@ class SessionConsumer(HubConsumer):
                 user=self.scope["user"], session_id=self.session_id
             )
         except actions.NotFound:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        except actions.NotAllowed:
+            # The user lost the write role since connecting.
             await self.close(code=CLOSE_FORBIDDEN)
             return
         except actions.Conflict:
@@ -170,12 +176,9 @@ class TaskLogConsumer(HubConsumer):
             await self.refuse(CLOSE_BAD_REQUEST)
             return
         self.next_seq = int(raw)
-        allowed, exists = await database_sync_to_async(self._access)()
-        if not allowed:
-            await self.refuse(CLOSE_FORBIDDEN)
-            return
-        if not exists:
-            await self.refuse(CLOSE_NOT_FOUND)
+        refusal = await database_sync_to_async(self._refusal)()
+        if refusal is not None:
+            await self.refuse(refusal)
             return
         await self.join(task_group(self.task_id))
         await self.accept()
@@ -184,12 +187,11 @@ class TaskLogConsumer(HubConsumer):
         await self._send_stored()
         await self.send_json({"type": "task.status", "task_id": self.task_id, "status": status})
 
-    def _access(self) -> tuple[bool, bool]:
-        user = self.scope.get("user")
-        # Permission first: a user who may not see tasks learns nothing about which ones exist.
-        if user is None or not can_view_task_logs(user):
-            return False, False
-        return True, Task.objects.filter(pk=self.task_id).exists()
+    def _refusal(self) -> int | None:
+        # The same rule as GET /api/v1/tasks/<id>/log/: read on the task's workspace; a task the
+        # user may not see and one that does not exist get the same code.
+        workspace_id = Task.objects.filter(pk=self.task_id).values_list("workspace_id", flat=True).first()
+        return socket_refusal(self.scope.get("user"), workspace_id=workspace_id, role=VIEW_LOGS)
 
     def _status(self) -> str:
         return Task.objects.filter(pk=self.task_id).values_list("status", flat=True).get()

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.hub.actions import HubError, NotFound, require_transaction
+from apps.hub.actions import HubError, NotFound, require_edit, require_transaction
 from apps.hub.models import Draft
 from apps.workspaces.models import Workspace
 
@@ -29,6 +29,7 @@ def do_save_draft(
 ) -> Draft:
     """Create or replace the caller's draft of a resource; it lives HUB_DRAFT_TTL from now."""
     now = now or timezone.now()
+    require_edit(user, workspace.pk, missing="no such workspace")
     if draft_size(content) > settings.HUB_DRAFT_MAX_BYTES:
         raise HubError("the draft is larger than %d bytes" % settings.HUB_DRAFT_MAX_BYTES)
     expires_at = now + timedelta(seconds=settings.HUB_DRAFT_TTL)
@@ -44,6 +45,7 @@ def do_save_draft(
 
 def get_draft(*, user: Any, workspace: Workspace, resource_address: str, now: datetime | None = None) -> Draft:
     now = now or timezone.now()
+    require_edit(user, workspace.pk, missing="no draft of this resource")
     draft = Draft.objects.filter(
         workspace=workspace, resource_address=resource_address, user_id=user.pk, expires_at__gt=now
     ).first()
@@ -53,6 +55,7 @@ def get_draft(*, user: Any, workspace: Workspace, resource_address: str, now: da
 
 
 def do_delete_draft(*, user: Any, workspace: Workspace, resource_address: str) -> bool:
+    require_edit(user, workspace.pk, missing="no draft of this resource")
     deleted, _ = Draft.objects.filter(workspace=workspace, resource_address=resource_address, user_id=user.pk).delete()
     return deleted > 0
 

@@ -6,14 +6,14 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.access.serializers import VisibleWorkspaceField
 from apps.hub.actions import current_editor, request_expires_at
 from apps.hub.drafts import draft_size
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
-from apps.workspaces.models import Workspace
 
 
 class OpenSessionSerializer(serializers.Serializer):
-    workspace = serializers.PrimaryKeyRelatedField(queryset=Workspace.objects.all())
+    workspace = VisibleWorkspaceField()
     resource_address = serializers.CharField(max_length=1000)
 
 
@@ -94,7 +94,7 @@ class TakeoverRequestSerializer(serializers.ModelSerializer):
 
 
 class DraftKeySerializer(serializers.Serializer):
-    workspace = serializers.PrimaryKeyRelatedField(queryset=Workspace.objects.all())
+    workspace = VisibleWorkspaceField()
     resource_address = serializers.CharField(max_length=1000)
 
 

@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.access.drf import ACTION_CHECKS, AccessRule
 from apps.hub import actions, drafts
 from apps.hub.serializers import (
     DraftKeySerializer,
@@ -38,7 +39,11 @@ ERRORS: dict[int | str, Any] = {400: ErrorSerializer, 403: ErrorSerializer, 404:
 
 
 class HubAPIView(APIView):
-    """Every refusal of the actions (``HubError``) becomes its status and code, in one place."""
+    """Every refusal of the actions (``HubError``) becomes its status and code, in one place.
+    Every call needs an active user; the workspace role is checked by the actions
+    (apps/hub/permissions.py) once they have loaded the session or workspace the call is about."""
+
+    access_rules: dict[str, AccessRule] = {method: ACTION_CHECKS for method in ("get", "post", "put", "delete")}
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, actions.HubError):
@@ -50,7 +55,7 @@ class SessionListView(HubAPIView):
     @extend_schema(request=OpenSessionSerializer, responses={201: EditingSessionSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         """Open a resource: as its editor when nobody edits it, else as a waiting session."""
-        data = OpenSessionSerializer(data=request.data)
+        data = OpenSessionSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         session = actions.do_open_session(
             user=request.user,
@@ -153,21 +158,21 @@ class DraftView(HubAPIView):
 
     @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={200: DraftSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
-        key = DraftKeySerializer(data=request.query_params)
+        key = DraftKeySerializer(data=request.query_params, context={"request": request})
         key.is_valid(raise_exception=True)
         draft = drafts.get_draft(user=request.user, **key.validated_data)
         return Response(DraftSerializer(draft).data)
 
     @extend_schema(request=DraftSaveSerializer, responses={200: DraftSerializer, **ERRORS})
     def put(self, request: Request) -> Response:
-        data = DraftSaveSerializer(data=request.data)
+        data = DraftSaveSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         draft = drafts.do_save_draft(user=request.user, **data.validated_data)
         return Response(DraftSerializer(draft).data)
 
     @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={204: None, **ERRORS})
     def delete(self, request: Request) -> Response:
-        key = DraftKeySerializer(data=request.query_params)
+        key = DraftKeySerializer(data=request.query_params, context={"request": request})
         key.is_valid(raise_exception=True)
         if not drafts.do_delete_draft(user=request.user, **key.validated_data):
             return error_response(actions.NotFound("no draft of this resource"))

@@ -27,6 +27,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_pg_utils.locks import advisory_lock
 
+from apps.access import policy
+from apps.access.actions import do_grant_role
+from apps.access.models import Role
 from apps.agents.models import Agent
 from apps.agents.protocol import agent_group, task_group
 from apps.coordination.lockkeys import workspace_key
@@ -298,3 +301,58 @@ def settle_orphaned_tasks(*, offline_for: timedelta) -> int:
             .select_for_update(skip_locked=True, of=("self",))
         )
         return len(settle_lost_tasks(tasks, reason="agent lost"))
+
+
+# --- workspace changes made through the API --------------------------------------------------------
+
+
+class WorkspaceConflict(Exception):
+    """The workspace's state refuses the change (already locked, a task running): HTTP 409."""
+
+
+def do_create_workspace(*, creator: Any, **fields: Any) -> Workspace:
+    """Create a workspace; its creator gets ``admin`` on it (recorded in the access audit)."""
+    with transaction.atomic():
+        workspace = Workspace.objects.create(**fields)
+        if creator is not None and creator.is_authenticated:
+            do_grant_role(actor=creator, workspace=workspace, user=creator, role=Role.ADMIN)
+    return workspace
+
+
+def do_lock_workspace(*, workspace_id: int, user: Any, reason: str = "") -> Workspace:
+    """Lock a workspace: no task is dispatched until it is unlocked."""
+    with transaction.atomic():
+        workspace = Workspace.objects.select_for_update().get(pk=workspace_id)
+        if workspace.locked:
+            raise WorkspaceConflict("The workspace is already locked.")
+        workspace.locked, workspace.locked_at = True, timezone.now()
+        workspace.locked_by = user if user is not None and user.is_authenticated else None
+        workspace.lock_reason = reason
+        workspace.save(update_fields=["locked", "locked_at", "locked_by", "lock_reason"])
+    return workspace
+
+
+def do_unlock_workspace(*, workspace_id: int, user: Any) -> Workspace:
+    """Unlock a workspace (``write`` for one's own lock, ``admin`` for anyone else's) and let the
+    tasks queued meanwhile run."""
+    with transaction.atomic():
+        workspace = Workspace.objects.select_for_update().get(pk=workspace_id)
+        # Judged under the row lock: who holds the lock cannot change between the check and the update.
+        verdict = policy.can_unlock(user, workspace_id=workspace.pk, locked_by_id=workspace.locked_by_id)
+        if verdict is not policy.Verdict.ALLOWED:
+            raise policy.Denied(verdict, "Only a workspace admin may lift a lock someone else holds.")
+        workspace.locked, workspace.locked_at, workspace.locked_by, workspace.lock_reason = False, None, None, ""
+        workspace.save(update_fields=["locked", "locked_at", "locked_by", "lock_reason"])
+        kick_after_commit(workspace.pk)
+    return workspace
+
+
+def do_delete_workspace(*, workspace_id: int) -> None:
+    """Delete a workspace and its history, refused while one of its tasks is dispatched or running."""
+    # The scheduler's advisory lock (waited for here): no task of this workspace can be dispatched
+    # between the check and the delete.
+    with advisory_lock(workspace_key(workspace_id)), transaction.atomic():
+        workspace = Workspace.objects.select_for_update().get(pk=workspace_id)
+        if Task.objects.filter(workspace_id=workspace.pk).active().exists():
+            raise WorkspaceConflict("The workspace has a task running; cancel it first.")
+        workspace.delete()

@@ -4,6 +4,12 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.access.policy import VisibleQuerySet
+
+
+class WorkspaceQuerySet(VisibleQuerySet["Workspace"]):
+    workspace_lookup = "pk"
+
 
 class Workspace(models.Model):
     class DriftStatus(models.TextChoices):
@@ -39,6 +45,8 @@ class Workspace(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = WorkspaceQuerySet.as_manager()
+
     class Meta:
         indexes = [models.Index(fields=["drift_check_enabled", "drift_next_check_at"])]
         constraints = [
@@ -49,6 +57,14 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TaskQuerySet(VisibleQuerySet["Task"]):
+    def active(self) -> TaskQuerySet:
+        return self.filter(status__in=Task.ACTIVE)
+
+    def pending(self) -> TaskQuerySet:
+        return self.filter(status=Task.Status.PENDING)
 
 
 class Task(models.Model):
@@ -88,6 +104,8 @@ class Task(models.Model):
     # {"add": n, "change": n, "destroy": n} from the plan.
     plan_summary = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+
+    objects = TaskQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -129,6 +147,10 @@ class TaskLogChunk(models.Model):
         return "task %d chunk %d" % (self.task_id, self.seq)
 
 
+class StateVersionQuerySet(VisibleQuerySet["StateVersion"]):
+    pass
+
+
 class StateVersion(models.Model):
     """One Terraform state a workspace received. ``serial`` numbers the rows of a workspace (ours);
     ``terraform_serial`` and ``lineage`` are Terraform's own, the ones its rules compare."""
@@ -154,6 +176,8 @@ class StateVersion(models.Model):
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = StateVersionQuerySet.as_manager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "serial"], name="state_version_unique_serial")]
@@ -197,6 +221,10 @@ class StateTransition(models.Model):
         return "%s %s %s -> %s" % (self.workspace_id, self.kind, self.from_serial, self.to_serial)
 
 
+class ResourceQuerySet(VisibleQuerySet["Resource"]):
+    pass
+
+
 class Resource(models.Model):
     """The CMDB: one row per resource instance of a workspace's newest state version."""
 
@@ -211,6 +239,8 @@ class Resource(models.Model):
     attributes = models.JSONField(default=dict, blank=True)
     state_serial = models.PositiveIntegerField()
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ResourceQuerySet.as_manager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "address"], name="resource_unique_address")]

@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.access.serializers import VisibleWorkspaceField
 from apps.agents.models import AgentPool
 from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogChunk, Workspace
 
@@ -156,6 +157,9 @@ class LockSerializer(serializers.Serializer[Any]):
 class TaskSerializer(serializers.ModelSerializer[Task]):
     agent: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="agent_id", read_only=True)
     agent_connected_pod = serializers.CharField(source="agent.connected_pod", read_only=True, default=None)
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="who queued it; null for the platform's jobs"
+    )
 
     class Meta:
         model = Task
@@ -182,7 +186,7 @@ class TaskSerializer(serializers.ModelSerializer[Task]):
 
 
 class TaskCreateSerializer(serializers.Serializer[Any]):
-    workspace = serializers.PrimaryKeyRelatedField(queryset=Workspace.objects.all())
+    workspace = VisibleWorkspaceField()
     type = serializers.ChoiceField(choices=Task.Type.choices)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
 

@@ -1,19 +1,24 @@
-"""REST API views for workspaces and tasks: validate, call an action, serialize."""
+"""REST API views for workspaces and tasks: validate, call an action, serialize.
+
+Who may call what is declared in ``access_rules`` and enforced by apps/access/drf.py; querysets
+are narrowed with ``visible_to`` so that what the caller may not read is a 404."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Prefetch, QuerySet
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.access import policy
+from apps.access.drf import ACTION_CHECKS, CREATE_WORKSPACE, AccessRule
+from apps.access.models import Role
+from apps.access.views import ACCESS_RULES, WorkspaceAccessActions
 from apps.workspaces import actions, states
 from apps.workspaces.models import StateVersion, Task, Workspace
 from apps.workspaces.serializers import (
@@ -29,57 +34,80 @@ from apps.workspaces.serializers import (
 )
 
 
-def _require_platform_admin(request: Request) -> None:
-    # Moving a workspace's state by hand is an operator's act; until workspace roles exist, only
-    # platform admins (superusers) may do it.
-    if not request.user.is_superuser:
-        raise PermissionDenied("Resolving a state conflict needs a platform admin.")
+def _conflict(exc: actions.WorkspaceConflict) -> Response:
+    return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
 
 
-class WorkspaceViewSet(viewsets.ModelViewSet[Workspace]):
-    queryset = (
-        Workspace.objects.select_related("pool", "current_state")
-        .defer("current_state__state")
-        .prefetch_related(
-            Prefetch(
-                "state_versions",
-                queryset=StateVersion.objects.filter(status=StateVersion.Status.CONFLICT).defer("state"),
-                to_attr="conflicts",
-            )
-        )
-        .order_by("name")
-    )
+class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace]):
     serializer_class = WorkspaceSerializer
+    workspace_attr = "pk"
+    access_rules: dict[str, AccessRule] = {
+        "list": Role.READ,
+        "retrieve": Role.READ,
+        "create": CREATE_WORKSPACE,
+        # Moving the workspace to another pool needs admin (perform_update asks).
+        "update": Role.WRITE,
+        "partial_update": Role.WRITE,
+        "destroy": Role.ADMIN,
+        "lock": Role.WRITE,
+        # Lifting someone else's lock needs admin (the action decides, under the row lock).
+        "unlock": Role.WRITE,
+        "state": Role.READ,
+        # Moving a workspace's state by hand is an operator's act.
+        "promote_state": Role.ADMIN,
+        "discard_state": Role.ADMIN,
+        **ACCESS_RULES,
+    }
 
-    def perform_destroy(self, instance: Workspace) -> None:
-        if instance.tasks.filter(status__in=Task.ACTIVE).exists():
-            raise ValidationError({"detail": "The workspace has a task running; cancel it first."})
-        instance.delete()
+    def get_queryset(self) -> QuerySet[Workspace]:
+        return (
+            Workspace.objects.visible_to(self.request.user)
+            .select_related("pool", "current_state")
+            .defer("current_state__state")
+            .prefetch_related(
+                Prefetch(
+                    "state_versions",
+                    queryset=StateVersion.objects.filter(status=StateVersion.Status.CONFLICT).defer("state"),
+                    to_attr="conflicts",
+                )
+            )
+            .order_by("name")
+        )
+
+    def perform_create(self, serializer: serializers.BaseSerializer[Workspace]) -> None:
+        serializer.instance = actions.do_create_workspace(creator=self.request.user, **serializer.validated_data)
+
+    def perform_update(self, serializer: serializers.BaseSerializer[Workspace]) -> None:
+        instance = serializer.instance
+        assert instance is not None
+        changed = {name for name, value in serializer.validated_data.items() if getattr(instance, name) != value}
+        policy.require(self.request.user, instance.pk, policy.role_to_change(changed))
+        serializer.save()
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            actions.do_delete_workspace(workspace_id=self.get_object().pk)
+        except actions.WorkspaceConflict as exc:
+            return _conflict(exc)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=LockSerializer, responses=WorkspaceSerializer)
     @action(detail=True, methods=["post"])
     def lock(self, request: Request, pk: str | None = None) -> Response:
         body = LockSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        with transaction.atomic():
-            workspace = Workspace.objects.select_for_update().get(pk=self.get_object().pk)
-            if workspace.locked:
-                return Response({"detail": "The workspace is already locked."}, status=status.HTTP_409_CONFLICT)
-            workspace.locked, workspace.locked_at = True, timezone.now()
-            workspace.locked_by = request.user if request.user.is_authenticated else None
-            workspace.lock_reason = body.validated_data.get("reason", "")
-            workspace.save(update_fields=["locked", "locked_at", "locked_by", "lock_reason"])
+        try:
+            workspace = actions.do_lock_workspace(
+                workspace_id=self.get_object().pk, user=request.user, reason=body.validated_data.get("reason", "")
+            )
+        except actions.WorkspaceConflict as exc:
+            return _conflict(exc)
         return Response(WorkspaceSerializer(workspace).data)
 
     @extend_schema(request=None, responses=WorkspaceSerializer)
     @action(detail=True, methods=["post"])
     def unlock(self, request: Request, pk: str | None = None) -> Response:
-        with transaction.atomic():
-            workspace = Workspace.objects.select_for_update().get(pk=self.get_object().pk)
-            workspace.locked, workspace.locked_at, workspace.locked_by, workspace.lock_reason = False, None, None, ""
-            workspace.save(update_fields=["locked", "locked_at", "locked_by", "lock_reason"])
-            # Tasks queued while it was locked can run now.
-            actions.kick_after_commit(workspace.pk)
+        workspace = actions.do_unlock_workspace(workspace_id=self.get_object().pk, user=request.user)
         return Response(WorkspaceSerializer(workspace).data)
 
     @extend_schema(request=None, responses=WorkspaceStateSerializer)
@@ -98,7 +126,6 @@ class WorkspaceViewSet(viewsets.ModelViewSet[Workspace]):
     @action(detail=True, methods=["post"], url_path=r"state-versions/(?P<version_id>[0-9]+)/promote")
     def promote_state(self, request: Request, pk: str | None = None, version_id: str = "") -> Response:
         """Make a state version current (a conflict resolved in its favour, or a rollback)."""
-        _require_platform_admin(request)
         workspace = self.get_object()
         version = _resolve(states.do_promote, workspace, int(version_id), request)
         return Response(StateVersionSerializer(version).data)
@@ -107,19 +134,34 @@ class WorkspaceViewSet(viewsets.ModelViewSet[Workspace]):
     @action(detail=True, methods=["post"], url_path=r"state-versions/(?P<version_id>[0-9]+)/discard")
     def discard_state(self, request: Request, pk: str | None = None, version_id: str = "") -> Response:
         """Discard a conflict version: it stays stored, and no longer holds applies."""
-        _require_platform_admin(request)
         workspace = self.get_object()
         version = _resolve(states.do_discard, workspace, int(version_id), request)
         return Response(StateVersionSerializer(version).data)
+
+
+def _role_to_handle(task: Task) -> Role:
+    return policy.TASK_TYPE_ROLE[task.type]
 
 
 class TaskViewSet(
     mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Task]
 ):
     serializer_class = TaskSerializer
+    access_rules: dict[str, AccessRule] = {
+        "list": Role.READ,
+        "retrieve": Role.READ,
+        "log": Role.READ,
+        # Queueing a plan or drift check needs plan, an apply write: known once the body is read.
+        "create": ACTION_CHECKS,
+        "cancel": _role_to_handle,
+    }
 
     def get_queryset(self) -> QuerySet[Task]:
-        qs = Task.objects.select_related("agent").order_by("-created_at", "-pk")
+        qs = (
+            Task.objects.visible_to(self.request.user)
+            .select_related("agent", "created_by")
+            .order_by("-created_at", "-pk")
+        )
         if self.action != "list":
             return qs
         filters = TaskFilterSerializer(data=self.request.query_params)
@@ -134,12 +176,14 @@ class TaskViewSet(
 
     @extend_schema(request=TaskCreateSerializer, responses={201: TaskSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        body = TaskCreateSerializer(data=request.data)
+        body = TaskCreateSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
+        workspace, type = body.validated_data["workspace"], body.validated_data["type"]
+        policy.require(request.user, workspace.pk, policy.TASK_TYPE_ROLE[type])
         task = actions.enqueue_task(
-            workspace=body.validated_data["workspace"],
-            type=body.validated_data["type"],
-            created_by=request.user if request.user.is_authenticated else None,
+            workspace=workspace,
+            type=type,
+            created_by=request.user,
             timeout_seconds=body.validated_data.get("timeout_seconds"),
         )
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)

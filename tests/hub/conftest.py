@@ -12,6 +12,7 @@ from django.contrib.auth.models import Permission, User
 from apps.agents.models import AgentPool
 from apps.hub.events import session_group
 from apps.workspaces.models import Workspace
+from tests.access.fixtures import grant
 
 
 @pytest.fixture(autouse=True)
@@ -61,18 +62,24 @@ def workspace(db: None) -> Workspace:
 
 
 @pytest.fixture
-def alice(db: None) -> User:
-    return User.objects.create_user("alice", password="pw-alice-123")
+def alice(workspace: Workspace) -> User:
+    """A user with write (editing) on the workspace."""
+    user = User.objects.create_user("alice", password="pw-alice-123")
+    grant(workspace, "write", user=user)
+    return user
 
 
 @pytest.fixture
-def bob(db: None) -> User:
-    return User.objects.create_user("bob", password="pw-bob-123")
+def bob(workspace: Workspace) -> User:
+    user = User.objects.create_user("bob", password="pw-bob-123")
+    grant(workspace, "write", user=user)
+    return user
 
 
 @pytest.fixture
-def carol(db: None) -> User:
-    """A user with the hub.force_takeover permission (not a superuser)."""
+def carol(workspace: Workspace) -> User:
+    """A user with write and the hub.force_takeover permission (not a workspace admin)."""
     user = User.objects.create_user("carol", password="pw-carol-123")
     user.user_permissions.add(Permission.objects.get(codename="force_takeover", content_type__app_label="hub"))
+    grant(workspace, "write", user=user)
     return User.objects.get(pk=user.pk)  # fresh instance: no stale permission cache

@@ -15,7 +15,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import AnonymousUser, Permission, User
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import connections
 
 from apps.agents.protocol import task_group
@@ -25,6 +25,7 @@ from apps.hub.events import session_group
 from apps.hub.models import EditingSession
 from apps.hub.routing import websocket_urlpatterns
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
+from tests.access.fixtures import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,10 +60,11 @@ def _open(user: User, workspace: Workspace) -> EditingSession:
 
 
 @pytest.fixture
-def viewer(transactional_db: None) -> User:
+def viewer(workspace: Workspace) -> User:
+    """A user with the read role on the workspace: enough for its task logs."""
     user = User.objects.create_user("viewer", password="pw-viewer-123")
-    user.user_permissions.add(Permission.objects.get(codename="view_task", content_type__app_label="workspaces"))
-    return User.objects.get(pk=user.pk)
+    grant(workspace, "read", user=user)
+    return user
 
 
 @pytest.fixture
@@ -86,12 +88,13 @@ async def test_the_owner_gets_the_session_state(workspace: Workspace, alice: Use
     await communicator.disconnect()
 
 
-async def test_anyone_but_the_owner_is_closed_with_4403(workspace: Workspace, alice: User, bob: User) -> None:
+async def test_anyone_but_the_owner_is_refused(workspace: Workspace, alice: User, bob: User) -> None:
+    """Someone else's session reads as a missing one (4404, REST's 404); no login is 4403."""
     session = await _open(alice, workspace)
     path = "/ws/sessions/%s/" % session.session_id
-    assert await _closed_with(_communicator(path, bob)) == 4403
+    assert await _closed_with(_communicator(path, bob)) == 4404
     assert await _closed_with(_communicator(path, AnonymousUser())) == 4403
-    assert await _closed_with(_communicator("/ws/sessions/6f1c1f7e-0000-4000-8000-000000000000/", alice)) == 4403
+    assert await _closed_with(_communicator("/ws/sessions/6f1c1f7e-0000-4000-8000-000000000000/", alice)) == 4404
 
 
 async def test_an_ended_session_is_told_so_and_closed(workspace: Workspace, alice: User) -> None:
@@ -237,8 +240,10 @@ def _burst(layer: Any, task: Task, seqs: range) -> int:
     return dropped
 
 
-async def test_a_user_without_view_task_is_closed_with_4403(task: Task, alice: User) -> None:
-    assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % task.pk, alice)) == 4403
+async def test_a_user_without_a_role_on_the_workspace_is_refused(task: Task) -> None:
+    """No role: the task reads as missing (4404, as REST's 404); no login: 4403."""
+    stranger = await database_sync_to_async(User.objects.create_user)("stranger", password="pw-stranger-1")
+    assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % task.pk, stranger)) == 4404
     assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % task.pk, AnonymousUser())) == 4403
 
 

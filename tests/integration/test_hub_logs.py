@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from apps.agents.models import AgentPool
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
+from tests.access.fixtures import grant
 from tests.integration.agentkit import (
     FAST_ENV,
     enqueue,
@@ -71,7 +72,7 @@ def test_a_live_log_is_complete_and_in_order_across_replicas_and_a_reconnect(pro
     workspace = Workspace.objects.create(name="logs-it", pool=pool)
     task = Task.objects.create(workspace=workspace, type="apply", status="running")
     user = User.objects.create_user("reader", password="pw-reader-123")
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="workspaces", codename="view_task"))
+    grant(workspace, "read", user=user)
     reader = Login.of(user)
 
     started = threading.Event()
@@ -112,7 +113,7 @@ def test_a_real_agents_terraform_log_reaches_a_ui_socket_on_the_other_replica(
     agent = start_agent(processes, "agent-1", urls=[replica_a.ws_url], token=token, tmp_path=tmp_path)
     wait_connected(agent, "web-a")
     user = User.objects.create_user("watcher", password="pw-watcher-123")
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="workspaces", codename="view_task"))
+    grant(workspace, "read", user=user)
     watcher = Login.of(user)
 
     task_id = enqueue(replica_a.url, workspace, "plan")

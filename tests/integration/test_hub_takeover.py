@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 
 from apps.agents.models import AgentPool
 from apps.workspaces.models import Task, Workspace
+from tests.access.fixtures import grant, make_user
 from tests.integration.hubclient import Listener, Login, closed_with
 from tests.processes import ProcessGroup
 
@@ -26,19 +27,19 @@ def _workspace() -> Workspace:
     return Workspace.objects.create(name="hub-it", pool=pool)
 
 
-def _user(name: str, *perms: tuple[str, str]) -> User:
-    user = User.objects.create_user(name, password="pw-%s-123" % name)
-    for app_label, codename in perms:
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+def _user(name: str, workspace: Workspace, role: str | None, *perms: str) -> User:
+    user = make_user(name, *perms)
+    if role is not None:
+        grant(workspace, role, user=user)
     return user
 
 
 def test_takeover_events_cross_replicas_within_200_ms(processes: ProcessGroup) -> None:
     replica_a, replica_b = processes.daphne("web-a"), processes.daphne("web-b")
     workspace = _workspace()
-    holder = Login.of(_user("holder"))
-    requester = Login.of(_user("requester"))
-    admin = Login.of(_user("admin", ("hub", "force_takeover")))
+    holder = Login.of(_user("holder", workspace, "write"))
+    requester = Login.of(_user("requester", workspace, "write"))
+    admin = Login.of(_user("admin", workspace, "write", "hub.force_takeover"))
 
     status, editor = holder.call(
         replica_b, "POST", "/api/v1/hub/sessions/", {"workspace": workspace.pk, "resource_address": ADDR}
@@ -103,17 +104,21 @@ def test_nobody_opens_another_users_session_or_a_task_log_it_may_not_see(process
     replica_a, replica_b = processes.daphne("web-a"), processes.daphne("web-b")
     workspace = _workspace()
     task = Task.objects.create(workspace=workspace, type="plan", status="running")
-    owner = Login.of(_user("owner"))
-    intruder = Login.of(_user("intruder"))
-    viewer = Login.of(_user("viewer", ("workspaces", "view_task")))
+    owner = Login.of(_user("owner", workspace, "write"))
+    intruder = Login.of(_user("intruder", workspace, None))
+    viewer = Login.of(_user("viewer", workspace, "read"))
     status, session = owner.call(
         replica_a, "POST", "/api/v1/hub/sessions/", {"workspace": workspace.pk, "resource_address": ADDR}
     )
     assert status == 201
 
     for replica in (replica_a, replica_b):
-        assert closed_with(intruder.websocket(replica, "/ws/sessions/%s/" % session["session_id"])) == 4403
-        assert closed_with(intruder.websocket(replica, "/ws/tasks/%d/logs/" % task.pk)) == 4403
+        # Without a role the session and the task read as missing, as over REST.
+        assert closed_with(intruder.websocket(replica, "/ws/sessions/%s/" % session["session_id"])) == 4404
+        assert closed_with(intruder.websocket(replica, "/ws/tasks/%d/logs/" % task.pk)) == 4404
+        assert intruder.call(replica, "GET", "/api/v1/tasks/%d/log/" % task.pk)[0] == 404
+        # A reader sees the log but not someone else's session.
+        assert closed_with(viewer.websocket(replica, "/ws/sessions/%s/" % session["session_id"])) == 4404
         status, _ = intruder.call(replica, "GET", "/api/v1/hub/sessions/%s/" % session["session_id"])
         assert status == 404
 

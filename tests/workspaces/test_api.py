@@ -6,25 +6,37 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.agents.models import Agent
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
+from tests.access.fixtures import grant, make_user
 from tests.agents.fixtures import OUTPUTS_ONLY, Pool
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def client(db: None) -> APIClient:
-    user = get_user_model().objects.create_user("alice", password="pw-long-enough")
-    token = Token.objects.create(user=user)
+def alice(db: None) -> User:
+    return make_user("alice", "access.create_workspace")
+
+
+@pytest.fixture
+def client(alice: User) -> APIClient:
+    token = Token.objects.create(user=alice)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION="Token " + token.key)
     return api
+
+
+@pytest.fixture
+def workspace(workspace: Workspace, alice: User) -> Workspace:
+    """The shared fixture's workspace, with alice its admin."""
+    grant(workspace, "admin", user=alice)
+    return workspace
 
 
 def test_anonymous_requests_are_refused(agent_pool: Pool) -> None:
@@ -126,7 +138,10 @@ def test_invalid_task_bodies_get_400(client: APIClient, workspace: Workspace, bo
     assert Task.objects.count() == 0
 
 
-def test_agents_are_listed_read_only_with_connected_pod(client: APIClient, agent_pool: Pool) -> None:
+def test_agents_are_listed_read_only_with_connected_pod(client: APIClient, alice: User, agent_pool: Pool) -> None:
+    assert client.get("/api/v1/agents/").status_code == 403  # platform admins only
+    alice.is_superuser = True
+    alice.save()
     Agent.objects.create(agent_id="a1", pool=agent_pool.pool, connected_pod="web-2", status="online")
     agents = client.get("/api/v1/agents/").json()["results"]
     assert [(a["agent_id"], a["connected_pod"], a["pool"]) for a in agents] == [("a1", "web-2", "pool-a")]

@@ -1,0 +1,87 @@
+"""The REST side of apps/access/policy.py: one DRF permission class, the default of every view.
+
+A view declares ``access_rules``: for each action of a viewset (or HTTP method of a plain
+APIView) the role it needs on the object's workspace, a callable giving that role from the object,
+or one of the platform-wide rules below. An action without a rule is refused to everybody
+(fail closed), and the schema matrix test (tests/access/test_matrix.py) fails for it.
+Lists and lookups are narrowed by the views' querysets (``visible_to``), so an object the caller
+may not read is a 404 before any rule is looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rest_framework.exceptions import NotFound
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+if TYPE_CHECKING:
+    # Not at run time: DRF imports the default permission classes while rest_framework.views loads.
+    from rest_framework.views import APIView
+
+from apps.access import policy
+from apps.access.models import Role
+
+# Only platform admins (pools, agents, every workspace).
+PLATFORM_ADMIN = "platform_admin"
+# The access.create_workspace permission (or a platform admin).
+CREATE_WORKSPACE = "create_workspace"
+# Any active user here; the action itself asks policy.check once it has loaded the workspace the
+# call is about (hub sessions, takeovers and drafts reach it through the session or the body).
+ACTION_CHECKS = "action_checks"
+
+AccessRule = Role | str | Callable[[Any], Role]
+
+# OPTIONS describes the API (which the schema publishes anyway) to any active user.
+DESCRIBE = {"metadata", "options"}
+
+
+def rule_for(request: Request, view: APIView) -> AccessRule | None:
+    rules: dict[str, AccessRule] = getattr(view, "access_rules", {})
+    key = getattr(view, "action", None) or (request.method or "").lower()
+    return rules.get(key)
+
+
+def _handles(request: Request, view: APIView) -> bool:
+    method = (request.method or "").lower()
+    action_map = getattr(view, "action_map", None)
+    if action_map is not None:
+        return method in action_map
+    return hasattr(view, method)
+
+
+class WorkspaceRolePermission(BasePermission):
+    message = "Your role on this workspace does not allow this."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if not policy.is_active_user(request.user):
+            return False
+        if (getattr(view, "action", None) or (request.method or "").lower()) in DESCRIBE:
+            return True
+        if not _handles(request, view):
+            return True  # nothing runs: DRF answers 405
+        rule = rule_for(request, view)
+        if rule is None:
+            return False
+        if rule == PLATFORM_ADMIN:
+            self.message = "Only platform admins may do this."
+            return policy.is_platform_admin(request.user)
+        if rule == CREATE_WORKSPACE:
+            self.message = "Creating workspaces needs the access.create_workspace permission."
+            return policy.can_create_workspace(request.user)
+        return True  # a role: decided per object; ACTION_CHECKS: decided by the action
+
+    def has_object_permission(self, request: Request, view: APIView, obj: Any) -> bool:
+        rule = rule_for(request, view)
+        if isinstance(rule, str):
+            return True  # platform-wide rules were settled in has_permission
+        if rule is None:
+            return False
+        role = rule if isinstance(rule, Role) else rule(obj)
+        workspace_id = getattr(obj, getattr(view, "workspace_attr", "workspace_id"))
+        verdict = policy.check(request.user, workspace_id, role)
+        if verdict is policy.Verdict.INVISIBLE:
+            raise NotFound()
+        return verdict is policy.Verdict.ALLOWED
