@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
+from apps.access import policy
 from apps.workspaces import states
 from apps.workspaces.models import Resource, StateTransition, StateVersion, Task, TaskLogChunk, Workspace
 
@@ -124,7 +125,7 @@ class StateVersionAdmin(admin.ModelAdmin):
         return False
 
     def _resolve(self, request: HttpRequest, queryset: QuerySet[StateVersion], do: states.Resolver) -> None:
-        if not request.user.is_superuser:
+        if not policy.is_platform_admin(request.user):
             self.message_user(request, "Resolving a state conflict needs a platform admin.", messages.ERROR)
             return
         for version in queryset:

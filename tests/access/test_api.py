@@ -36,7 +36,7 @@ def test_the_creator_of_a_workspace_is_its_admin_and_others_do_not_see_it(agent_
 
 def test_a_workspace_admin_grants_and_revokes_roles_and_each_change_is_audited(workspace: Workspace) -> None:
     admin, dev = make_user("admin"), make_user("dev")
-    team = Group.objects.create(name="sre")
+    Group.objects.create(name="sre")
     grant(workspace, "admin", user=admin)
     api = _client(admin)
     url = "/api/v1/workspaces/%d/access/" % workspace.pk

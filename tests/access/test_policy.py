@@ -32,7 +32,9 @@ def test_a_user_without_grants_sees_nothing(two_workspaces: tuple[Workspace, Wor
     assert not Task.objects.visible_to(user).exists()
 
 
-def test_roles_are_ordered_and_the_highest_of_user_and_teams_counts(two_workspaces: tuple[Workspace, Workspace]) -> None:
+def test_roles_are_ordered_and_the_highest_of_user_and_teams_counts(
+    two_workspaces: tuple[Workspace, Workspace],
+) -> None:
     net, db = two_workspaces
     user = make_user("dev")
     team = Group.objects.create(name="platform-team")

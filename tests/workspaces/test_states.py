@@ -19,6 +19,7 @@ from apps.agents.models import Agent
 from apps.coordination.status import cluster_status
 from apps.workspaces import actions, reports, states
 from apps.workspaces.models import StateTransition, StateVersion, Task, Workspace
+from tests.access.fixtures import grant
 from tests.agents.fixtures import Pool
 from tests.workspaces.test_actions import online_agent
 
@@ -186,19 +187,20 @@ def _conflicted(agent_pool: Pool, workspace: Workspace) -> StateVersion:
     return version
 
 
-def _client(*, superuser: bool) -> APIClient:
+def _client(*, superuser: bool, name: str | None = None) -> APIClient:
     make = get_user_model().objects.create_superuser if superuser else get_user_model().objects.create_user
-    user = make("root" if superuser else "alice", password="pw-long-enough")
+    user = make(name or ("root" if superuser else "alice"), password="pw-long-enough")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
     return client
 
 
-def test_the_api_shows_the_conflict_and_only_a_platform_admin_resolves_it(
+def test_the_api_shows_the_conflict_and_only_a_workspace_admin_resolves_it(
     agent_pool: Pool, workspace: Workspace
 ) -> None:
     conflict = _conflicted(agent_pool, workspace)
     alice = _client(superuser=False)
+    grant(workspace, "write", user=get_user_model().objects.get(username="alice"))
     shown = alice.get("/api/v1/workspaces/%d/" % workspace.pk).json()
     assert shown["current_state"]["terraform_serial"] == 2
     assert [c["id"] for c in shown["state_conflicts"]] == [conflict.pk]
@@ -212,8 +214,11 @@ def test_the_api_shows_the_conflict_and_only_a_platform_admin_resolves_it(
     assert alice.post(discard).status_code == 403
     assert states.has_conflict(workspace.pk)
 
-    root = _client(superuser=True)
+    # A workspace admin (here not a platform admin) resolves it.
+    root = _client(superuser=False, name="root")
+    grant(workspace, "admin", user=get_user_model().objects.get(username="root"))
     other = Workspace.objects.create(name="other", pool=agent_pool.pool)
+    grant(other, "admin", user=get_user_model().objects.get(username="root"))
     assert root.post("/api/v1/workspaces/%d/state-versions/%d/promote/" % (other.pk, conflict.pk)).status_code == 404
     promoted = root.post(promote)
     assert promoted.status_code == 200, promoted.content
