@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from iacplatform.devdb import ensure_server, stop_servers
+from iacplatform.devdb import DATA_DIR, ensure_server, stop_servers
 from tests.processes import ROOT
 
 DATABASE = "iacplatform_make_manage_test"
@@ -52,14 +54,24 @@ def test_make_manage_runs_manage_py_against_the_embedded_server(dev_database: st
         assert conn.execute("SELECT name FROM agents_agentpool").fetchall() == [("make-test-pool",)]
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Under the project's .data, not tmp_path: the server runs as its own user when the suite runs as
+    # root, and every pytest session (any worktree's) sets /tmp/pytest-of-<user> back to mode 0700.
+    path = DATA_DIR / ("stop-test-%s" % uuid.uuid4().hex[:8])
+    yield path
+    stop_servers(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_stop_servers_stops_every_embedded_server_under_the_directory(tmp_path: Path) -> None:
+def test_stop_servers_stops_every_embedded_server_under_the_directory(data_dir: Path) -> None:
     """What `make stop` runs: the servers under the directory are stopped, and only those."""
-    url = ensure_server(tmp_path / "data" / "pg")
+    url = ensure_server(data_dir / "pg")
     with psycopg.connect(url) as conn:
         conn.execute("SELECT 1")
-    assert stop_servers(tmp_path / "elsewhere") == []
-    assert stop_servers(tmp_path / "data") == [tmp_path / "data" / "pg"]
+    assert stop_servers(data_dir / "elsewhere") == []
+    assert stop_servers(data_dir) == [data_dir / "pg"]
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=3).close()
-    assert stop_servers(tmp_path / "data") == []
+    assert stop_servers(data_dir) == []
