@@ -107,6 +107,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "iacplatform.api.middleware.RefuseBadQueryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -310,6 +311,13 @@ AGENT_RECONNECT_MAX_DELAY = env_number("AGENT_RECONNECT_MAX_DELAY", 10.0)
 # apps/agents/isolation.py (e.g. TF_PLUGIN_CACHE_DIR); never put a credential here.
 AGENT_TERRAFORM_ENV_PASSTHROUGH = env_list("AGENT_TERRAFORM_ENV_PASSTHROUGH", [])
 
+# Hostile input (iacplatform/inputs.py, iacplatform/api/, iacplatform/bodylimit.py).
+HTTP_MAX_BODY_BYTES = env_int("HTTP_MAX_BODY_BYTES", 8 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = HTTP_MAX_BODY_BYTES
+API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 64)
+API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
+API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
@@ -318,14 +326,24 @@ REST_FRAMEWORK = {
     # apps/access: every view declares who may call it; a view without a rule refuses everybody.
     "DEFAULT_PERMISSION_CLASSES": ["apps.access.drf.WorkspaceRolePermission"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
-    "PAGE_SIZE": 100,
+    "DEFAULT_PAGINATION_CLASS": "iacplatform.api.pagination.Pagination",
+    "PAGE_SIZE": API_PAGE_SIZE,
+    "DEFAULT_PARSER_CLASSES": [
+        "iacplatform.api.parsers.JSONParser",
+        "iacplatform.api.parsers.FormParser",
+        "iacplatform.api.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "iacplatform.api.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "IaC Platform API",
     "DESCRIPTION": "Workspaces, Terraform runs, agents and editing sessions.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "iacplatform.api.schema.postprocess",
+    ],
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -6,6 +6,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from iacplatform import views
 
+handler400 = "iacplatform.api.errors.bad_request"
+handler403 = "iacplatform.api.errors.permission_denied"
+handler404 = "iacplatform.api.errors.page_not_found"
+handler500 = "iacplatform.api.errors.server_error"
+
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

@@ -11,7 +11,7 @@ from django.db.models import Prefetch, QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -35,7 +35,7 @@ from apps.workspaces.serializers import (
 
 
 def _conflict(exc: actions.WorkspaceConflict) -> Response:
-    return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    raise Conflict(str(exc)) from exc
 
 
 class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace]):
@@ -84,6 +84,7 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
         policy.require(self.request.user, instance.pk, policy.role_to_change(changed))
         serializer.save()
 
+    @extend_schema(responses={204: None, 409: ERROR})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         try:
             actions.do_delete_workspace(workspace_id=self.get_object().pk)
@@ -91,7 +92,7 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
             return _conflict(exc)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=LockSerializer, responses=WorkspaceSerializer)
+    @extend_schema(request=LockSerializer, responses={200: WorkspaceSerializer, 409: ERROR})
     @action(detail=True, methods=["post"])
     def lock(self, request: Request, pk: str | None = None) -> Response:
         body = LockSerializer(data=request.data)
@@ -122,7 +123,7 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
         }
         return Response(WorkspaceStateSerializer(data).data)
 
-    @extend_schema(request=None, responses=StateVersionSerializer)
+    @extend_schema(request=None, responses={200: StateVersionSerializer, 409: ERROR})
     @action(detail=True, methods=["post"], url_path=r"state-versions/(?P<version_id>[0-9]+)/promote")
     def promote_state(self, request: Request, pk: str | None = None, version_id: str = "") -> Response:
         """Make a state version current (a conflict resolved in its favour, or a rollback)."""
@@ -130,7 +131,7 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
         version = _resolve(states.do_promote, workspace, int(version_id), request)
         return Response(StateVersionSerializer(version).data)
 
-    @extend_schema(request=None, responses=StateVersionSerializer)
+    @extend_schema(request=None, responses={200: StateVersionSerializer, 409: ERROR})
     @action(detail=True, methods=["post"], url_path=r"state-versions/(?P<version_id>[0-9]+)/discard")
     def discard_state(self, request: Request, pk: str | None = None, version_id: str = "") -> Response:
         """Discard a conflict version: it stays stored, and no longer holds applies."""
@@ -188,12 +189,12 @@ class TaskViewSet(
         )
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses=TaskSerializer)
+    @extend_schema(request=None, responses={202: TaskSerializer, 409: ERROR})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
         if task.is_terminal:
-            return Response({"detail": "The task has already finished (%s)." % task.status}, status=409)
+            raise Conflict("The task has already finished (%s)." % task.status)
         task = actions.cancel_task(task.pk)
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
@@ -220,6 +221,5 @@ def _resolve(do: states.Resolver, workspace: Workspace, version_id: int, request
     try:
         return do(workspace_id=workspace.pk, version_id=version_id, actor=request.user)
     except states.Refused as exc:
-        error = APIException(exc.message)
-        error.status_code = exc.status  # 404 (not this workspace's) or 409 (not a conflict)
-        raise error from exc
+        # 404 (not this workspace's) or 409 (not a conflict)
+        raise (NotFound(exc.message) if exc.status == 404 else Conflict(exc.message)) from exc
