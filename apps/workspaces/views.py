@@ -32,6 +32,8 @@ from apps.workspaces.serializers import (
     WorkspaceSerializer,
     WorkspaceStateSerializer,
 )
+from iacplatform.api.exceptions import Conflict
+from iacplatform.api.schema import ERROR
 
 
 def _conflict(exc: actions.WorkspaceConflict) -> Response:
