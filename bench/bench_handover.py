@@ -119,7 +119,7 @@ class Cluster:
         name = next(self.names)
         lock = crashable_cls(self.make_inner(self.lease))
 
-        def started(stop: threading.Event) -> None:
+        def started(leadership: object) -> None:
             with self.cond:
                 self.events.append((time.monotonic(), name))
                 self.cond.notify_all()

@@ -14,12 +14,23 @@ and behaves like the real API server there:
   every error is a ``Status`` object as the real server sends it;
 - strict MicroTime (Lease acquireTime/renewTime): exactly six fractional digits and a zone,
   otherwise 400 BadRequest, as a real server's JSON decoding answers; invalid values 422 Invalid;
+- PUT replaces the object's labels, annotations, ownerReferences and finalizers with the body's
+  (absent = removed), as the real server does; PATCH merges into them;
+- RBAC: ``forbid(verb)`` denies a verb (get, list, watch, create, update, patch, delete) on Leases
+  with the real server's 403 Status ("User ... cannot update resource ...");
 - injected faults: ``inject(status, times=, method=, path=)`` answers the next matching requests
-  with that status (403 Forbidden, 429, 500, 503, ...), and ``latency`` delays every request.
+  with that status (403 Forbidden, 429, 500, 503, ...), ``drop_response(...)`` applies the next
+  matching write and then closes the connection without answering (a proxy that lost the
+  response), ``down()`` refuses connections (the listening socket closed, open keep-alive
+  connections reset) until the block ends, and ``latency`` delays every request;
+- ``recreate_lease(name, transitions=)`` deletes a Lease and creates it again with fewer
+  leaseTransitions (a namespace restored from backup, GitOps re-applying a manifest);
+- ``log`` records (monotonic time, method, path) of every request, for request-rate checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -92,6 +103,17 @@ class Fault:
 
 
 @dataclass
+class Drop:
+    times: int
+    method: str | None
+    path: str | None
+
+
+VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+SERVICE_ACCOUNT = "system:serviceaccount:default:iacplatform"
+
+
+@dataclass
 class Kind:
     group: str
     plural: str
@@ -114,12 +136,19 @@ class FakeKube:
         self._events: list[tuple[int, str, str, dict[str, Any]]] = []
         self._compacted_before = 0
         self._faults: list[Fault] = []
+        self._drops: list[Drop] = []
+        self.forbidden: set[str] = set()
         self.latency = 0.0
         self.requests: list[tuple[str, str, Any]] = []
+        self.log: list[tuple[float, str, str]] = []
         self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
+        self._thread = self._serve_thread()
+
+    def _serve_thread(self) -> threading.Thread:
+        return threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakekube", daemon=True
         )
 
@@ -135,6 +164,29 @@ class FakeKube:
             self._cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
+        self._reset_connections()
+
+    def _reset_connections(self) -> None:
+        with self._cond:
+            connections = list(self._connections)
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """Refuse every connection inside the block (the server process is gone), then come back."""
+        port = self._server.server_address[1]
+        self._server.shutdown()
+        self._server.server_close()
+        self._reset_connections()
+        try:
+            yield
+        finally:
+            self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+            self._server.daemon_threads = True
+            self._thread = self._serve_thread()
+            self._thread.start()
 
     @property
     def url(self) -> str:
@@ -182,6 +234,37 @@ class FakeKube:
     def clear_faults(self) -> None:
         with self._cond:
             self._faults.clear()
+            self._drops.clear()
+
+    def drop_response(self, *, times: int = 1, method: str | None = None, path: str | None = None) -> None:
+        """Apply the next ``times`` matching requests, then close the connection without answering."""
+        with self._cond:
+            self._drops.append(Drop(times, method, path))
+
+    def forbid(self, *verbs: str) -> None:
+        """Deny these verbs on Leases, as a Role without them does (403 with the server's message)."""
+        with self._cond:
+            self.forbidden.update(verbs)
+
+    def allow(self, *verbs: str) -> None:
+        with self._cond:
+            self.forbidden.difference_update(verbs)
+
+    def recreate_lease(self, name: str, namespace: str = "default", *, transitions: int = 0) -> dict[str, Any]:
+        """Delete the Lease and create it again with ``transitions`` and no holder (a restore)."""
+        with self._cond:
+            current = self._get(self.leases, namespace, name)
+            self._delete(self.leases, namespace, name)
+            body = {
+                "metadata": {"name": name, "namespace": namespace, "labels": current["metadata"].get("labels", {})},
+                "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": transitions},
+            }
+            return copy.deepcopy(self._create(self.leases, namespace, body))
+
+    def requests_between(self, start: float, end: float, *, path: str = "/leases") -> int:
+        """Requests to ``path`` (a substring) received in the monotonic interval [start, end)."""
+        with self._cond:
+            return sum(1 for at, _, p in self.log if start <= at < end and path in p)
 
     @contextmanager
     def outage(self, status: int = 503, *, path: str | None = None) -> Iterator[None]:
@@ -295,9 +378,11 @@ class FakeKube:
             )
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        # A PUT replaces the user-settable metadata with the body's: what the body leaves out is gone.
+        user_set = ("labels", "annotations", "ownerReferences", "finalizers")
         obj["metadata"] = {
-            **current["metadata"],
-            **{k: v for k, v in meta.items() if k in ("labels", "annotations")},
+            **{k: v for k, v in current["metadata"].items() if k not in user_set},
+            **{k: v for k, v in meta.items() if k in user_set},
             "resourceVersion": str(self._next_rv()),
         }
         if kind is self.deployments and "status" not in body:
@@ -385,6 +470,33 @@ class FakeKube:
 
     # ---- HTTP -----------------------------------------------------------------------------------
 
+    def _forbidden(self, method: str, path: str, query: dict[str, str]) -> ApiError | None:
+        match = LEASES.match(path)
+        if not match:
+            return None
+        verb = VERBS.get(method, method.lower())
+        if method == "GET" and not match.group(2):
+            verb = "watch" if query.get("watch") in ("true", "1") else "list"
+        with self._cond:
+            if verb not in self.forbidden:
+                return None
+        name = match.group(2) or ""
+        return ApiError(
+            403,
+            'leases.coordination.k8s.io%s is forbidden: User "%s" cannot %s resource "leases" in API group '
+            '"coordination.k8s.io" in the namespace "%s"'
+            % (' "%s"' % name if name else "", SERVICE_ACCOUNT, verb, match.group(1)),
+            details={"name": name, "group": "coordination.k8s.io", "kind": "leases"} if name else None,
+        )
+
+    def _drop_for(self, method: str, path: str) -> bool:
+        with self._cond:
+            for drop in self._drops:
+                if (drop.method in (None, method)) and (drop.path is None or drop.path in path) and drop.times > 0:
+                    drop.times -= 1
+                    return True
+        return False
+
     def _fault_for(self, method: str, path: str) -> Fault | None:
         with self._cond:
             for fault in self._faults:
@@ -404,6 +516,14 @@ class FakeKube:
                 # Headers and body go out in separate writes: without this, Nagle + delayed ACK
                 # add 40 ms to every keep-alive request.
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with fake._cond:
+                    fake._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with fake._cond:
+                    fake._connections.discard(self.connection)
+                with contextlib.suppress(OSError):  # reset by down()
+                    super().finish()
 
             def log_message(self, format: str, *args: object) -> None:
                 return None
@@ -438,9 +558,15 @@ class FakeKube:
                     self._send(400, ApiError(400, "invalid JSON: %s" % exc).status())
                     return
                 fake.requests.append((method, url.path, body))
+                with fake._cond:
+                    fake.log.append((time.monotonic(), method, url.path))
                 fault = fake._fault_for(method, url.path)
                 if fault is not None:
                     self._send(fault.status, ApiError(fault.status, fault.message).status())
+                    return
+                denied = fake._forbidden(method, url.path, query)
+                if denied is not None:
+                    self._send(denied.code, denied.status())
                     return
                 try:
                     if method == "GET" and query.get("watch") in ("true", "1"):
@@ -449,6 +575,11 @@ class FakeKube:
                     code, obj = fake._route(method, url.path, query, body, self.headers.get("Content-Type") or "")
                 except ApiError as exc:
                     self._send(exc.code, exc.status())
+                    return
+                if method != "GET" and fake._drop_for(method, url.path):
+                    # Applied, but the answer never reaches the client.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 self._send(code, obj)
 

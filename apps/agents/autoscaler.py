@@ -8,12 +8,15 @@ patched only when the count changes.
 
 Guarantees: run inside ``tick.fenced()``, a deposed leader patches nothing (the fence is checked
 before the patch, and a new term cannot begin until this transaction ends); one pool's API error
-does not stop the others. Does NOT: scale pools of kind ``static``, create Deployments, or wait
-for pods to become ready (an agent counts once it connects).
+does not stop the others, but is reported to the caller (``failures``), so the job's tick is
+recorded ``error`` with the server's explanation instead of ``ok``. Does NOT: scale pools of
+kind ``static``, create Deployments, or wait for pods to become ready (an agent counts once it
+connects).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -71,8 +74,29 @@ def workload(pool_ids: list[int]) -> dict[int, tuple[int, int]]:
     return {row["workspace__pool_id"]: (row["queued"], row["running"]) for row in rows}
 
 
-def autoscale(*, api: AppsV1Api, now: datetime) -> list[ScaleDecision]:
-    """Scale every Kubernetes pool; must run inside a (fenced) transaction."""
+class ScaleError(Exception):
+    """Some pools could not be scaled (the others were); the message names each and why."""
+
+
+def api_error_text(exc: Exception) -> str:
+    """An API error with the server's own explanation (the Status message: who may not do what)."""
+    if isinstance(exc, ApiException):
+        message = exc.reason or ""
+        try:
+            status = json.loads(exc.body or "")
+            if isinstance(status, dict) and status.get("message"):
+                message = status["message"]
+        except (TypeError, ValueError):
+            pass
+        return "HTTP %s %s" % (exc.status, message)
+    return str(exc)
+
+
+def autoscale(*, api: AppsV1Api, now: datetime, failures: list[str] | None = None) -> list[ScaleDecision]:
+    """Scale every Kubernetes pool; must run inside a (fenced) transaction.
+
+    A pool whose Deployment cannot be read or patched is skipped and described in ``failures``.
+    """
     pools = list(AgentPool.objects.filter(kind=AgentPool.Kind.KUBERNETES).select_for_update().order_by("pk"))
     load = workload([pool.pk for pool in pools])
     decisions = []
@@ -111,7 +135,15 @@ def autoscale(*, api: AppsV1Api, now: datetime) -> list[ScaleDecision]:
         except (ApiException, HTTPError, OSError) as exc:
             # One pool's Deployment missing or the API failing must not stop the others; the next
             # tick tries again.
-            logger.warning("pool %s: cannot scale %s/%s: %s", pool.name, pool.k8s_namespace, pool.k8s_deployment, exc)
+            text = "pool %s: cannot scale %s/%s: %s" % (
+                pool.name,
+                pool.k8s_namespace,
+                pool.k8s_deployment,
+                api_error_text(exc),
+            )
+            logger.warning("%s", text)
+            if failures is not None:
+                failures.append(text)
             continue
         pool.desired_replicas, pool.scale_down_pending_since = desired, pending_since
         pool.save(update_fields=["desired_replicas", "scale_down_pending_since", "scaled_at"])

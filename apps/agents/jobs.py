@@ -9,7 +9,7 @@ from django.utils import timezone
 from kubernetes.client import AppsV1Api
 
 from apps.agents.actions import cleanup_agents
-from apps.agents.autoscaler import autoscale
+from apps.agents.autoscaler import ScaleError, autoscale
 from apps.agents.models import AgentPool
 from apps.coordination import kube
 from apps.coordination.fencing import Tick
@@ -40,11 +40,15 @@ def agent_autoscaler(tick: Tick) -> None:
     except kube.KubeConfigError as exc:
         logger.warning("agent_autoscaler: Kubernetes pools exist but %s", exc)
         return
+    failures: list[str] = []
     try:
         with tick.fenced():
-            decisions = autoscale(api=AppsV1Api(client), now=timezone.now())
+            decisions = autoscale(api=AppsV1Api(client), now=timezone.now(), failures=failures)
     finally:
         client.close()
     for decision in decisions:
         if decision.target is not None:
             logger.info("agent_autoscaler: %s", decision)
+    if failures:
+        # After the commit: the pools that could be scaled stay scaled; the tick is an error.
+        raise ScaleError("; ".join(failures))

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, register
 
-BACKENDS = ("auto", "kubernetes", "postgres")
+from apps.coordination.elector import BACKENDS, timing_errors
 
 
 @register()
@@ -24,24 +24,23 @@ def check_leader_election(app_configs: Any, **kwargs: Any) -> list[Error]:
                 id="coordination.E001",
             )
         )
-    if min(duration, deadline, retry) <= 0:
-        errors.append(Error("Leader-election timings must be positive.", id="coordination.E002"))
-    if deadline >= duration:
+    hints = {
+        "positive": ("coordination.E002", "Leader-election timings must all be positive."),
+        "deadline": (
+            "coordination.E003",
+            "A leader must give up before its lease can expire for the others, or two may lead.",
+        ),
+        "retry": ("coordination.E004", "The leader needs room for at least one jittered retry before its deadline."),
+    }
+    problems = timing_errors(lease_duration=duration, renew_deadline=deadline, retry_period=retry)
+    for rule, message in problems.items():
+        check_id, hint = hints[rule]
         errors.append(
             Error(
-                "LEADER_ELECTION_RENEW_DEADLINE (%ss) must be shorter than LEADER_ELECTION_LEASE_DURATION (%ss)."
-                % (deadline, duration),
-                hint="A leader must give up before its lease can expire for the others, or two may lead.",
-                id="coordination.E003",
-            )
-        )
-    if deadline <= 1.2 * retry:
-        errors.append(
-            Error(
-                "LEADER_ELECTION_RENEW_DEADLINE (%ss) must be longer than 1.2 x LEADER_ELECTION_RETRY_PERIOD (%ss)."
-                % (deadline, retry),
-                hint="The leader needs room for at least one jittered retry before its deadline.",
-                id="coordination.E004",
+                "LEADER_ELECTION_LEASE_DURATION/RENEW_DEADLINE/RETRY_PERIOD = %s/%s/%s: %s."
+                % (duration, deadline, retry, message),
+                hint=hint,
+                id=check_id,
             )
         )
     if settings.JOBRUN_RETENTION_DAYS <= 0 or settings.JOB_JOBRUN_RETENTION_EVERY <= 0:

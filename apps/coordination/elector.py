@@ -4,8 +4,11 @@ Candidates read the lease record and try to write themselves into it by compare-
 standby judges expiry by its OWN monotonic clock: the lease is expired when LeaseDuration has
 passed since this process last saw the record change, never by comparing the record's timestamps
 with the local wall clock (clocks of different machines disagree; a monotonic interval does not).
-Every change of holder increments leaseTransitions, which is the term's fencing epoch. The leader
-renews every RetryPeriod and gives up when its last successful renew is RenewDeadline old.
+Every term has a fencing epoch, written into the record: strictly above the previous term's and
+above ``epoch_floor()`` (the fence, and the database's timeline, see fencing.py), so a Lease
+recreated with fewer transitions or a database promoted from a lagging standby never hands out an
+epoch twice. The leader renews every RetryPeriod and gives up when its last successful renew is
+RenewDeadline old.
 
 Guarantees:
 - ``is_leader()`` is true only while the last successful acquire/renew STARTED less than
@@ -16,7 +19,13 @@ Guarantees:
 - Each term has a distinct, increasing epoch: a process that lost its lease and takes it again,
   even unchanged, starts a new term (client-go keeps the count when the holder is the same; we do
   not, so that fencing can tell the terms apart).
-- A record written by anyone else, even under our identity (a misconfigured twin), ends our term.
+- A leader recognises its own term's record by holder and epoch, not only by the version it last
+  wrote: a renew the server applied but whose answer was lost, or a label someone added, does not
+  end the term. A record written by anyone else, even under our identity (a misconfigured twin:
+  its term has another epoch), ends our term.
+- After a failed attempt (error, not a lost race) the next one waits a full jittered RetryPeriod,
+  as client-go does: an API server that is down, throttling or forbidding us sees about one
+  request per RetryPeriod per candidate, never a hot loop.
 - Standbys wake on the backend's change notifications (NOTIFY, watch) and wait at most until the
   observed lease expires, so a released lease is taken at once and a crashed leader's lease within
   a moment of LeaseDuration. ``client_go_polling=True`` turns both off (the benchmark's reference).
@@ -40,10 +49,33 @@ from apps.coordination.leaselock.base import Conflict, LeaderElectionRecord, Lea
 logger = logging.getLogger(__name__)
 
 JITTER_FACTOR = 1.2  # client-go's: a retry waits RetryPeriod x (1 + rand x 1.2)
+BACKENDS = ("auto", "kubernetes", "postgres")
 
 
 class ConfigError(ValueError):
     pass
+
+
+def timing_errors(*, lease_duration: float, renew_deadline: float, retry_period: float) -> dict[str, str]:
+    """Why these timings are unsafe, by rule ("positive", "deadline", "retry"); empty when fine.
+
+    The one validation: ``ElectionConfig`` raises on it, the system checks report it.
+    """
+    if min(lease_duration, renew_deadline, retry_period) <= 0:
+        return {"positive": "lease duration, renew deadline and retry period must be positive"}
+    errors = {}
+    if lease_duration <= renew_deadline:
+        errors["deadline"] = "lease duration (%ss) must be longer than renew deadline (%ss)" % (
+            lease_duration,
+            renew_deadline,
+        )
+    if renew_deadline <= JITTER_FACTOR * retry_period:
+        errors["retry"] = "renew deadline (%ss) must be longer than %s x retry period (%ss)" % (
+            renew_deadline,
+            JITTER_FACTOR,
+            retry_period,
+        )
+    return errors
 
 
 @dataclass(frozen=True)
@@ -55,33 +87,42 @@ class ElectionConfig:
     client_go_polling: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.lease_duration, self.renew_deadline, self.retry_period) <= 0:
-            raise ConfigError("lease duration, renew deadline and retry period must be positive")
-        if self.lease_duration <= self.renew_deadline:
-            raise ConfigError(
-                "lease duration (%ss) must be longer than renew deadline (%ss)"
-                % (self.lease_duration, self.renew_deadline)
-            )
-        if self.renew_deadline <= JITTER_FACTOR * self.retry_period:
-            raise ConfigError(
-                "renew deadline (%ss) must be longer than %s x retry period (%ss)"
-                % (self.renew_deadline, JITTER_FACTOR, self.retry_period)
-            )
+        errors = timing_errors(
+            lease_duration=self.lease_duration, renew_deadline=self.renew_deadline, retry_period=self.retry_period
+        )
+        if errors:
+            raise ConfigError("; ".join(errors.values()))
 
     @property
     def lease_duration_seconds(self) -> int:
         # The record carries whole seconds (as in Kubernetes); round up so no reader expires early.
         return max(1, -int(-self.lease_duration // 1))
 
+    @property
+    def unhealthy_after(self) -> float:
+        # How long every attempt may fail with a permanent error (403, 401, 400, 422) before
+        # /healthz fails: 60 s at the defaults, four leases' worth of retries.
+        return 4 * self.lease_duration
+
 
 def _noop(*args: object) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Leadership:
+    """What a term's leading callback gets: its epoch, the event set when it ends, and a way to
+    ask for a fresh term (a higher epoch) when this one cannot run its jobs."""
+
+    epoch: int
+    stop: threading.Event
+    renew_term: Callable[[], None]
+
+
 @dataclass
 class Callbacks:
-    # Called in a thread of its own when a term starts; the event is set when the term ends.
-    on_started_leading: Callable[[threading.Event], None] = _noop
+    # Called in a thread of its own when a term starts; ``leadership.stop`` is set when it ends.
+    on_started_leading: Callable[[Leadership], None] = _noop
     # Called in the elector's thread when a term ends, before any release: it must stop the jobs.
     on_stopped_leading: Callable[[], None] = _noop
     # Called in the elector's thread whenever the observed holder changes ("" = nobody).
@@ -100,6 +141,14 @@ class ElectorState:
     transitions_seen: int = 0
     terms: int = 0
     reported_holder: str | None = field(default=None)
+    # The last failed attempt (None once one succeeds), and since when attempts keep failing.
+    last_error: LockError | None = None
+    failing_since: float | None = None
+
+
+def record_epoch(record: LeaderElectionRecord) -> int:
+    """The epoch of the term that wrote ``record``; leaseTransitions for records without one."""
+    return record.epoch if record.epoch is not None else record.lease_transitions
 
 
 class LeaderElector:
@@ -112,7 +161,7 @@ class LeaderElector:
         callbacks: Callbacks | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
-        initial_transitions: Callable[[], int] = lambda: 0,
+        epoch_floor: Callable[[], int] = lambda: 0,
     ) -> None:
         if not identity:
             raise ConfigError("the elector needs a non-empty identity")
@@ -122,10 +171,15 @@ class LeaderElector:
         self.callbacks = callbacks or Callbacks()
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
-        # Transitions for a lease created from nothing: lets fencing survive a deleted lease.
-        self.initial_transitions = initial_transitions
+        # The lowest epoch a new term may take (the fence + 1, the timeline's base): a Lease
+        # recreated from nothing or with fewer transitions must not hand out a fenced-out epoch.
+        self.epoch_floor = epoch_floor
         self.state = ElectorState()
         self._written_version: str | None = None
+        # The epoch of an acquiring write that got no answer: if it landed, it is ours.
+        self._unanswered_epoch: int | None = None
+        self._failed = False
+        self._renew_term = threading.Event()
         self._stop = threading.Event()
         self._release_on_stop = True
         self._wake = threading.Event()
@@ -150,64 +204,83 @@ class LeaderElector:
         observed = self.state.observed
         return observed.record.holder_identity if observed else ""
 
+    def failing_for(self) -> float:
+        """Seconds every attempt has failed (0 while they succeed)."""
+        since = self.state.failing_since
+        return 0.0 if since is None else self.clock.monotonic() - since
+
     # ---- one attempt -------------------------------------------------------------------------
 
     def try_acquire_or_renew(self) -> bool:
         """One round of client-go's tryAcquireOrRenew; True when we hold the lease afterwards."""
+        try:
+            return self._attempt()
+        except LockError as exc:
+            self._failure(exc)
+            return False
+
+    def _attempt(self) -> bool:
         started = self.clock.monotonic()
         now = self.clock.now()
         timeout = self._request_timeout(started)
-        try:
-            current = self.lock.get(timeout=timeout)
-        except LockError as exc:
-            logger.warning("%s: cannot read %s: %s", self.identity, self.lock.describe(), exc)
-            return False
+        current = self._call("read", lambda: self.lock.get(timeout=timeout))
 
         if current is None:
+            epoch = self._new_epoch(None)
             record = LeaderElectionRecord(
                 holder_identity=self.identity,
                 lease_duration_seconds=self.config.lease_duration_seconds,
                 acquire_time=now,
                 renew_time=now,
-                lease_transitions=self.initial_transitions(),
+                lease_transitions=0,
+                epoch=epoch,
             )
-            try:
-                written = self.lock.create(record, timeout=timeout)
-            except LockError as exc:
-                logger.info("%s: creating %s failed: %s", self.identity, self.lock.describe(), exc)
-                return False
+            written = self._write("create", epoch, lambda: self.lock.create(record, timeout=timeout))
             self._wrote(written, started, new_term=True)
             return True
 
         self._observe(current)
-        mine = current.resource_version == self._written_version
-        if not mine and self.state.leading:
+        ours = self._is_ours(current)
+        if not ours and self.state.leading:
             # Someone else wrote the record since our last write: our term is over, whatever it says.
             if current.record.holder_identity == self.identity:
                 logger.error("%s: another process wrote %s under our identity", self.identity, self.lock.describe())
             self.state.leading = False
+            self._succeeded()
             return False
         old = current.record
-        if not mine and old.holder_identity and not self._observed_expired():
+        if not ours and old.holder_identity and not self._observed_expired():
+            self._succeeded()
             return False
 
-        renewing = mine
-        record = LeaderElectionRecord(
-            holder_identity=self.identity,
-            lease_duration_seconds=self.config.lease_duration_seconds,
-            acquire_time=old.acquire_time if renewing else now,
-            renew_time=now,
-            lease_transitions=old.lease_transitions if renewing else old.lease_transitions + 1,
+        successor = ours and self._renew_term.is_set()
+        if ours and not successor:
+            record = LeaderElectionRecord(
+                holder_identity=self.identity,
+                lease_duration_seconds=self.config.lease_duration_seconds,
+                acquire_time=old.acquire_time,
+                renew_time=now,
+                lease_transitions=old.lease_transitions,
+                epoch=record_epoch(old),
+            )
+        else:
+            record = LeaderElectionRecord(
+                holder_identity=self.identity,
+                lease_duration_seconds=self.config.lease_duration_seconds,
+                acquire_time=now,
+                renew_time=now,
+                lease_transitions=old.lease_transitions + 1,
+                epoch=self._new_epoch(old),
+            )
+        version = current.resource_version
+        written = self._write(
+            "update",
+            record.epoch if not ours or successor else None,
+            lambda: self.lock.update(record, resource_version=version, timeout=timeout),
         )
-        try:
-            written = self.lock.update(record, resource_version=current.resource_version, timeout=timeout)
-        except Conflict:
-            logger.info("%s: lost the race for %s", self.identity, self.lock.describe())
-            return False
-        except LockError as exc:
-            logger.warning("%s: cannot write %s: %s", self.identity, self.lock.describe(), exc)
-            return False
-        self._wrote(written, started, new_term=not renewing)
+        if successor:
+            self._renew_term.clear()
+        self._wrote(written, started, new_term=successor or not self.state.leading)
         return True
 
     def release(self) -> bool:
@@ -222,6 +295,7 @@ class LeaderElector:
             acquire_time=now,
             renew_time=now,
             lease_transitions=observed.record.lease_transitions,
+            epoch=record_epoch(observed.record),  # kept: the next term must go above it
         )
         self.state.leading = False
         try:
@@ -235,6 +309,11 @@ class LeaderElector:
         self._observe(written)
         logger.info("%s: released %s", self.identity, self.lock.describe())
         return True
+
+    def request_new_term(self) -> None:
+        """End the current term and start the next one in place, with a fresh (higher) epoch."""
+        self._renew_term.set()
+        self._wake.set()
 
     # ---- loops -------------------------------------------------------------------------------
 
@@ -268,7 +347,9 @@ class LeaderElector:
     def standby_wait(self) -> float:
         retry = self.config.retry_period
         wait = retry * (1 + self.rng.random() * JITTER_FACTOR)
-        if self.config.client_go_polling:
+        if self.config.client_go_polling or self._failed:
+            # After a failure, a full jittered RetryPeriod: an expired lease we cannot write must
+            # not turn into a hot loop against a server that is down, throttling or forbidding us.
             return wait
         observed, at = self.state.observed, self.state.observed_at
         if observed is not None and at is not None and observed.record.holder_identity:
@@ -293,6 +374,10 @@ class LeaderElector:
         self.clock.wait(self._stop, last + self.config.retry_period - self.clock.monotonic())
         if self._stop.is_set():
             return False
+        if self._renew_term.is_set():
+            # The term cannot run its jobs: end it (jobs stop), then acquire_step starts the next.
+            logger.warning("%s: ending this term of %s for a fresh epoch", self.identity, self.lock.describe())
+            return False
         while True:
             if self.try_acquire_or_renew():
                 return True
@@ -316,13 +401,74 @@ class LeaderElector:
             timeout = min(timeout, max(0.05, left))
         return timeout
 
+    def _call(self, action: str, call: Callable[[], Observed | None]) -> Observed | None:
+        try:
+            return call()
+        except LockError:
+            raise
+        except Exception as exc:  # a backend bug must cost one attempt, not the elector thread
+            raise LockError("%s: %s: %s" % (self.lock.describe(), action, exc)) from exc
+
+    def _write(self, action: str, epoch: int | None, call: Callable[[], Observed]) -> Observed:
+        try:
+            written = self._call(action, call)
+        except Conflict:
+            raise
+        except LockError as exc:
+            if epoch is not None and exc.applied_unknown:
+                # The server may have applied it: the next read decides by holder and epoch.
+                self._unanswered_epoch = epoch
+            raise
+        assert written is not None
+        self._unanswered_epoch = None
+        return written
+
+    def _new_epoch(self, old: LeaderElectionRecord | None) -> int:
+        try:
+            floor = self.epoch_floor()
+        except Exception as exc:
+            # Without the floor a new term could reuse a fenced-out epoch: do not start one.
+            raise LockError("cannot read the epoch floor: %s" % exc, reason="EpochFloorUnavailable") from exc
+        return max(floor, 0 if old is None else record_epoch(old) + 1)
+
+    def _is_ours(self, current: Observed) -> bool:
+        if current.resource_version == self._written_version:
+            return True
+        record = current.record
+        if record.holder_identity != self.identity or record.epoch is None:
+            return False
+        # Our term's record at a version we did not see come back: our own renew whose answer was
+        # lost, or someone else's metadata-only change (kubectl label). A twin has its own epoch.
+        if self.state.leading and record.epoch == self.state.epoch:
+            return True
+        return record.epoch == self._unanswered_epoch
+
+    def _failure(self, exc: LockError) -> None:
+        self._failed = True
+        if self.state.failing_since is None:
+            self.state.failing_since = self.clock.monotonic()
+        self.state.last_error = exc
+        if isinstance(exc, Conflict):
+            logger.info("%s: lost the race for %s: %s", self.identity, self.lock.describe(), exc)
+        elif exc.transient:
+            logger.warning("%s: %s", self.identity, exc)
+        else:
+            logger.error("%s: %s", self.identity, exc)
+
+    def _succeeded(self) -> None:
+        self._failed = False
+        self.state.failing_since = None
+        self.state.last_error = None
+
     def _observe(self, current: Observed) -> None:
         previous = self.state.observed
-        if previous is None or previous != current:
-            self.state.observed = current
+        # The expiry clock restarts when the RECORD changes (client-go compares the record, not
+        # the resourceVersion): a label added by hand does not keep a dead leader's lease alive.
+        if previous is None or previous.record != current.record:
             self.state.observed_at = self.clock.monotonic()
             if previous is not None and previous.record.lease_transitions != current.record.lease_transitions:
                 self.state.transitions_seen += 1
+        self.state.observed = current
         holder = current.record.holder_identity
         if holder != self.state.reported_holder:
             self.state.reported_holder = holder
@@ -335,31 +481,40 @@ class LeaderElector:
         return self.clock.monotonic() >= at + observed.record.lease_duration_seconds
 
     def _wrote(self, written: Observed, started: float, *, new_term: bool) -> None:
+        self._succeeded()
         self._written_version = written.resource_version
+        self._unanswered_epoch = None
         self._observe(written)
         self.state.last_renew = started
         if new_term:
             self.state.leading = True
-            self.state.epoch = written.record.lease_transitions
+            self.state.epoch = record_epoch(written.record)
             self.state.terms += 1
-            logger.info(
-                "%s: acquired %s, epoch %d", self.identity, self.lock.describe(), written.record.lease_transitions
-            )
+            logger.info("%s: acquired %s, epoch %d", self.identity, self.lock.describe(), self.state.epoch)
 
     def _start_term(self) -> None:
         self._term_stop = threading.Event()
+        epoch = self.state.epoch
+        assert epoch is not None
+        leadership = Leadership(epoch=epoch, stop=self._term_stop, renew_term=self.request_new_term)
         self._term_thread = threading.Thread(
-            target=self.callbacks.on_started_leading, args=(self._term_stop,), name="leading", daemon=True
+            target=self.callbacks.on_started_leading, args=(leadership,), name="leading", daemon=True
         )
         self._term_thread.start()
 
     def _end_term(self) -> None:
+        successor = self._renew_term.is_set() and self.state.leading and self.is_leader()
         self.state.leading = False
         if self._term_stop is not None:
             self._term_stop.set()
         self.callbacks.on_stopped_leading()
         if self._stop.is_set() and self._release_on_stop:
             self.release()
+        if successor and not self._stop.is_set():
+            # We still hold the lease: the next acquire_step writes the successor term over our
+            # own version, without waiting for anyone's expiry.
+            return
+        self._renew_term.clear()
         # A new term needs a fresh acquisition: our old record now expires for us as for anyone.
         self._written_version = None
 

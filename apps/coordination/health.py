@@ -1,9 +1,14 @@
 """runleader's HTTP endpoints: ``/healthz`` (a watchdog) and ``/metrics`` (Prometheus).
 
 ``/healthz`` fails (503) when the process believes it leads but has not renewed within the lease
-duration plus a tolerance, like client-go's HealthzAdaptor, or when jobs did not stop after a lost
-term. A standby is healthy: not leading is a normal state. Does NOT probe the database (an outage
-would otherwise restart every replica at once for nothing).
+duration plus a tolerance, like client-go's HealthzAdaptor; when jobs did not stop after a lost
+term; when it leads but its term cannot run jobs (``jobs_blocked``: the fence is ahead, for longer
+than a lease); or when every attempt has failed for ``ElectionConfig.unhealthy_after`` (4 x
+LeaseDuration, 60 s at the defaults) with an answer retrying cannot change (403, 401, 400, 422: a
+Role without ``update``, a revoked token). The body always names the last error. A standby is
+healthy: not leading is a normal state, and so is an unreachable or overloaded API server (5xx,
+429, refused connections): restarting every replica for an outage would help nobody. Does NOT
+probe the database, for the same reason.
 """
 
 from __future__ import annotations
@@ -22,8 +27,16 @@ from apps.coordination.metrics import REGISTRY
 logger = logging.getLogger(__name__)
 
 
-def health(elector: LeaderElector, *, tolerance: float, failed: Callable[[], bool]) -> tuple[bool, dict[str, object]]:
+def health(
+    elector: LeaderElector,
+    *,
+    tolerance: float,
+    failed: Callable[[], bool],
+    jobs_blocked: Callable[[], float] = lambda: 0.0,
+) -> tuple[bool, dict[str, object]]:
     age = elector.renew_age()
+    last_error = elector.state.last_error
+    failing = elector.failing_for()
     body: dict[str, object] = {
         "identity": elector.identity,
         "lease": elector.lock.describe(),
@@ -31,7 +44,10 @@ def health(elector: LeaderElector, *, tolerance: float, failed: Callable[[], boo
         "holder": elector.holder(),
         "epoch": elector.epoch,
         "renew_age": None if age is None else round(age, 3),
+        "last_error": str(last_error) if last_error is not None else None,
+        "failing_for": round(failing, 3),
     }
+    blocked = jobs_blocked()
     ok = True
     if failed():
         ok = False
@@ -39,6 +55,12 @@ def health(elector: LeaderElector, *, tolerance: float, failed: Callable[[], boo
     elif elector.state.leading and (age is None or age > elector.config.lease_duration + tolerance):
         ok = False
         body["error"] = "leading but not renewed for %.1fs" % (age or 0.0)
+    elif elector.is_leader() and blocked > elector.config.lease_duration:
+        ok = False
+        body["error"] = "leading but running no jobs for %.1fs (fence ahead of the term)" % blocked
+    elif last_error is not None and not last_error.transient and failing > elector.config.unhealthy_after:
+        ok = False
+        body["error"] = "every attempt failing for %.1fs: %s" % (failing, last_error)
     body["status"] = "ok" if ok else "unhealthy"
     return ok, body
 
@@ -52,7 +74,13 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
 class HealthServer:
     def __init__(
-        self, addr: str, elector: LeaderElector, *, tolerance: float = 2.0, failed: Callable[[], bool] = lambda: False
+        self,
+        addr: str,
+        elector: LeaderElector,
+        *,
+        tolerance: float = 2.0,
+        failed: Callable[[], bool] = lambda: False,
+        jobs_blocked: Callable[[], float] = lambda: 0.0,
     ) -> None:
         host, port = parse_addr(addr)
         outer = self
@@ -60,7 +88,9 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/healthz":
-                    ok, body = health(outer.elector, tolerance=outer.tolerance, failed=outer.failed)
+                    ok, body = health(
+                        outer.elector, tolerance=outer.tolerance, failed=outer.failed, jobs_blocked=outer.jobs_blocked
+                    )
                     self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
                 elif self.path.split("?")[0] == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
@@ -80,6 +110,7 @@ class HealthServer:
         self.elector = elector
         self.tolerance = tolerance
         self.failed = failed
+        self.jobs_blocked = jobs_blocked
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from django.db import connection
 
 from apps.coordination import registry
-from apps.coordination.elector import Callbacks, ElectionConfig, LeaderElector
-from apps.coordination.fencing import current_epoch
+from apps.coordination.clock import SYSTEM_CLOCK
+from apps.coordination.elector import Callbacks, ElectionConfig, LeaderElector, Leadership
+from apps.coordination.fencing import epoch_floor
 from apps.coordination.health import HealthServer
 from apps.coordination.leaselock import make_lock, resolve_backend
 from apps.coordination.metrics import REGISTRY, register_elector
@@ -67,15 +68,21 @@ class LeaderProcess:
                 on_stopped_leading=self._on_stopped_leading,
                 on_new_leader=self._on_new_leader,
             ),
-            initial_transitions=self._initial_transitions,
+            epoch_floor=self._epoch_floor,
         )
         self.term: Term | None = None
+        # Since when the leader's terms have run no jobs (None while they do, or while standby).
+        self._blocked_since: float | None = None
         self.failed = threading.Event()
         self.done = threading.Event()
         self.http: HealthServer | None = None
         if options.http_addr:
             self.http = HealthServer(
-                options.http_addr, self.elector, tolerance=options.config.retry_period, failed=self.failed.is_set
+                options.http_addr,
+                self.elector,
+                tolerance=options.config.retry_period,
+                failed=self.failed.is_set,
+                jobs_blocked=self.jobs_blocked,
             )
 
     def run(self, stopping: threading.Event) -> int:
@@ -121,26 +128,36 @@ class LeaderProcess:
             connection.close()
             self.done.set()
 
-    def _initial_transitions(self) -> int:
-        # A lease created from nothing (first start, or deleted by hand) must still start a term
-        # newer than any fenced before, or its jobs would all be fenced out.
-        epoch = current_epoch(self.options.lease_name)
-        return 0 if epoch is None else epoch + 1
+    def _epoch_floor(self) -> int:
+        # A lease created from nothing, recreated with fewer transitions, or a database promoted
+        # from a lagging standby must still start a term above every epoch fenced before.
+        return epoch_floor(self.options.lease_name)
 
-    def _on_started_leading(self, stop: threading.Event) -> None:
-        epoch = self.elector.state.epoch
-        assert epoch is not None
+    def jobs_blocked(self) -> float:
+        """Seconds this process has led without running jobs (0 while it runs them or is standby)."""
+        term = self.term
+        if term is not None and term.jobs_started:
+            self._blocked_since = None
+        since = self._blocked_since
+        if since is None or not self.elector.is_leader():
+            return 0.0
+        return SYSTEM_CLOCK.monotonic() - since
+
+    def _on_started_leading(self, leadership: Leadership) -> None:
         ctx = TermContext(
             lease=self.options.lease_name,
             holder=self.options.identity,
-            epoch=epoch,
+            epoch=leadership.epoch,
             is_leader=self.elector.is_leader,
-            stop=stop,
+            stop=leadership.stop,
             idle_in_transaction_timeout=self.options.config.renew_deadline,
             statement_timeout=self.options.statement_timeout,
+            renew_term=leadership.renew_term,
         )
         self.term = Term(ctx=ctx, jobs=self.jobs, recovery=registry.recovery_passes(), grace=self.options.grace)
-        logger.info("%s: leading %s, epoch %d", self.options.identity, self.elector.lock.describe(), epoch)
+        logger.info("%s: leading %s, epoch %d", self.options.identity, self.elector.lock.describe(), leadership.epoch)
+        if self._blocked_since is None:
+            self._blocked_since = SYSTEM_CLOCK.monotonic()
         self.term.run()
 
     def _on_stopped_leading(self) -> None:

@@ -68,6 +68,19 @@ class ElectorCollector(Collector):
             observed.record.lease_transitions if observed else 0,
         )
         yield gauge("iacplatform_leader_terms", "Terms this process has led.", elector.state.terms)
+        last_error = elector.state.last_error
+        family = GaugeMetricFamily(
+            "iacplatform_leader_last_error",
+            "1 while the last attempt failed, labelled with the reason (Forbidden, Unreachable, ...).",
+            labels=[*labels, "reason"],
+        )
+        family.add_metric([*values, last_error.reason if last_error else ""], 1.0 if last_error else 0.0)
+        yield family
+        yield gauge(
+            "iacplatform_leader_failing_seconds",
+            "Seconds every attempt has failed (0 while they succeed).",
+            elector.failing_for(),
+        )
         age = elector.renew_age()
         yield gauge(
             "iacplatform_leader_renew_age_seconds",

@@ -15,6 +15,8 @@ class Lease(models.Model):
     acquire_time = models.DateTimeField(null=True, blank=True)
     renew_time = models.DateTimeField(null=True, blank=True)
     lease_transitions = models.PositiveIntegerField(default=0)
+    # The fencing epoch of the holder's term (see fencing.py); null for rows written before it.
+    epoch = models.BigIntegerField(null=True, blank=True)
     resource_version = models.BigIntegerField(default=1)
 
     def __str__(self) -> str:
@@ -31,6 +33,10 @@ class Fence(models.Model):
 
     name = models.CharField(max_length=253, unique=True)
     epoch = models.BigIntegerField(default=0)
+    # The PostgreSQL timeline the epoch was raised on: after a promotion (a new timeline) no tick
+    # passes until a term raises the fence again, so raises lost with the old primary cannot
+    # let a stale term through.
+    timeline = models.BigIntegerField(default=0)
     holder_identity = models.CharField(max_length=253, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

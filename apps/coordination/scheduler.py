@@ -32,7 +32,7 @@ from django_pg_utils.locks import advisory_lock
 
 from apps.coordination import metrics
 from apps.coordination.clock import SYSTEM_CLOCK, Clock
-from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
+from apps.coordination.fencing import StaleEpoch, StaleTimeline, Tick, raise_epoch
 from apps.coordination.lockkeys import Namespace
 from apps.coordination.models import JobRun
 from apps.coordination.registry import JobFunc, JobSpec
@@ -51,6 +51,9 @@ class TermContext:
     # PostgreSQL ends a job session left idle inside a transaction this long (seconds): a leader
     # paused mid-transaction must not hold the fence row (and its job lock) against its successor.
     idle_in_transaction_timeout: float = 10.0
+    # Asks the elector for a fresh term (a higher epoch) when this one cannot run jobs: the fence
+    # is ahead of it, or the database failed over since it began.
+    renew_term: Callable[[], None] = lambda: None
     # Every statement of a job or fence transaction is cancelled after this long (seconds).
     statement_timeout: float = 10.0
 
@@ -101,12 +104,14 @@ def _locked_tick(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
                     job=tick.job, holder=tick.holder, epoch=tick.epoch, started_at=timezone.now()
                 )
         except StaleEpoch as exc:
+            _fenced_out(exc, ctx)
             _record(tick, JobRun.Outcome.FENCED, error=str(exc))
             return JobRun.Outcome.FENCED
         outcome, error = JobRun.Outcome.OK, ""
         try:
             spec.func(tick)
         except StaleEpoch as exc:
+            _fenced_out(exc, ctx)
             outcome, error = JobRun.Outcome.FENCED, str(exc)
             logger.warning("job %s (epoch %d) fenced: %s", tick.job, tick.epoch, exc)
         except Exception as exc:
@@ -118,6 +123,17 @@ def _locked_tick(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
             finished_at=timezone.now(), outcome=outcome, error=error[:4000]
         )
         return outcome
+
+
+def _fenced_out(exc: StaleEpoch, ctx: TermContext) -> None:
+    if ctx.is_leader():
+        # Fenced out while we still hold the lease: the database was promoted since this term
+        # began (StaleTimeline), or someone raised the fence past us (another installation on
+        # this database, a restore). Only a new term, raised above the fence on the current
+        # timeline, can write again; if someone else really took over, our renew finds out.
+        level = logging.WARNING if isinstance(exc, StaleTimeline) else logging.ERROR
+        logger.log(level, "%s: %s; asking for a new term", ctx.holder, exc)
+        ctx.renew_term()
 
 
 def _record(tick: Tick, outcome: str, *, error: str) -> None:
@@ -168,6 +184,8 @@ class Term:
     grace: float
     threads: list[threading.Thread] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
+    # True once the fence is raised and the jobs are started; False for a term that cannot run.
+    jobs_started: bool = False
 
     def run(self) -> None:
         ctx = self.ctx
@@ -177,7 +195,16 @@ class Term:
             if fenced_in is None:
                 return  # stopped or no longer leading before the fence could be raised
             if not fenced_in:
-                logger.error("%s: fence of %s is ahead of epoch %d; running no jobs", ctx.holder, ctx.lease, ctx.epoch)
+                # A fence ahead of the Lease (restored namespace, a re-applied manifest, another
+                # installation on this database) or a failover under us: ask for a fresh term,
+                # whose epoch the elector takes above the fence.
+                logger.error(
+                    "%s: fence of %s is ahead of epoch %d; running no jobs, asking for a new term",
+                    ctx.holder,
+                    ctx.lease,
+                    ctx.epoch,
+                )
+                ctx.renew_term()
                 return
             close_abandoned_runs(ctx)
             run_recovery(self.recovery, ctx)
@@ -187,6 +214,7 @@ class Term:
                 thread = threading.Thread(target=job_loop, args=(spec, ctx), name="job:%s" % spec.name, daemon=True)
                 thread.start()
                 self.threads.append(thread)
+            self.jobs_started = True
             ctx.stop.wait()
             self.join()
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from apps.agents.autoscaler import autoscale, desired_replicas
 from apps.agents.jobs import agent_autoscaler
 from apps.agents.models import AgentPool
 from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
+from apps.coordination.models import JobRun
+from apps.coordination.registry import JobSpec
+from apps.coordination.scheduler import TermContext, run_tick
 from apps.workspaces.models import Task, Workspace
 from tests.fakekube import FakeKube
 
@@ -126,3 +130,34 @@ def test_the_job_uses_the_kubeconfig_and_a_deposed_leader_patches_nothing(
     assert replicas(fakekube) == 1
     agent_autoscaler(Tick(job="agent_autoscaler", holder="new", lease="lease", epoch=2))
     assert replicas(fakekube) == 3
+
+
+def test_a_tick_whose_scale_calls_are_forbidden_is_recorded_as_an_error(
+    k8s_pool: AgentPool, fakekube: FakeKube, tmp_path: Path, settings: Any
+) -> None:
+    """A Role without deployments/scale patch: the tick is `error` with the server's message, not `ok`."""
+    settings.KUBECONFIG = str(fakekube.write_kubeconfig(tmp_path / "kubeconfig"))
+    fakekube.add_deployment("iacplatform-agent-k8s", "agents", replicas=1)
+    other = AgentPool(
+        name="other",
+        kind=AgentPool.Kind.KUBERNETES,
+        k8s_namespace="agents",
+        k8s_deployment="iacplatform-agent-other",
+        min_replicas=2,
+        max_replicas=5,
+        agent_capacity=1,
+    )
+    other.set_new_token()
+    other.save()
+    fakekube.add_deployment("iacplatform-agent-other", "agents", replicas=1)
+    queue(k8s_pool, pending=6)
+    raise_epoch(name="lease", epoch=1, holder="me")
+    fakekube.inject(403, method="PATCH", path="iacplatform-agent-k8s", message="deployments.apps is forbidden: nope")
+    spec = JobSpec(name="agent_autoscaler", every=5, func=agent_autoscaler)
+    context = TermContext(lease="lease", holder="me", epoch=1, is_leader=lambda: True, stop=threading.Event())
+    assert run_tick(spec, context) == "error"
+    run = JobRun.objects.get(job="agent_autoscaler")
+    assert "403" in run.error and "forbidden: nope" in run.error and "pool k8s" in run.error
+    # The other pool was still scaled, and that commit stands.
+    assert fakekube.deployment("iacplatform-agent-other", "agents")["spec"]["replicas"] == 2  # type: ignore[index]
+    assert replicas(fakekube) == 1

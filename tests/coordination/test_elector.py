@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from django.db import connection
 
-from apps.coordination.elector import Callbacks, ConfigError, ElectionConfig, LeaderElector
+from apps.coordination.elector import Callbacks, ConfigError, ElectionConfig, LeaderElector, Leadership
 from apps.coordination.leaselock.base import LeaderElectionRecord, LeaseLock, LockError, Observed, OnChange
 from apps.coordination.leaselock.postgres import PostgresLeaseLock
 from apps.coordination.models import Lease
@@ -87,10 +87,37 @@ def test_first_candidate_creates_the_lease_and_leads() -> None:
     assert (lease.holder_identity, lease.lease_transitions, lease.lease_duration_seconds) == ("a", 0, 15)
 
 
-def test_a_created_lease_starts_from_initial_transitions() -> None:
-    a = elector("a", FakeClock(), initial_transitions=lambda: 7)
+def test_a_created_lease_starts_from_the_epoch_floor() -> None:
+    a = elector("a", FakeClock(), epoch_floor=lambda: 7)
     assert a.try_acquire_or_renew()
     assert a.epoch == 7
+    assert Lease.objects.get(name="lease").epoch == 7
+
+
+def test_a_takeover_epoch_is_above_both_the_previous_term_and_the_floor() -> None:
+    clock = FakeClock()
+    floor = {"value": 0}
+    a = elector("a", clock)
+    b = elector("b", clock, epoch_floor=lambda: floor["value"])
+    assert a.try_acquire_or_renew()
+    a.release()
+    assert b.try_acquire_or_renew()
+    assert b.epoch == 1  # previous + 1
+    b.release()
+    floor["value"] = 1 << 33  # e.g. a promoted database on timeline 2
+    assert b.try_acquire_or_renew()
+    assert b.epoch == 1 << 33
+
+
+def test_an_epoch_floor_that_cannot_be_read_starts_no_term() -> None:
+    def unavailable() -> int:
+        raise OSError("database is down")
+
+    a = elector("a", FakeClock(), epoch_floor=unavailable)
+    assert not a.try_acquire_or_renew()
+    assert not a.is_leader()
+    assert not Lease.objects.exists()
+    assert a.state.last_error is not None and "epoch floor" in str(a.state.last_error)
 
 
 def test_a_standby_waits_lease_duration_from_when_it_saw_the_last_change() -> None:
@@ -234,8 +261,8 @@ def test_renew_failures_longer_than_the_deadline_lose_leadership_and_stop_the_te
     flaky = FlakyLock(PostgresLeaseLock(name="lease"))
     started, stopped = [], []
 
-    def on_started(stop: threading.Event) -> None:
-        started.append(stop)
+    def on_started(leadership: Leadership) -> None:
+        started.append(leadership.stop)
 
     a = elector(
         "a",
@@ -319,7 +346,7 @@ def test_run_stops_the_term_then_releases() -> None:
     events: list[str] = []
     a = elector("a", clock)
 
-    def on_started(stop: threading.Event) -> None:
+    def on_started(leadership: Leadership) -> None:
         events.append("started")
         a.stop()
 

@@ -91,6 +91,10 @@ def test_writes_wake_watchers_of_that_lease_only() -> None:
                 if row and row[0]:
                     break
                 threading.Event().wait(0.02)
+        # Once listening it wakes the elector once (whatever changed before is read now) ...
+        assert woken.wait(5)
+        woken.clear()
+        # ... and then only for writes to its own lease.
         other.create(record("a"), timeout=1)
         assert not woken.wait(0.3)
         watched.create(record("a"), timeout=1)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from apps.coordination.elector import BACKENDS
 from apps.coordination.leaselock.base import LeaseLock
 
-BACKENDS = ("auto", "kubernetes", "postgres")
+__all__ = ["BACKENDS", "make_lock", "resolve_backend"]
 
 
 def resolve_backend(backend: str) -> str:

@@ -20,11 +20,29 @@ from datetime import UTC, datetime
 
 
 class LockError(Exception):
-    """The backend could not be read or written (timeout, network, server error)."""
+    """The backend could not be read or written (timeout, network, server error).
+
+    ``reason`` names the failure for metrics ("Forbidden", "ServiceUnavailable", "Unreachable",
+    ...). ``transient`` is False for answers that will not change by retrying (403, 401, 400,
+    422): a candidate failing only with those can never lead until someone fixes its setup.
+    ``applied_unknown`` is True when the write may have been applied although no answer came back
+    (a timeout, a dropped connection): the elector then recognises its own write on the next read.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str = "Error", transient: bool = True, applied_unknown: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.transient = transient
+        self.applied_unknown = applied_unknown
 
 
 class Conflict(LockError):
     """Someone else wrote the record first (HTTP 409, or a compare-and-set matching no row)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="Conflict")
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,9 @@ class LeaderElectionRecord:
     acquire_time: datetime | None
     renew_time: datetime | None
     lease_transitions: int
+    # The fencing epoch of the holder's term (None: written by a tool that does not set one).
+    # leaseTransitions counts holder changes as in Kubernetes; the epoch is what fences jobs.
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,23 @@ below RenewDeadline); the watch is a long poll off the renew path, with its own 
 and wakes the elector on every event; when the stream breaks it restarts, and the elector's
 polling at RetryPeriod covers the gap.
 
+A PUT replaces the whole object, metadata included, so ``update`` sends back the labels,
+annotations, ownerReferences and finalizers of the Lease as last read: renewals keep what
+``kubectl label``, GitOps tools or owners put there. The term's fencing epoch travels in the
+annotation ``coordination.iacplatform.io/epoch`` (leaseTransitions is an int32 that counts holder
+changes; the epoch is a 64-bit fencing token, see fencing.py).
+
 Guarantees: one winner per resourceVersion; bounded requests; errors become ``LockError``
-(``Conflict`` for 409, and for a 404 on update: the lease vanished, so re-read).
+(``Conflict`` for 409, and for a 404 on update: the lease vanished, so re-read) carrying the
+server's own explanation (the Status message: user, verb, resource) and whether retrying can help
+(403/401/400/422 cannot).
 Does NOT: create the namespace, or need RBAC beyond leases create and get/update/watch of its one
 name (the watch selects metadata.name, so a Role can limit it with resourceNames; it never lists).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -40,15 +49,35 @@ logger = logging.getLogger(__name__)
 
 COLLECTION = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 WATCH_TIMEOUT = 60  # seconds per watch request; the stream is restarted after it
+EPOCH_ANNOTATION = "coordination.iacplatform.io/epoch"
+# Retrying cannot change these answers: RBAC, credentials, a body the server refuses.
+PERMANENT = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 422: "Invalid"}
+# Metadata a PUT would otherwise wipe (the server takes them from the body).
+KEPT_METADATA = {
+    "labels": "labels",
+    "annotations": "annotations",
+    "owner_references": "ownerReferences",
+    "finalizers": "finalizers",
+}
 
 
-def _record(spec: client.V1LeaseSpec | None) -> LeaderElectionRecord:
+def _epoch(metadata: client.V1ObjectMeta | None) -> int | None:
+    value = ((metadata.annotations if metadata else None) or {}).get(EPOCH_ANNOTATION)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # someone else's value: the record then counts as written by another tool
+
+
+def _record(lease: client.V1Lease) -> LeaderElectionRecord:
+    spec = lease.spec
     return LeaderElectionRecord(
         holder_identity=(spec.holder_identity if spec else None) or "",
         lease_duration_seconds=(spec.lease_duration_seconds if spec else None) or 0,
         acquire_time=spec.acquire_time if spec else None,
         renew_time=spec.renew_time if spec else None,
         lease_transitions=(spec.lease_transitions if spec else None) or 0,
+        epoch=_epoch(lease.metadata),
     )
 
 
@@ -58,7 +87,18 @@ def _observed(lease: client.V1Lease) -> Observed:
         raise LockError(
             "lease %s came back without a resourceVersion" % (lease.metadata.name if lease.metadata else "?")
         )
-    return Observed(record=_record(lease.spec), resource_version=version)
+    return Observed(record=_record(lease), resource_version=version)
+
+
+def _server_message(exc: ApiException) -> str:
+    """The Status message the API server sent (who may not do what), else the HTTP reason."""
+    try:
+        status = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return str(exc.reason or "")
+    if isinstance(status, dict) and status.get("message"):
+        return str(status["message"])
+    return str(exc.reason or "")
 
 
 class KubernetesLeaseLock(LeaseLock):
@@ -68,6 +108,8 @@ class KubernetesLeaseLock(LeaseLock):
         super().__init__(name=name, namespace=namespace)
         self.api = client.CoordinationV1Api(api_client)
         self._watcher: _Watcher | None = None
+        # (resourceVersion, metadata) of the Lease as last read or written, for the next PUT.
+        self._metadata: tuple[str, dict[str, Any]] | None = None
 
     def get(self, *, timeout: float) -> Observed | None:
         try:
@@ -77,8 +119,8 @@ class KubernetesLeaseLock(LeaseLock):
                 return None
             raise self._error("read", exc) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise LockError("%s: read: %s" % (self.describe(), exc)) from exc
-        return _observed(lease)
+            raise self._unreachable("read", exc) from exc
+        return self._seen(lease)
 
     def create(self, record: LeaderElectionRecord, *, timeout: float) -> Observed:
         body = self._body(record, resource_version=None)
@@ -87,8 +129,8 @@ class KubernetesLeaseLock(LeaseLock):
         except ApiException as exc:
             raise self._error("create", exc) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise LockError("%s: create: %s" % (self.describe(), exc)) from exc
-        return _observed(lease)
+            raise self._unreachable("create", exc) from exc
+        return self._seen(lease)
 
     def update(self, record: LeaderElectionRecord, *, resource_version: str, timeout: float) -> Observed:
         body = self._body(record, resource_version=resource_version)
@@ -99,8 +141,19 @@ class KubernetesLeaseLock(LeaseLock):
                 raise Conflict("%s: deleted since version %s" % (self.describe(), resource_version)) from exc
             raise self._error("update", exc) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise LockError("%s: update: %s" % (self.describe(), exc)) from exc
-        return _observed(lease)
+            raise self._unreachable("update", exc) from exc
+        return self._seen(lease)
+
+    def _seen(self, lease: client.V1Lease) -> Observed:
+        observed = _observed(lease)
+        meta = lease.metadata
+        kept: dict[str, Any] = {}
+        for attribute, key in KEPT_METADATA.items():
+            value = getattr(meta, attribute, None)
+            if value:
+                kept[key] = self.api.api_client.sanitize_for_serialization(value)
+        self._metadata = (observed.resource_version, kept)
+        return observed
 
     def watch(self, on_change: OnChange) -> None:
         if self._watcher is None:
@@ -126,6 +179,16 @@ class KubernetesLeaseLock(LeaseLock):
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
+            if self._metadata is not None and self._metadata[0] == resource_version:
+                metadata.update(json.loads(json.dumps(self._metadata[1])))
+        annotations = dict(metadata.get("annotations") or {})
+        annotations.pop(EPOCH_ANNOTATION, None)
+        if record.epoch is not None:
+            annotations[EPOCH_ANNOTATION] = str(record.epoch)
+        if annotations:
+            metadata["annotations"] = annotations
+        else:
+            metadata.pop("annotations", None)
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
     def _send(self, method: str, path: str, body: dict[str, Any], timeout: float) -> client.V1Lease:
@@ -149,10 +212,25 @@ class KubernetesLeaseLock(LeaseLock):
         return result
 
     def _error(self, action: str, exc: ApiException) -> LockError:
-        message = "%s: %s: HTTP %s %s" % (self.describe(), action, exc.status, exc.reason)
-        if exc.status == 409:
+        status = int(exc.status or 0)
+        message = "%s: %s: HTTP %s %s" % (self.describe(), action, status, _server_message(exc))
+        if status == 409:
             return Conflict(message)
-        return LockError(message)
+        permanent = PERMANENT.get(status)
+        if permanent is not None:
+            return LockError(message, reason=permanent, transient=False)
+        # 429, 5xx: the server may or may not have applied a write that timed out inside it.
+        return LockError(message, reason=str(exc.reason or status), applied_unknown=action != "read" and status >= 500)
+
+    def _unreachable(self, action: str, exc: Exception) -> LockError:
+        # A refused connection applied nothing; a request that timed out or lost its answer may
+        # have been applied by the server.
+        refused = isinstance(exc, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
+        return LockError(
+            "%s: %s: %s" % (self.describe(), action, exc),
+            reason="Unreachable" if refused else "NoAnswer",
+            applied_unknown=action != "read" and not refused,
+        )
 
 
 class _Watcher:
@@ -189,7 +267,8 @@ class _Watcher:
                     self.on_change()
             except Exception as exc:
                 # Forbidden, a dropped stream, 410 Expired: start over; polling covers the gap.
+                # No wake-up here: the restarted stream's first event (the Lease as it is now)
+                # wakes the elector, and failing streams must not drive a hot loop of attempts.
                 logger.info("watch of %s broke: %s", self.lock.describe(), exc)
-                self.on_change()
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)

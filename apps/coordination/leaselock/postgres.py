@@ -30,11 +30,13 @@ from iacplatform.sessiondb import session_connection_params
 logger = logging.getLogger(__name__)
 
 CHANNEL = "coordination_lease"
-_COLUMNS = "holder_identity, lease_duration_seconds, acquire_time, renew_time, lease_transitions, resource_version"
+_COLUMNS = (
+    "holder_identity, lease_duration_seconds, acquire_time, renew_time, lease_transitions, epoch, resource_version"
+)
 
 
-def _observed(row: tuple[str, int, datetime | None, datetime | None, int, int]) -> Observed:
-    holder, duration, acquire, renew, transitions, version = row
+def _observed(row: tuple[str, int, datetime | None, datetime | None, int, int | None, int]) -> Observed:
+    holder, duration, acquire, renew, transitions, epoch, version = row
     return Observed(
         record=LeaderElectionRecord(
             holder_identity=holder,
@@ -42,6 +44,7 @@ def _observed(row: tuple[str, int, datetime | None, datetime | None, int, int]) 
             acquire_time=acquire,
             renew_time=renew,
             lease_transitions=transitions,
+            epoch=epoch,
         ),
         resource_version=str(version),
     )
@@ -61,7 +64,7 @@ class PostgresLeaseLock(LeaseLock):
     def create(self, record: LeaderElectionRecord, *, timeout: float) -> Observed:
         row = self._execute(
             "INSERT INTO coordination_lease (name, holder_identity, lease_duration_seconds, acquire_time, renew_time,"
-            " lease_transitions, resource_version) VALUES (%%s, %%s, %%s, %%s, %%s, %%s, 1)"
+            " lease_transitions, epoch, resource_version) VALUES (%%s, %%s, %%s, %%s, %%s, %%s, %%s, 1)"
             " ON CONFLICT (name) DO NOTHING RETURNING %s" % _COLUMNS,
             [self.name, *self._values(record)],
             timeout,
@@ -78,7 +81,7 @@ class PostgresLeaseLock(LeaseLock):
             raise Conflict("%s: resource version %r is not ours" % (self.describe(), resource_version)) from None
         row = self._execute(
             "UPDATE coordination_lease SET holder_identity = %%s, lease_duration_seconds = %%s, acquire_time = %%s,"
-            " renew_time = %%s, lease_transitions = %%s, resource_version = resource_version + 1"
+            " renew_time = %%s, lease_transitions = %%s, epoch = %%s, resource_version = resource_version + 1"
             " WHERE name = %%s AND resource_version = %%s RETURNING %s" % _COLUMNS,
             [*self._values(record), self.name, version],
             timeout,
@@ -107,6 +110,7 @@ class PostgresLeaseLock(LeaseLock):
             record.acquire_time,
             record.renew_time,
             record.lease_transitions,
+            record.epoch,
         ]
 
     def _execute(self, sql: str, params: list[Any], timeout: float, *, notify: bool = False) -> tuple[Any, ...] | None:
@@ -129,7 +133,10 @@ class PostgresLeaseLock(LeaseLock):
                     cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, self.name])
                 return row
         except DatabaseError as exc:
-            raise LockError("%s: %s" % (self.describe(), exc)) from exc
+            # A write whose COMMIT got no answer (connection lost) may have been applied.
+            raise LockError(
+                "%s: %s" % (self.describe(), exc), reason=type(exc).__name__, applied_unknown=notify
+            ) from exc
 
 
 class _Listener:
@@ -150,18 +157,19 @@ class _Listener:
         self._thread.join(timeout=2)
 
     def _run(self) -> None:
+        backoff = 0.5
         while not self._stopping.is_set():
             try:
                 self._listen()
+                backoff = 0.5
             except PermanentConnectionError as exc:
                 # Not retried: the elector still polls, and the operator sees the server's reason.
                 logger.error("lease listener for %s: the server refused the connection: %s", self.name, exc)
                 return
             except psycopg.Error as exc:
                 logger.warning("lease listener for %s lost its connection: %s", self.name, exc)
-                # Whatever changed while disconnected is found by the elector's next poll.
-                self.on_change()
-                self._stopping.wait(1.0)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _listen(self) -> None:
         # The session path (DATABASE_SESSION_URL): a LISTEN needs a session of its own.
@@ -175,6 +183,9 @@ class _Listener:
             raise PermanentConnectionError(refusal) from None
         with conn:
             conn.execute("LISTEN %s" % CHANNEL)
+            # Whatever changed while we were not listening: look now. Not on each failure, so a
+            # database that is down does not drive a hot loop of attempts.
+            self.on_change()
             while not self._stopping.is_set():
                 # A short timeout bounds how long stop() waits; notifications wake us at once.
                 for notify in conn.notifies(timeout=0.5):
