@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from apps.agents.protocol import PROTOCOL_VERSION
 from bench.report import Progress, Row, percentile
 
 BENCH = "dispatch"
@@ -139,9 +140,12 @@ class SimAgent:
         import websockets
 
         self.ws = await websockets.connect(self.url, additional_headers={"Authorization": "Bearer " + self.token})
-        await self.ws.send(json.dumps({"type": "hello", "protocol": 1, "agent_id": self.agent_id, "capacity": 1}))
+        hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "agent_id": self.agent_id, "capacity": 1}
+        await self.ws.send(json.dumps(hello))
         welcome = json.loads(await self.ws.recv())
         assert welcome["type"] == "welcome", welcome
+        # Registered with the pool token: a reconnect must present the agent's own credential.
+        self.token = welcome.get("credential", self.token)
         self.reader = asyncio.get_running_loop().create_task(self.read())
 
     async def read(self) -> None:

@@ -166,6 +166,8 @@ class Cluster:
         log.parent.mkdir(exist_ok=True)
         member.execution_logs.append(log)
         argv = [python, "manage.py", "runagent", "--agent-id", member.agent_id, "--token-file", str(self.token_file)]
+        # One credential per agent id, kept across its incarnations (a volume in deploy/).
+        argv += ["--credential-file", str(self.workdir / "credentials" / member.agent_id)]
         # Each agent starts at a different replica, as a Service would spread them.
         urls = self.web_ws_urls()
         offset = self.by_role("agent").index(member) % len(urls)

@@ -303,6 +303,8 @@ JOB_CMDB_SYNC_EVERY = env_number("JOB_CMDB_SYNC_EVERY", 60.0)
 # The agent process (runagent).
 TERRAFORM_BIN = env_str("TERRAFORM_BIN", "terraform")
 AGENT_TOKEN = env_str("AGENT_TOKEN", "")
+# Where runagent keeps the credential it gets when it registers (empty: in memory only).
+AGENT_CREDENTIAL_FILE = env_str("AGENT_CREDENTIAL_FILE", "")
 AGENT_URLS = env_list("AGENT_URLS", [])
 AGENT_WORK_DIR = env_str("AGENT_WORK_DIR", "")
 AGENT_SHUTDOWN_GRACE = env_number("AGENT_SHUTDOWN_GRACE", 60.0)

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from apps.agents import actions as agent_actions
 from apps.agents.models import Agent, AgentPool
 
 
@@ -35,7 +36,17 @@ class ConnectedPodFilter(admin.SimpleListFilter):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ("agent_id", "name", "pool", "status", "connected_pod", "heartbeat_age", "version", "capacity")
+    list_display = (
+        "agent_id",
+        "name",
+        "pool",
+        "status",
+        "connected_pod",
+        "heartbeat_age",
+        "version",
+        "capacity",
+        "registered",
+    )
     list_filter = ("status", "pool", ConnectedPodFilter)
     search_fields = ("agent_id", "name", "connected_pod")
     list_select_related = ("pool",)
@@ -50,9 +61,27 @@ class AgentAdmin(admin.ModelAdmin):
         "version",
         "capacity",
         "labels",
+        "registered",
+        "registered_at",
         "created_at",
         "updated_at",
     )
+    actions = ["revoke_credentials"]
+
+    @admin.display(boolean=True, description="registered")
+    def registered(self, obj: Agent) -> bool:
+        return obj.registered
+
+    @admin.action(description="Revoke the credentials of the selected agents (they must register again)")
+    def revoke_credentials(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        count = agent_actions.revoke_agents(list(queryset))
+        self.message_user(request, "Revoked %d agents." % count)
+
+    def delete_model(self, request: HttpRequest, obj: Agent) -> None:
+        agent_actions.delete_agents([obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        agent_actions.delete_agents(list(queryset))
 
     @admin.display(description="heartbeat age", ordering="last_heartbeat")
     def heartbeat_age(self, obj: Agent) -> str:

@@ -1,6 +1,8 @@
 """The agent C&C WebSocket (``ws/agents/``): translates frames into actions (docs/protocol.md).
 
-Guarantees: a connection without a valid pool token is refused before the handshake completes;
+Guarantees: a connection without a valid pool token or agent credential is refused before the
+handshake completes; a hello the actions refuse for its credential closes the connection (4401)
+having changed nothing;
 every frame is size-checked, then validated (protocol.py), then handled by one action that commits
 or changes nothing; a bad frame gets an ``error`` frame (or close 1009 when oversized) and the
 connection keeps serving. Does NOT: hold business logic (the actions do), or trust a group message
@@ -20,7 +22,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.agents import actions
-from apps.agents.models import AgentPool
 from apps.agents.protocol import (
     CLOSE_FRAME_TOO_BIG,
     CLOSE_HELLO_TIMEOUT,
@@ -36,6 +37,8 @@ from apps.workspaces import actions as queue
 from apps.workspaces import reports
 
 logger = logging.getLogger(__name__)
+
+UNAUTHORIZED_CODES = (Code.CREDENTIAL_REQUIRED, Code.CREDENTIAL_MISMATCH, Code.REVOKED)
 
 
 def bearer_token(scope: dict[str, Any]) -> str | None:
@@ -57,19 +60,19 @@ def _kick_pool(pool_id: int) -> None:
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
-    pool: AgentPool | None = None
+    identity: actions.Identity | None = None
     conn: actions.Connection | None = None
     group: str | None = None
     hello_timer: asyncio.TimerHandle | None = None
 
     async def connect(self) -> None:
         token = bearer_token(self.scope)
-        pool = await database_sync_to_async(actions.authenticate_pool)(token) if token else None
-        if pool is None:
+        identity = await database_sync_to_async(actions.authenticate)(token) if token else None
+        if identity is None:
             # Closing before accept makes daphne answer the handshake with HTTP 403.
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        self.pool = pool
+        self.identity = identity
         await self.accept()
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(
@@ -110,6 +113,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.send_frame(exc.frame(ref=kind, task_id=task_id))
             if exc.code in (Code.UNSUPPORTED_VERSION, Code.AGENT_CONFLICT):
                 await self.close(code=CLOSE_PROTOCOL)
+            elif exc.code in UNAUTHORIZED_CODES:
+                await self.close(code=CLOSE_UNAUTHORIZED)
         except Exception:
             # Each action is one transaction, so a failure here left nothing half-written.
             logger.exception("agent frame %s failed", kind)
@@ -126,9 +131,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(Code.HELLO_REQUIRED, "send hello first")
         conn = self.conn
         if kind == "heartbeat":
-            await database_sync_to_async(actions.do_heartbeat)(
+            if not await database_sync_to_async(actions.do_heartbeat)(
                 conn=conn, pod=settings.POD_NAME, draining=frame.get("draining", False)
-            )
+            ):
+                raise ProtocolError(
+                    Code.REVOKED, "agent %s was deleted or its credential revoked" % conn.agent.agent_id
+                )
         elif kind == "task.accept":
             won = await database_sync_to_async(reports.accept_task)(
                 agent=conn.agent, task_id=frame["task_id"], attempt=frame["attempt"]
@@ -165,28 +173,32 @@ class AgentConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(Code.ALREADY_HELLO, "hello was already sent on this connection")
         if frame["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError(
-                Code.UNSUPPORTED_VERSION, "protocol %d is not supported (server speaks %d)" % (frame["protocol"], 1)
+                Code.UNSUPPORTED_VERSION,
+                "protocol %d is not supported (server speaks %d)" % (frame["protocol"], PROTOCOL_VERSION),
             )
-        assert self.pool is not None
-        conn = await database_sync_to_async(actions.do_hello)(pool=self.pool, frame=frame, pod=settings.POD_NAME)
+        assert self.identity is not None
+        conn = await database_sync_to_async(actions.do_hello)(
+            identity=self.identity, frame=frame, pod=settings.POD_NAME
+        )
         self.conn = conn
         self.group = agent_group(conn.agent.agent_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.send_frame(
-            {
-                "type": "welcome",
-                "protocol": PROTOCOL_VERSION,
-                "agent_id": conn.agent.agent_id,
-                "pod": settings.POD_NAME,
-                "heartbeat_interval": settings.AGENT_HEARTBEAT_INTERVAL,
-                "max_frame_bytes": settings.AGENT_MAX_FRAME_BYTES,
-            }
-        )
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            "protocol": PROTOCOL_VERSION,
+            "agent_id": conn.agent.agent_id,
+            "pod": settings.POD_NAME,
+            "heartbeat_interval": settings.AGENT_HEARTBEAT_INTERVAL,
+            "max_frame_bytes": settings.AGENT_MAX_FRAME_BYTES,
+        }
+        if conn.new_credential is not None:
+            welcome["credential"] = conn.new_credential  # the only time it crosses the wire
+        await self.send_frame(welcome)
         # Dispatches sent while the agent was reconnecting may be lost: send them again, then
         # offer the pool's queued work to the new capacity.
         for task_id in await database_sync_to_async(actions.dispatched_to)(conn.agent):
             await self.task_dispatch({"type": "task.dispatch", "task_id": task_id})
-        await database_sync_to_async(_kick_pool)(self.pool.pk)
+        await database_sync_to_async(_kick_pool)(self.identity.pool.pk)
 
     # Group messages (sent by any replica to agent.<agent_id>).
 
@@ -198,6 +210,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
         )
         if payload is not None:
             await self.send_frame(payload)
+
+    async def agent_revoked(self, message: dict[str, Any]) -> None:
+        # Checked against the database: the message may arrive after the agent registered again.
+        if self.conn is None or await database_sync_to_async(actions.still_valid)(self.conn):
+            return
+        await self.send_frame(ProtocolError(Code.REVOKED, "agent %s was revoked" % self.conn.agent.agent_id).frame())
+        await self.close(code=CLOSE_UNAUTHORIZED)
 
     async def task_cancel(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(KeyError, TypeError, ValueError):

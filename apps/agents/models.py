@@ -9,9 +9,13 @@ from django.db.models import Q
 
 
 def hash_token(raw: str) -> str:
-    # Pool tokens are 256-bit random secrets, so one round of SHA-256 is enough; no salt is needed
-    # to resist guessing, and an unsalted hash lets a token find its pool with one indexed lookup.
+    # Pool tokens and agent credentials are 256-bit random secrets, so one round of SHA-256 is
+    # enough; no salt is needed to resist guessing, and an unsalted hash lets a token find its
+    # pool (a credential its agent) with one indexed lookup.
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+CREDENTIAL_PREFIX = "iacpa_"
 
 
 class AgentPool(models.Model):
@@ -79,6 +83,10 @@ class Agent(models.Model):
     version = models.CharField(max_length=50, blank=True)
     capacity = models.PositiveIntegerField(default=1)
     labels = models.JSONField(default=dict, blank=True)
+    # SHA-256 of the agent's own credential, issued when it registered with its pool's token;
+    # empty: not registered (yet, or revoked), the next hello with the pool token registers it.
+    credential_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    registered_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -86,6 +94,21 @@ class Agent(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["pool", "status"]), models.Index(fields=["connected_pod"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["credential_hash"], condition=~Q(credential_hash=""), name="agent_credential_unique"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name or self.agent_id
+
+    @property
+    def registered(self) -> bool:
+        return bool(self.credential_hash)
+
+    def set_new_credential(self) -> str:
+        """Give the agent a fresh credential; return it (the only time it is ever visible)."""
+        raw = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        self.credential_hash = hash_token(raw)
+        return raw

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Close codes (RFC 6455 and the 4000-4999 private range). A frame above daphne's
 # --websocket-max-message-size is closed with RFC 6455's 1009 by daphne itself, before the consumer
@@ -42,6 +42,9 @@ class Code:
     HELLO_REQUIRED = "hello_required"
     ALREADY_HELLO = "already_hello"
     AGENT_CONFLICT = "agent_conflict"
+    CREDENTIAL_REQUIRED = "credential_required"
+    CREDENTIAL_MISMATCH = "credential_mismatch"
+    REVOKED = "revoked"
     NOT_OWNED = "not_owned"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     FRAME_TOO_BIG = "frame_too_big"

@@ -4,7 +4,10 @@ Guarantees: Terraform runs only for a task whose ``task.accept`` the server conf
 (``task.accepted``); every log chunk and result is kept until the server acknowledges it and is
 re-sent after a reconnect to any replica (the server stores them idempotently), so a task that
 spans a reconnect is reported completely and once; reconnects rotate through the URLs with
-jittered exponential backoff; after :meth:`AgentRuntime.request_stop` (SIGTERM) the agent takes no
+jittered exponential backoff; the agent registers with its pool token once, then connects with
+the credential the server issued (kept in ``credential_file``, mode 0600, when one is given) and
+registers again only when the server no longer knows that credential (revoked, agent deleted);
+after :meth:`AgentRuntime.request_stop` (SIGTERM) the agent takes no
 new task, lets running ones finish within the grace period, then cancels them, reports, and exits.
 Does NOT: persist anything across its own restarts (a restarted agent's tasks are settled by the
 server), or enforce task timeouts (the server sends ``task.cancel``).
@@ -28,6 +31,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from apps.agents.credentials import save_credential
 from apps.agents.protocol import PROTOCOL_VERSION
 from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun
 
@@ -44,7 +48,7 @@ FINAL_REPORT_WINDOW = 30.0
 @dataclass(frozen=True)
 class AgentConfig:
     urls: list[str]
-    token: str
+    token: str  # the pool token: registers the agent (may be empty once it has a credential)
     agent_id: str
     concurrency: int = 1
     name: str = ""
@@ -55,6 +59,8 @@ class AgentConfig:
     reconnect_max_delay: float = 10.0
     heartbeat_interval: float = 10.0
     terraform_env_passthrough: tuple[str, ...] = ()
+    credential: str | None = None  # as read from credential_file at start
+    credential_file: Path | None = None
 
 
 class Phase(enum.Enum):
@@ -99,6 +105,7 @@ class AgentRuntime:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.connected_url: str | None = None
+        self.credential = config.credential
         self.execution_log = (
             ExecutionLog(config.execution_log, agent_id=config.agent_id) if config.execution_log else None
         )
@@ -179,15 +186,32 @@ class AgentRuntime:
                 held.run.cancel()
 
     async def connect_and_serve(self, url: str) -> bool:
-        headers = {"Authorization": "Bearer %s" % self.config.token}
-        async with websockets.connect(
-            url, additional_headers=headers, max_size=None, open_timeout=10, ping_interval=20, ping_timeout=20
-        ) as ws:
+        with_credential = self.credential is not None
+        headers = {"Authorization": "Bearer %s" % (self.credential if with_credential else self.config.token)}
+        try:
+            ws_cm = await websockets.connect(
+                url, additional_headers=headers, max_size=None, open_timeout=10, ping_interval=20, ping_timeout=20
+            )
+        except websockets.exceptions.InvalidStatus as exc:
+            if with_credential and exc.response.status_code == 403 and self.config.token:
+                # Only a refused credential: revoked or its agent deleted; register again.
+                logger.warning("agent %s: %s refused its credential; registering again", self.config.agent_id, url)
+                self.credential = None
+            raise
+        async with ws_cm as ws:
             await ws.send(json.dumps(self.hello_frame()))
             welcome = json.loads(await asyncio.wait_for(ws.recv(), WELCOME_TIMEOUT))
             if welcome.get("type") != "welcome":
-                logger.error("agent %s: %s refused the hello: %s", self.config.agent_id, url, welcome)
+                logger.error(
+                    "agent %s: %s refused the hello: %s %s",
+                    self.config.agent_id,
+                    url,
+                    welcome.get("code"),
+                    welcome.get("message"),
+                )
                 return False
+            if isinstance(welcome.get("credential"), str):
+                self.store_credential(welcome["credential"])
             self.heartbeat_interval = float(welcome.get("heartbeat_interval", self.heartbeat_interval))
             self.max_frame_bytes = int(welcome.get("max_frame_bytes", self.max_frame_bytes))
             self.ws, self.connected_url = ws, url
@@ -207,6 +231,21 @@ class AgentRuntime:
                 heartbeats.cancel()
                 self.ws = None
             return True
+
+    def store_credential(self, credential: str) -> None:
+        self.credential = credential
+        path = self.config.credential_file
+        logger.info("agent %s registered", self.config.agent_id)
+        if path is None:
+            logger.warning(
+                "agent %s: no --credential-file; a restart under the same agent id will be refused",
+                self.config.agent_id,
+            )
+            return
+        try:
+            save_credential(path, credential)
+        except OSError as exc:
+            logger.error("agent %s: cannot keep its credential in %s: %s", self.config.agent_id, path, exc)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from apps.agents.models import Agent
 
 class AgentSerializer(serializers.ModelSerializer[Agent]):
     pool: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    registered = serializers.BooleanField(read_only=True, help_text="The agent holds a credential of its own.")
 
     class Meta:
         model = Agent
@@ -24,6 +25,8 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
             "version",
             "capacity",
             "labels",
+            "registered",
+            "registered_at",
             "created_at",
         ]
         read_only_fields = fields

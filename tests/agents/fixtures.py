@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -18,6 +18,8 @@ OUTPUTS_ONLY = {
 class Pool:
     pool: AgentPool
     token: str
+    # agent id -> the credential its registration returned (tests reconnect with it).
+    credentials: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from apps.agents.models import Agent, AgentPool
+from apps.agents.protocol import PROTOCOL_VERSION
 from apps.workspaces import actions
 from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
 from iacplatform.asgi import application
@@ -32,13 +33,23 @@ async def recv(comm: WebsocketCommunicator, wait: float = 5) -> dict[str, Any]:
     return json.loads(await comm.receive_from(timeout=wait))
 
 
-async def connect_agent(pool: Pool, agent_id: str = "agent-1", **hello: Any) -> WebsocketCommunicator:
-    comm = communicator(pool.token)
+def hello(agent_id: str = "agent-1", **fields: Any) -> dict[str, Any]:
+    return {"type": "hello", "protocol": PROTOCOL_VERSION, "agent_id": agent_id, "capacity": 1, **fields}
+
+
+async def connect_agent(pool: Pool, agent_id: str = "agent-1", **fields: Any) -> WebsocketCommunicator:
+    """Register (first time) or reconnect with the credential registration gave."""
+    known = pool.credentials.get(agent_id)
+    comm = communicator(known or pool.token)
     connected, _ = await comm.connect()
     assert connected
-    await send(comm, {"type": "hello", "protocol": 1, "agent_id": agent_id, "capacity": 1, **hello})
+    await send(comm, hello(agent_id, **fields))
     welcome = await recv(comm)
     assert welcome["type"] == "welcome", welcome
+    if known is None:
+        pool.credentials[agent_id] = welcome["credential"]
+    else:
+        assert "credential" not in welcome
     return comm
 
 
@@ -86,7 +97,7 @@ async def test_an_agent_id_of_another_pool_is_refused(agent_pool: Pool) -> None:
     await database_sync_to_async(Agent.objects.create)(agent_id="agent-1", pool=other)
     comm = communicator(agent_pool.token)
     await comm.connect()
-    await send(comm, {"type": "hello", "protocol": 1, "agent_id": "agent-1", "capacity": 1})
+    await send(comm, hello())
     assert (await recv(comm))["code"] == "agent_conflict"
     assert (await comm.receive_output(timeout=2))["type"] == "websocket.close"
 
@@ -202,7 +213,7 @@ async def test_binary_frames_and_unsupported_versions_are_refused(agent_pool: Po
     await comm.connect()
     await comm.send_to(bytes_data=b"\x00\x01")
     assert (await recv(comm))["code"] == "binary_not_supported"
-    await send(comm, {"type": "hello", "protocol": 2, "agent_id": "a-1", "capacity": 1})
+    await send(comm, {**hello("a-1"), "protocol": PROTOCOL_VERSION + 1})
     assert (await recv(comm))["code"] == "unsupported_version"
     assert (await comm.receive_output(timeout=2)) == {"type": "websocket.close", "code": 4400}
     assert not await database_sync_to_async(Agent.objects.exists)()

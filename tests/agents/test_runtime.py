@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from apps.agents.protocol import PROTOCOL_VERSION
 from apps.agents.runtime import AgentConfig, AgentRuntime, HeldTask, Phase, backoff_delay
 from apps.agents.terraform import TaskSpec
 
@@ -93,7 +94,12 @@ async def test_hello_and_heartbeat_list_held_tasks(runtime: AgentRuntime) -> Non
     await runtime.handle(dispatch(7, attempt=2))
     hello = runtime.hello_frame()
     assert hello["tasks"] == [{"task_id": 7, "attempt": 2}]
-    assert (hello["agent_id"], hello["capacity"], hello["draining"], hello["protocol"]) == ("a1", 1, False, 1)
+    assert (hello["agent_id"], hello["capacity"], hello["draining"], hello["protocol"]) == (
+        "a1",
+        1,
+        False,
+        PROTOCOL_VERSION,
+    )
     runtime.request_stop()
     assert runtime.heartbeat_frame() == {"type": "heartbeat", "tasks": [{"task_id": 7, "attempt": 2}], "draining": True}
 

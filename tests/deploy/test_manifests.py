@@ -258,6 +258,29 @@ def test_agents_get_the_time_to_finish_running_terraform(kustomization: Path) ->
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_agents_keep_their_credential_on_a_volume_of_its_own(kustomization: Path) -> None:
+    """A container restart keeps the agent id, so it must find its credential again (a refused
+    reconnect otherwise); Terraform's work volume must not hold it."""
+    resources = render(kustomization)
+    agents = [c for c in containers(resources) if c.component == "agent" and not c.init]
+    assert agents
+    for container in agents:
+        env = {name: source.value for name, source in environment(container, resources).items() if source.value}
+        path = str(env.get("AGENT_CREDENTIAL_FILE", ""))
+        assert path.startswith("/"), container.name
+        mounts = [
+            m for m in container.spec.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")
+        ]
+        assert len(mounts) == 1, (container.name, mounts)
+        volumes = {v["name"]: v for v in container.pod_spec["volumes"]}
+        volume = volumes[mounts[0]["name"]]
+        assert "emptyDir" in volume or "persistentVolumeClaim" in volume, volume
+        work = str(env.get("AGENT_WORK_DIR") or "/tmp")
+        assert not path.startswith(work.rstrip("/") + "/"), container.name
+        assert not mounts[0].get("readOnly"), container.name
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
 @pytest.mark.parametrize("component", ["web", "leader"])
 def test_a_disruption_budget_keeps_one_pod_of_web_and_leader(kustomization: Path, component: str) -> None:
     resources = render(kustomization)

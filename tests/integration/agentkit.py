@@ -128,7 +128,9 @@ def start_agent(
 ) -> Proc:
     token_file = tmp_path / ("%s.token" % name)
     token_file.write_text(token)
-    args = ["runagent", "--agent-id", name, "--token-file", str(token_file)]
+    # Kept across restarts of the same agent id, as deploy/ keeps it on a volume.
+    credential_file = tmp_path / ("%s.credential" % name)
+    args = ["runagent", "--agent-id", name, "--token-file", str(token_file), "--credential-file", str(credential_file)]
     args += ["--execution-log", str(tmp_path / ("%s.exec.jsonl" % name))]
     args += ["--terraform-bin", terraform_bin or terraform_path()]
     for url in urls:

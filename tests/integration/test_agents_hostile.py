@@ -1,24 +1,40 @@
-"""200 malformed or hostile frames at a real daphne replica's C&C socket."""
+"""200 malformed or hostile frames at a real daphne replica's C&C socket; an impersonated agent."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
 from apps.agents.models import Agent
+from apps.agents.protocol import PROTOCOL_VERSION
 from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
-from tests.integration.agentkit import FAST_ENV, enqueue, make_pool, make_workspace, wait_for
+from tests.integration.agentkit import (
+    FAST_ENV,
+    enqueue,
+    make_pool,
+    make_workspace,
+    slow_terraform,
+    start_agent,
+    task_status,
+    wait_connected,
+    wait_for,
+    wait_terminal,
+)
 from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 
 # daphne's default --websocket-max-message-size, equal to the default AGENT_MAX_FRAME_BYTES.
 MAX_FRAME = 1024 * 1024
+INTRUDER_HELLO = {"type": "hello", "protocol": PROTOCOL_VERSION, "agent_id": "intruder", "capacity": 1}
 
 
 def snapshot() -> dict[str, Any]:
@@ -46,7 +62,7 @@ def hostile_frames(victim_task: int, rng: random.Random) -> list[str]:
         "[" * 5000,
         "\u00ff\u0000 not json",
         {"type": None},
-        {"type": "hello", "protocol": 1, "agent_id": "intruder", "capacity": 1},  # already said hello
+        INTRUDER_HELLO,  # already said hello
         {"type": "launch"},
         {"type": "task.accept", **ref},
         {"type": "task.accept", "task_id": "1", "attempt": 1},
@@ -74,14 +90,16 @@ def hostile_frames(victim_task: int, rng: random.Random) -> list[str]:
 
 
 async def attack(url: str, token: str, frames: list[str]) -> dict[str, int]:
-    headers = {"Authorization": "Bearer " + token}
+    bearer = token  # the pool token registers the intruder; its own credential reconnects it
     counts = {"error": 0, "closed_1009": 0, "other": 0}
     ws = None
     for frame in frames:
         if ws is None:
-            ws = await websockets.connect(url, additional_headers=headers, max_size=None)
-            await ws.send(json.dumps({"type": "hello", "protocol": 1, "agent_id": "intruder", "capacity": 1}))
-            assert json.loads(await ws.recv())["type"] == "welcome"
+            ws = await websockets.connect(url, additional_headers={"Authorization": "Bearer " + bearer}, max_size=None)
+            await ws.send(json.dumps(INTRUDER_HELLO))
+            welcome = json.loads(await ws.recv())
+            assert welcome["type"] == "welcome"
+            bearer = welcome.get("credential", bearer)
         await ws.send(frame)
         closed: websockets.exceptions.ConnectionClosed | None = None
         try:
@@ -130,3 +148,48 @@ def test_two_hundred_hostile_frames_change_nothing_and_crash_nothing(processes: 
     assert "Traceback" not in log
     assert " ERROR " not in log
     assert web.alive()
+
+
+async def impersonate(url: str, token: str, agent_id: str) -> tuple[dict[str, Any], int | None]:
+    """A pool-token holder says hello as a registered agent, listing no tasks (which, were it
+    believed, would settle the real agent's running task as lost)."""
+    async with websockets.connect(url, additional_headers={"Authorization": "Bearer " + token}) as ws:
+        await ws.send(json.dumps({**INTRUDER_HELLO, "agent_id": agent_id, "tasks": []}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        return reply, ws.close_code
+
+
+def test_a_pool_token_cannot_speak_for_a_registered_agent(processes: ProcessGroup, tmp_path: Path) -> None:
+    pool, token = make_pool()
+    workspace = make_workspace(pool, "victim")
+    web = processes.daphne("web-1", env=FAST_ENV)
+    agent = start_agent(
+        processes,
+        "agent-1",
+        urls=[web.ws_url],
+        token=token,
+        tmp_path=tmp_path,
+        env={"SLOW_SECONDS": "4"},
+        terraform_bin=slow_terraform(tmp_path),
+    )
+    wait_connected(agent, "web-1")
+    credential_file = tmp_path / "agent-1.credential"
+    assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
+    task_id = enqueue(web.url, workspace, "apply")
+    wait_for("running", lambda: task_status(task_id) == "running", 30, [agent])
+    before = Agent.objects.values("status", "connected_pod", "connected_at", "last_heartbeat").get(agent_id="agent-1")
+
+    reply, close_code = asyncio.run(impersonate(web.ws_url + "/ws/agents/", token, "agent-1"))
+    assert reply["type"] == "error" and reply["code"] == "credential_required", reply
+    assert close_code == 4401
+
+    after = Agent.objects.values("status", "connected_pod", "connected_at").get(agent_id="agent-1")
+    assert after == {k: before[k] for k in after}
+    assert task_status(task_id) == "running"
+    # The refused connection's end marked nothing offline; the real agent finishes its apply.
+    assert wait_terminal(task_id, 60, [agent, web]) == "succeeded"
+    assert Agent.objects.get(agent_id="agent-1").connected_pod == "web-1"
+    assert StateVersion.objects.filter(task_id=task_id).exists()
+    assert "Traceback" not in web.log()

@@ -1,4 +1,5 @@
-"""A hostile workspace's Terraform, run by a real runagent, looks for the agent's secrets."""
+"""A hostile workspace's Terraform, run by a real runagent, looks for the agent's secrets: its pool
+token, its credential, the platform's database URL and signing key."""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def test_terraform_reads_no_token_no_platform_secret_and_not_the_agents_environ(
         unprivileged=True,
     )
     wait_connected(agent, "web-1")
+    secrets["credential"] = (files / "agent-1.credential").read_text().strip()
+    assert secrets["credential"].startswith("iacpa_")
     task_id = enqueue(web.url, workspace, "plan")
     assert wait_terminal(task_id, 60, [agent, web]) == "succeeded", Task.objects.get(pk=task_id).error
     log = "".join(TaskLogChunk.objects.filter(task_id=task_id).order_by("seq").values_list("text", flat=True))

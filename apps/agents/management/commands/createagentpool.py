@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import IntegrityError, transaction
 
+from apps.agents import actions
 from apps.agents.models import AgentPool
 
 
@@ -16,8 +17,16 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--capacity", type=int, default=1, help="tasks per agent")
         parser.add_argument("--rotate", action="store_true", help="replace the token of an existing pool")
+        parser.add_argument(
+            "--revoke-agents",
+            action="store_true",
+            help="with --rotate: also revoke the credentials of the pool's registered agents (they disconnect "
+            "and must register again with the new token)",
+        )
 
-    def handle(self, *args: Any, name: str, capacity: int, rotate: bool, **options: Any) -> None:
+    def handle(self, *args: Any, name: str, capacity: int, rotate: bool, revoke_agents: bool, **options: Any) -> None:
+        if revoke_agents and not rotate:
+            raise CommandError("--revoke-agents goes with --rotate")
         if capacity < 1:
             raise CommandError("--capacity must be at least 1")
         with transaction.atomic():
@@ -33,5 +42,8 @@ class Command(BaseCommand):
                 raise CommandError("cannot create pool %r: %s" % (name, exc)) from exc
             except ValidationError as exc:
                 raise CommandError("invalid pool %r: %s" % (name, exc)) from exc
+            if revoke_agents:
+                revoked = actions.revoke_agents(list(pool.agents.exclude(credential_hash="")))
+                self.stderr.write("Revoked the credentials of %d agents." % revoked)
         self.stderr.write("Pool %r ready. Its token (shown once, stored only as a hash):" % name)
         self.stdout.write(token)

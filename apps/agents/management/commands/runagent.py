@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.agents.credentials import load_credential
 from apps.agents.isolation import make_non_dumpable
 from apps.agents.protocol import AGENT_ID_RE, agent_group
 from apps.agents.runtime import AgentConfig, AgentRuntime
@@ -30,6 +31,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--url", action="append", default=[], help="C&C URL (repeat; also AGENT_URLS)")
         parser.add_argument("--token-file", type=Path, help="file holding the pool token (else AGENT_TOKEN)")
+        parser.add_argument(
+            "--credential-file",
+            type=Path,
+            default=Path(settings.AGENT_CREDENTIAL_FILE) if settings.AGENT_CREDENTIAL_FILE else None,
+            help="where the agent keeps the credential it got at registration (mode 0600; also AGENT_CREDENTIAL_FILE)",
+        )
         parser.add_argument("--agent-id", default="", help="stable agent id (default: <POD_NAME>-<pid>)")
         parser.add_argument("--name", default="")
         parser.add_argument("--concurrency", type=int, default=1, help="tasks run at once (1-64)")
@@ -52,8 +59,16 @@ class Command(BaseCommand):
                 token = options["token_file"].read_text().strip()
             except OSError as exc:
                 raise CommandError("cannot read the token file: %s" % exc) from exc
-        if not token:
-            raise CommandError("no pool token: give --token-file or set AGENT_TOKEN")
+        credential_file: Path | None = options["credential_file"]
+        credential = None
+        if credential_file is not None:
+            self.check_outside_work_dir(credential_file, options["work_dir"])
+            try:
+                credential = load_credential(credential_file)
+            except OSError as exc:
+                raise CommandError("cannot read the credential file: %s" % exc) from exc
+        if not token and credential is None:
+            raise CommandError("no pool token: give --token-file or set AGENT_TOKEN (or a --credential-file)")
         agent_id = options["agent_id"] or default_agent_id()
         if not AGENT_ID_RE.match(agent_id):
             raise CommandError("--agent-id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
@@ -72,8 +87,17 @@ class Command(BaseCommand):
             reconnect_max_delay=settings.AGENT_RECONNECT_MAX_DELAY,
             heartbeat_interval=settings.AGENT_HEARTBEAT_INTERVAL,
             terraform_env_passthrough=tuple(settings.AGENT_TERRAFORM_ENV_PASSTHROUGH),
+            credential=credential,
+            credential_file=credential_file,
         )
         asyncio.run(self.serve(config))
+
+    @staticmethod
+    def check_outside_work_dir(credential_file: Path, work_dir: str | None) -> None:
+        # Task directories are made under the work dir and Terraform writes there: keep the
+        # credential out of it, so no task directory, kept state file or cleanup ever touches it.
+        if work_dir and credential_file.resolve().is_relative_to(Path(work_dir).resolve()):
+            raise CommandError("--credential-file must be outside --work-dir (%s)" % work_dir)
 
     async def serve(self, config: AgentConfig) -> None:
         runtime = AgentRuntime(config)
