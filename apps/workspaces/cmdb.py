@@ -24,8 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db import connection, transaction
 
 from apps.workspaces.models import Resource, StateVersion, Workspace
 
@@ -183,7 +182,7 @@ def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) ->
         workspace = (
             Workspace.objects.select_for_update(no_key=True)
             .filter(pk=workspace_id)
-            .only("cmdb_synced_serial", "current_state_id")
+            .only("cmdb_synced_serial", "cmdb_synced_state_id", "current_state_id")
             .first()
         )
         if workspace is None:
@@ -197,6 +196,8 @@ def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) ->
         if workspace.cmdb_synced_serial == serial and (
             serial is not None or not Resource.objects.filter(workspace_id=workspace_id).exists()
         ):
+            if workspace.cmdb_synced_state_id != workspace.current_state_id:
+                Workspace.objects.filter(pk=workspace_id).update(cmdb_synced_state_id=workspace.current_state_id)
             return None
         instances = parse_state(newest["state"]) if newest else []
         result = SyncResult(serial=serial)
@@ -223,22 +224,21 @@ def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) ->
         Resource.objects.bulk_update(to_update, _FIELDS, batch_size=500)
         if serial is not None:
             Resource.objects.filter(workspace_id=workspace_id).exclude(state_serial=serial).update(state_serial=serial)
-        Workspace.objects.filter(pk=workspace_id).update(cmdb_synced_serial=serial)
+        Workspace.objects.filter(pk=workspace_id).update(
+            cmdb_synced_serial=serial, cmdb_synced_state_id=workspace.current_state_id
+        )
         result.created, result.updated = len(to_create), len(to_update)
     return result
 
 
+DUE_SQL = "SELECT id FROM workspaces_workspace WHERE current_state_id IS DISTINCT FROM cmdb_synced_state_id ORDER BY id"
+
+
 def workspaces_to_sync() -> list[int]:
-    """Workspaces whose current state serial is not the one indexed, or with rows but no state."""
-    newest = StateVersion.objects.filter(pk=OuterRef("current_state_id")).values("serial")[:1]
-    return list(
-        Workspace.objects.annotate(newest=Subquery(newest))
-        .filter(
-            Q(newest__isnull=False, cmdb_synced_serial__isnull=True)
-            | (Q(newest__isnull=False) & ~Q(cmdb_synced_serial=F("newest")))
-            | Q(newest__isnull=True, resources__isnull=False)
-        )
-        .distinct()
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+    """Workspaces whose current state is not the one indexed (or with rows but no state).
+
+    One scan of the partial index ``workspace_cmdb_due``: what is due, not every workspace.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(DUE_SQL)
+        return [row[0] for row in cursor.fetchall()]

@@ -37,6 +37,10 @@ class Workspace(models.Model):
     drift_last_checked_at = models.DateTimeField(null=True, blank=True)
     drift_status = models.CharField(max_length=10, choices=DriftStatus.choices, default=DriftStatus.UNKNOWN)
     cmdb_synced_serial = models.IntegerField(null=True, blank=True)
+    # The StateVersion id whose resources the CMDB holds (NULL: none; 0: rows of no current
+    # state). cmdb_sync is due exactly where it differs from current_state_id: the partial index
+    # workspace_cmdb_due (migration 0003) holds those rows only, so the job reads what is due.
+    cmdb_synced_state_id = models.BigIntegerField(null=True, blank=True, editable=False)
     # The state Terraform starts from. It moves only forward (same lineage, higher Terraform
     # serial) or by an operator's promote (apps/workspaces/states.py); never to the newest row.
     current_state = models.ForeignKey(

@@ -262,3 +262,14 @@ def test_a_stale_tick_of_the_job_writes_nothing(ws: Workspace) -> None:
     assert not Resource.objects.exists()
     ws.refresh_from_db()
     assert ws.cmdb_synced_serial is None
+
+
+@pytest.mark.django_db
+def test_the_due_workspaces_are_read_from_the_partial_index_not_from_every_workspace() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + cmdb.DUE_SQL)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "workspace_cmdb_due" in plan
