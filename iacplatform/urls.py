@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from iacplatform import views
 
@@ -18,6 +18,11 @@ urlpatterns = [
     path("api/v1/hub/", include("apps.hub.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path(
+        "api/v1/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="iacplatform/redoc.html"),
+        name="api-redoc",
+    ),
     path("api/v1/", include("apps.workspaces.urls")),
     path("api/v1/", include("apps.agents.urls")),
 ]
