@@ -294,6 +294,12 @@ AGENT_HELLO_TIMEOUT = env_number("AGENT_HELLO_TIMEOUT", 10.0)
 # daphne closes anything above its --websocket-max-message-size (default 1 MiB) with 1009 first.
 AGENT_MAX_FRAME_BYTES = env_int("AGENT_MAX_FRAME_BYTES", 1024 * 1024)
 TASK_DISPATCH_ACCEPT_TIMEOUT = env_number("TASK_DISPATCH_ACCEPT_TIMEOUT", 30.0)
+# Terraform's http state backend (apps/workspaces/statebackend.py). The URL agents reach a web
+# replica at for it (e.g. the web Service); empty: the origin of the agent's own C&C URL.
+TERRAFORM_STATE_BACKEND_URL = env_str("TERRAFORM_STATE_BACKEND_URL", "")
+TERRAFORM_STATE_MAX_BYTES = env_int("TERRAFORM_STATE_MAX_BYTES", 16 * 1024 * 1024)
+# A dispatch's state credential expires this long after the task's own timeout would.
+TERRAFORM_STATE_CREDENTIAL_SLACK = env_number("TERRAFORM_STATE_CREDENTIAL_SLACK", 600.0)
 # How often the leader runs each queue/agent job.
 JOB_PENDING_TASKS_EVERY = env_number("JOB_PENDING_TASKS_EVERY", 10.0)
 JOB_TASK_TIMEOUT_EVERY = env_number("JOB_TASK_TIMEOUT_EVERY", 30.0)

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 2
+# 3: the dispatch carries state_backend instead of the state (Terraform reads and writes it through
+# the platform's http backend); an agent of an earlier version would start Terraform from no state.
+PROTOCOL_VERSION = 3
 
 # Close codes (RFC 6455 and the 4000-4999 private range). A frame above daphne's
 # --websocket-max-message-size is closed with RFC 6455's 1009 by daphne itself, before the consumer

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection
 
 from apps.agents.credentials import save_credential
 from apps.agents.protocol import PROTOCOL_VERSION
-from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun
+from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun, http_origin
 
 logger = logging.getLogger(__name__)
 
@@ -399,6 +399,7 @@ class AgentRuntime:
             work_root=self.config.work_dir,
             execution_log=self.execution_log,
             passthrough=self.config.terraform_env_passthrough,
+            backend_origin=http_origin(self.connected_url or self.config.urls[0]),
         )
         held.run = run
         if self._past_deadline():

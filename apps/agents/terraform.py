@@ -28,12 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from apps.agents.isolation import terraform_environment
 
 logger = logging.getLogger(__name__)
 
 SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+# Terraform merges *_override.tf files last: this one's backend replaces any other.
+BACKEND_OVERRIDE = "zz_platform_state_backend_override.tf"
+# The workspace's own override files could replace that backend: refused.
+OVERRIDE_SUFFIXES = ("override.tf", "override.tf.json")
 PLAN_RE = re.compile(r"Plan: (\d+) to add, (\d+) to change, (\d+) to destroy")
 APPLY_RE = re.compile(r"Resources: (\d+) added, (\d+) changed, (\d+) destroyed")
 READ_SIZE = 8192
@@ -50,7 +55,8 @@ class TaskSpec:
     workspace_id: int
     files: dict[str, str]
     variables: dict[str, str]
-    state: dict[str, Any] | None
+    # Where Terraform keeps its state: the platform's http backend, with this attempt's credential.
+    state_backend: dict[str, Any] | None
     log_seq_start: int = 0
     # The workspace's plain environment variables (category env), set under their own names.
     env: dict[str, str] = field(default_factory=dict)
@@ -64,7 +70,7 @@ class TaskSpec:
             workspace_id=int(frame["workspace_id"]),
             files=dict(frame.get("files") or {}),
             variables={str(k): str(v) for k, v in (frame.get("variables") or {}).items()},
-            state=frame.get("state"),
+            state_backend=frame.get("state_backend"),
             log_seq_start=int(frame.get("log_seq_start", 0)),
             env={str(k): str(v) for k, v in (frame.get("env") or {}).items()},
         )
@@ -139,6 +145,8 @@ class TerraformRun:
     execution_log: ExecutionLog | None = None
     # Names of the agent's own variables Terraform may also see (AGENT_TERRAFORM_ENV_PASSTHROUGH).
     passthrough: tuple[str, ...] = ()
+    # http(s)://host:port of the replica the agent is connected to, for a relative backend address.
+    backend_origin: str = ""
     cancelled: bool = False
     _proc: asyncio.subprocess.Process | None = None
     _escalation: asyncio.Task[None] | None = None
@@ -194,11 +202,15 @@ class TerraformRun:
 
     def _prepare(self, workdir: Path) -> str:
         for name, content in self.spec.files.items():
-            if not SAFE_FILE_RE.match(name) or not isinstance(content, str):
+            if not SAFE_FILE_RE.match(name) or not isinstance(content, str) or name.endswith(OVERRIDE_SUFFIXES):
                 return "refusing file name %r" % name[:100]
             (workdir / name).write_text(content, encoding="utf-8")
-        if self.spec.state:
-            (workdir / "terraform.tfstate").write_text(json.dumps(self.spec.state), encoding="utf-8")
+        if not self.spec.state_backend:
+            # Protocol 2 always sends one; without it Terraform would start from no state at all.
+            return "the dispatch has no state backend"
+        override = workdir / BACKEND_OVERRIDE
+        override.write_text(backend_override(self.spec.state_backend, origin=self.backend_origin), encoding="utf-8")
+        override.chmod(0o600)  # it holds the attempt's credential
         return ""
 
     async def _execute(self, workdir: Path) -> Outcome:
@@ -210,13 +222,15 @@ class TerraformRun:
         kind = self.spec.task_type
         if kind == "apply":
             code, output = await self._terraform(workdir, "apply", "-auto-approve", "-input=false", "-no-color")
-            state = _read_state(workdir) if code == 0 else None
+            # Terraform wrote its state through the backend as it went. errored.tfstate is what it
+            # could not write there: reported with the result (same rules on the server) so the
+            # state of what it built is not lost with this directory.
+            unsaved = _read_state(workdir / "errored.tfstate")
             if self.cancelled:
-                # An interrupted apply may still have changed things: report the state it left.
-                return Outcome(status="cancelled", exit_code=code, state=_read_state(workdir), error="cancelled")
+                return Outcome(status="cancelled", exit_code=code, state=unsaved, error="cancelled")
             if code != 0:
-                return Outcome(status="failed", exit_code=code, state=_read_state(workdir), error="apply failed")
-            return Outcome(status="succeeded", exit_code=0, plan_summary=_summary(APPLY_RE, output), state=state)
+                return Outcome(status="failed", exit_code=code, state=unsaved, error="apply failed")
+            return Outcome(status="succeeded", exit_code=0, plan_summary=_summary(APPLY_RE, output), state=unsaved)
         code, output = await self._terraform(workdir, "plan", "-input=false", "-no-color", "-detailed-exitcode")
         if self.cancelled:
             return Outcome(status="cancelled", exit_code=code, error="cancelled")
@@ -276,8 +290,35 @@ def _summary(pattern: re.Pattern[str], output: str) -> dict[str, int]:
     return {"add": add, "change": change, "destroy": destroy}
 
 
-def _read_state(workdir: Path) -> dict[str, Any] | None:
-    path = workdir / "terraform.tfstate"
+def backend_override(backend: dict[str, Any], *, origin: str) -> str:
+    """The ``backend "http"`` override (it replaces any backend the workspace's files declare)."""
+    address = str(backend["address"])
+    if address.startswith("/"):
+        address = origin.rstrip("/") + address
+    settings = {
+        "address": address,
+        "lock_address": address,
+        "unlock_address": address,
+        "username": str(backend["username"]),
+        "password": str(backend["password"]),
+    }
+    lines = ["    %s = %s" % (name, _hcl_string(value)) for name, value in settings.items()]
+    return 'terraform {\n  backend "http" {\n%s\n  }\n}\n' % "\n".join(lines)
+
+
+def _hcl_string(value: str) -> str:
+    # A JSON string is an HCL string once template sequences are escaped.
+    return json.dumps(value).replace("${", "$${").replace("%{", "%%{")
+
+
+def http_origin(ws_url: str) -> str:
+    """http(s)://host:port of a ws(s):// C&C URL: where the same replica serves the state backend."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -33,7 +33,7 @@ from apps.access.models import Role
 from apps.agents.models import Agent
 from apps.agents.protocol import agent_group, task_group
 from apps.coordination.lockkeys import workspace_key
-from apps.workspaces.models import StateVersion, Task, Workspace
+from apps.workspaces.models import StateLock, StateVersion, Task, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,8 @@ def settle_lost_tasks(tasks: Iterable[Task], *, reason: str) -> list[Task]:
         else:
             task.status, task.finished_at, task.error = Task.Status.ERRORED, now, reason
         task.save(update_fields=["status", "agent", "attempt", "dispatched_at", "started_at", "finished_at", "error"])
+        # Re-queued or settled: the old attempt's state lock is stale, and its writes are refused.
+        StateLock.objects.release_for_tasks([task.pk], reason="settled: %s" % reason)
         logger.warning("task %d settled as %s: %s", task.pk, task.status, reason)
         notify_status(task.pk, task.status)
         kick_after_commit(task.workspace_id)
@@ -266,6 +268,7 @@ def time_out_tasks() -> int:
             Task.objects.filter(pk=task.pk).update(
                 status=Task.Status.TIMED_OUT, finished_at=now, error="timed out after %ds" % task.timeout_seconds
             )
+            StateLock.objects.release_for_tasks([task.pk], reason="timed out")
             notify_status(task.pk, Task.Status.TIMED_OUT)
             if task.agent is not None:
                 send_after_commit(agent_group(task.agent.agent_id), {"type": "task.cancel", "task_id": task.pk})

@@ -253,3 +253,44 @@ class Resource(models.Model):
 
     def __str__(self) -> str:
         return self.address
+
+
+class StateLockQuerySet(models.QuerySet["StateLock"]):
+    def held(self) -> StateLockQuerySet:
+        return self.filter(released_at__isnull=True)
+
+    def release_for_tasks(self, task_ids: list[int], *, reason: str) -> int:
+        """Release the locks the given tasks' attempts hold: a settled attempt keeps no lock."""
+        from django.utils import timezone
+
+        return self.held().filter(task_id__in=task_ids).update(released_at=timezone.now(), release_reason=reason)
+
+
+class StateLock(models.Model):
+    """Terraform's state lock (the http backend's LOCK), granted to one attempt of a running task.
+
+    The row with ``released_at`` NULL is the workspace's lock now; released rows are its history."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="state_locks")
+    lock_id = models.CharField(max_length=100)
+    task = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="state_locks")
+    attempt = models.PositiveIntegerField()
+    # Terraform's LockInfo as it sent it: ID, Operation, Info, Who, Version, Created, Path.
+    info = models.JSONField(default=dict)
+    acquired_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    release_reason = models.CharField(max_length=100, blank=True)
+
+    objects = StateLockQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace"], condition=Q(released_at__isnull=True), name="one_state_lock_per_workspace"
+            )
+        ]
+        indexes = [models.Index(fields=["task"], condition=Q(released_at__isnull=True), name="state_lock_held_by_task")]
+        ordering = ["workspace", "-acquired_at"]
+
+    def __str__(self) -> str:
+        return "%s lock %s (task %s attempt %d)" % (self.workspace_id, self.lock_id, self.task_id, self.attempt)

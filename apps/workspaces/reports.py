@@ -21,9 +21,9 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.agents.protocol import task_group
-from apps.workspaces import states
+from apps.workspaces import statebackend, states
 from apps.workspaces.actions import kick_after_commit, notify_status, send_after_commit
-from apps.workspaces.models import Task, Workspace
+from apps.workspaces.models import StateLock, Task, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,11 @@ def record_result(*, agent: Agent, task_id: int, attempt: int, report: dict[str,
         task.plan_summary = report.get("plan_summary")
         task.error = report.get("error", "")
         task.save(update_fields=["status", "finished_at", "exit_code", "plan_summary", "error"])
-        if task.type == Task.Type.APPLY and status == Task.Status.SUCCEEDED and state:
+        if task.type == Task.Type.APPLY and state:
+            # Terraform persists through the state backend; a state here is what it could not
+            # write there (errored.tfstate), judged by the same rules, since the attempt is live.
             _store_state(task, state, live=True)
+        StateLock.objects.release_for_tasks([task.pk], reason="task %s" % status)
         if task.type == Task.Type.DRIFT_CHECK:
             _record_drift(task.workspace, status=status, drifted=report.get("drifted"))
         notify_status(task.pk, status)
@@ -152,13 +155,12 @@ def _record_drift(workspace: Workspace, *, status: str, drifted: bool | None) ->
 def dispatch_payload(*, agent_pk: int, task_id: int) -> dict[str, Any] | None:
     """The ``task.dispatch`` frame for a task dispatched to this agent; None if it no longer is."""
     task = (
-        Task.objects.select_related("workspace__current_state")
+        Task.objects.select_related("workspace")
         .filter(pk=task_id, agent_id=agent_pk, status=Task.Status.DISPATCHED)
         .first()
     )
     if task is None:
         return None
-    current = task.workspace.current_state
     return {
         "type": "task.dispatch",
         "task_id": task.pk,
@@ -168,7 +170,7 @@ def dispatch_payload(*, agent_pk: int, task_id: int) -> dict[str, Any] | None:
         "workspace": task.workspace.name,
         "files": task.workspace.terraform_files,
         "variables": task.workspace.variables,
-        "state": current.state if current else None,
+        "state_backend": statebackend.mint(task),
         "timeout_seconds": task.timeout_seconds,
         "log_seq_start": next_log_seq(task.pk),
     }

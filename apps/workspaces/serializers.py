@@ -13,7 +13,16 @@ from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogC
 
 # Files land in a fresh directory on the agent: plain names only, never a path or the state file.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-RESERVED_FILES = {"terraform.tfstate", "terraform.tfstate.backup", ".terraform", ".terraform.lock.hcl"}
+RESERVED_FILES = {
+    "terraform.tfstate",
+    "terraform.tfstate.backup",
+    "errored.tfstate",
+    ".terraform",
+    ".terraform.lock.hcl",
+}
+# Override files are Terraform's last word on the configuration: the agent writes one that makes
+# the platform the state backend, and no workspace file may override it.
+OVERRIDE_SUFFIXES = ("override.tf", "override.tf.json")
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
 MAX_FILES = 100
 MAX_FILE_BYTES = 512 * 1024
@@ -129,7 +138,12 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
         if len(files) > MAX_FILES:
             raise serializers.ValidationError("At most %d files." % MAX_FILES)
         for name, content in files.items():
-            if not FILE_NAME_RE.match(name) or name in RESERVED_FILES or name.startswith(".."):
+            if (
+                not FILE_NAME_RE.match(name)
+                or name in RESERVED_FILES
+                or name.startswith("..")
+                or name.endswith(OVERRIDE_SUFFIXES)
+            ):
                 raise serializers.ValidationError("%r is not an allowed file name." % name[:100])
             if len(content.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
                 raise serializers.ValidationError("%s is larger than %d bytes." % (name, MAX_FILE_BYTES))

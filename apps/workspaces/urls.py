@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from apps.workspaces.backendviews import terraform_state
 from apps.workspaces.views import TaskViewSet, WorkspaceViewSet
 
 router = DefaultRouter()
 router.register("workspaces", WorkspaceViewSet, basename="workspace")
 router.register("tasks", TaskViewSet, basename="task")
-urlpatterns = router.urls
+urlpatterns = [
+    # Terraform's http state backend (apps/workspaces/backendviews.py), for task attempts only.
+    path("workspaces/<int:workspace_id>/terraform-state/", terraform_state, name="terraform-state"),
+    *router.urls,
+]

@@ -79,7 +79,7 @@ def test_a_real_terraform_child_gets_no_agent_secret(tmp_path: Path, monkeypatch
         workspace_id=1,
         files={},
         variables={"name": "v"},
-        state=None,
+        state_backend={"address": "http://127.0.0.1:9/", "username": "task-1", "password": "p"},
         env={"PLAIN": "p"},
     )
     output: list[str] = []

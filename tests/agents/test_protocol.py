@@ -7,7 +7,7 @@ import pytest
 
 from apps.agents.protocol import AGENT_ID_RE, ProtocolError, agent_group, parse_frame
 
-HELLO = {"type": "hello", "protocol": 1, "agent_id": "a-1", "capacity": 2}
+HELLO = {"type": "hello", "protocol": 2, "agent_id": "a-1", "capacity": 2}
 LOG = {"type": "task.log", "task_id": 7, "attempt": 1, "seq": 0, "text": "hi"}
 RESULT = {"type": "task.result", "task_id": 7, "attempt": 1, "status": "succeeded"}
 

@@ -35,7 +35,7 @@ def dispatch(task_id: int, attempt: int = 1) -> dict[str, Any]:
         "workspace": "w",
         "files": {},
         "variables": {},
-        "state": None,
+        "state_backend": {"address": "/api/v1/workspaces/1/terraform-state/", "username": "task-1", "password": "p"},
         "timeout_seconds": 60,
         "log_seq_start": 5,
     }
@@ -105,7 +105,7 @@ async def test_hello_and_heartbeat_list_held_tasks(runtime: AgentRuntime) -> Non
 
 
 async def test_unacknowledged_reports_are_replayed_after_a_reconnect(runtime: AgentRuntime) -> None:
-    spec = TaskSpec(task_id=3, attempt=1, task_type="apply", workspace_id=1, files={}, variables={}, state=None)
+    spec = TaskSpec(task_id=3, attempt=1, task_type="apply", workspace_id=1, files={}, variables={}, state_backend=None)
     finished = HeldTask(spec=spec, phase=Phase.FINISHED)
     finished.unacked_chunks = [{"type": "task.log", "task_id": 3, "attempt": 1, "seq": 0, "text": "x"}]
     finished.result = {"type": "task.result", "task_id": 3, "attempt": 1, "status": "succeeded"}
@@ -129,7 +129,7 @@ async def test_a_frame_the_server_could_not_handle_is_resent_without_a_reconnect
         delays.append(delay)
 
     runtime.sleep = no_sleep
-    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state=None)
+    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state_backend=None)
     result = {"type": "task.result", "task_id": 3, "attempt": 1, "status": "succeeded"}
     runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result=result)
     for _ in range(3):  # three errors while one resend is pending schedule it once
@@ -146,7 +146,7 @@ async def test_a_frame_the_server_could_not_handle_is_resent_without_a_reconnect
 
 
 async def test_not_owned_makes_the_agent_forget_a_finished_task(runtime: AgentRuntime) -> None:
-    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state=None)
+    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state_backend=None)
     runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result={"type": "task.result"})
     await runtime.handle({"type": "error", "code": "invalid_field", "task_id": 3})
     assert 3 in runtime.tasks
@@ -158,7 +158,7 @@ async def test_a_stopping_agent_is_done_when_nothing_is_left_or_the_server_never
     runtime: AgentRuntime,
 ) -> None:
     assert not runtime.done()
-    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state=None)
+    spec = TaskSpec(task_id=3, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state_backend=None)
     runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result={"type": "task.result"})
     runtime.request_stop()
     assert not runtime.done()  # its result is not acknowledged yet
@@ -173,7 +173,7 @@ def test_a_state_too_big_for_a_frame_is_kept_on_disk_and_the_task_errored(tmp_pa
 
     rt = AgentRuntime(AgentConfig(urls=["ws://x/"], token="t", agent_id="a1", work_dir=str(tmp_path)))
     rt.max_frame_bytes = 10_000
-    spec = TaskSpec(task_id=9, attempt=1, task_type="apply", workspace_id=1, files={}, variables={}, state=None)
+    spec = TaskSpec(task_id=9, attempt=1, task_type="apply", workspace_id=1, files={}, variables={}, state_backend=None)
     small = rt.fit_result(spec, Outcome(status="succeeded", exit_code=0, state={"serial": 1}))
     assert (small["status"], small["state"]) == ("succeeded", {"serial": 1})
     big_state = {"serial": 2, "blob": "x" * 20_000}

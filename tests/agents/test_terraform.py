@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun
+from tests.agents.httpbackend import Backend, serve
 from tests.integration.agentkit import OUTPUTS_TF, slow_terraform, terraform_path
 
 
-def spec(task_type: str, *, files: dict[str, str] | None = None, state: dict | None = None) -> TaskSpec:
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    with serve() as running:
+        yield running
+
+
+def spec(task_type: str, backend: Backend | None, *, files: dict[str, str] | None = None) -> TaskSpec:
     return TaskSpec(
         task_id=11,
         attempt=1,
@@ -20,7 +29,7 @@ def spec(task_type: str, *, files: dict[str, str] | None = None, state: dict | N
         workspace_id=4,
         files={"main.tf": OUTPUTS_TF} if files is None else files,
         variables={"name": "tests"},
-        state=state,
+        state_backend=backend.spec() if backend else None,
     )
 
 
@@ -41,50 +50,72 @@ def run(task: TaskSpec, tmp_path: Path, *, binary: str | None = None) -> tuple[O
     return outcome, "".join(output), events
 
 
-def test_apply_returns_the_new_state_and_a_drift_check_then_sees_none(tmp_path: Path) -> None:
-    outcome, output, events = run(spec("apply"), tmp_path)
+def test_apply_keeps_its_state_in_the_http_backend_and_a_drift_check_reads_it(tmp_path: Path, backend: Backend) -> None:
+    outcome, output, events = run(spec("apply", backend), tmp_path)
     assert outcome.status == "succeeded", output
     assert outcome.exit_code == 0
     assert outcome.plan_summary == {"add": 0, "change": 0, "destroy": 0}
-    assert outcome.state is not None
-    assert outcome.state["outputs"]["greeting"]["value"] == "hello tests"
+    assert outcome.state is None  # written through the backend, nothing left over to report
+    assert backend.state is not None
+    assert json.loads(backend.state)["outputs"]["greeting"]["value"] == "hello tests"
+    methods = [method for method, _ in backend.requests]
+    assert methods.index("LOCK") < methods.index("POST") < methods.index("UNLOCK")
+    assert backend.lock is None
+    basic = "Basic " + base64.b64encode(b"task-11:secret").decode()
+    assert set(backend.auth) == {basic}
     assert [e["event"] for e in events] == ["start", "end"]
     assert events[0]["task_id"] == 11
     assert events[0]["workspace_id"] == 4
     assert events[0]["type"] == "apply"
     assert events[1]["exit_code"] == 0
     assert events[0]["t"] <= events[1]["t"]
-    drift, _, _ = run(spec("drift_check", state=outcome.state), tmp_path)
+    drift, _, _ = run(spec("drift_check", backend), tmp_path)
     assert (drift.status, drift.exit_code, drift.drifted) == ("succeeded", 0, False)
-    changed, _, _ = run(
-        spec("drift_check", files={"main.tf": OUTPUTS_TF.replace("hello", "bye")}, state=outcome.state), tmp_path
-    )
+    changed, _, _ = run(spec("drift_check", backend, files={"main.tf": OUTPUTS_TF.replace("hello", "bye")}), tmp_path)
     assert (changed.status, changed.exit_code, changed.drifted) == ("succeeded", 2, True)
-    # Each task ran in its own directory, removed afterwards.
+    # Each task ran in its own directory, removed afterwards (with the credential it held).
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("task-")] == []
 
 
-def test_an_invalid_configuration_fails_with_terraforms_exit_code(tmp_path: Path) -> None:
-    outcome, output, events = run(spec("plan", files={"main.tf": "output {"}), tmp_path)
+def test_a_workspace_backend_is_overridden_and_its_own_override_files_refused(tmp_path: Path, backend: Backend) -> None:
+    local = 'terraform {\n  backend "local" {\n    path = "elsewhere.tfstate"\n  }\n}\n' + OUTPUTS_TF
+    outcome, output, _ = run(spec("apply", backend, files={"main.tf": local}), tmp_path)
+    assert outcome.status == "succeeded", output
+    assert backend.state is not None
+    for name in ("override.tf", "mine_override.tf", "x_override.tf.json"):
+        (tmp_path / name).mkdir()
+        refused, _, events = run(spec("plan", backend, files={"main.tf": OUTPUTS_TF, name: ""}), tmp_path / name)
+        assert (refused.status, events) == ("errored", [])
+        assert "refusing file name" in refused.error
+
+
+def test_without_a_state_backend_nothing_runs(tmp_path: Path) -> None:
+    outcome, _, events = run(spec("apply", None), tmp_path)
+    assert (outcome.status, events) == ("errored", [])
+    assert "no state backend" in outcome.error
+
+
+def test_an_invalid_configuration_fails_with_terraforms_exit_code(tmp_path: Path, backend: Backend) -> None:
+    outcome, output, events = run(spec("plan", backend, files={"main.tf": "output {"}), tmp_path)
     assert (outcome.status, outcome.exit_code) == ("failed", 1)
     assert "Error" in output
     assert events[-1]["exit_code"] == 1
 
 
-def test_unsafe_file_names_are_refused_before_terraform_runs(tmp_path: Path) -> None:
-    outcome, _, events = run(spec("plan", files={"../escape.tf": ""}), tmp_path)
+def test_unsafe_file_names_are_refused_before_terraform_runs(tmp_path: Path, backend: Backend) -> None:
+    outcome, _, events = run(spec("plan", backend, files={"../escape.tf": ""}), tmp_path)
     assert outcome.status == "errored"
     assert "refusing file name" in outcome.error
     assert events == []
 
 
-def test_a_missing_terraform_binary_is_an_error_not_a_crash(tmp_path: Path) -> None:
-    outcome, _, events = run(spec("plan"), tmp_path, binary=str(tmp_path / "no-such-terraform"))
+def test_a_missing_terraform_binary_is_an_error_not_a_crash(tmp_path: Path, backend: Backend) -> None:
+    outcome, _, events = run(spec("plan", backend), tmp_path, binary=str(tmp_path / "no-such-terraform"))
     assert outcome.status == "errored"
     assert [e["event"] for e in events] == ["start", "end"]
 
 
-def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
     monkeypatch.setenv("SLOW_SECONDS", "60")
 
     async def scenario() -> Outcome:
@@ -95,7 +126,7 @@ def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.Mo
                 planning.set()
 
         tf = TerraformRun(
-            spec=spec("plan"),
+            spec=spec("plan", backend),
             terraform_bin=slow_terraform(tmp_path),
             on_output=on_output,
             work_root=str(tmp_path),
@@ -110,9 +141,11 @@ def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.Mo
     assert outcome.status == "cancelled"
 
 
-def test_a_work_dir_that_does_not_exist_yet_is_created(tmp_path: Path) -> None:
+def test_a_work_dir_that_does_not_exist_yet_is_created(tmp_path: Path, backend: Backend) -> None:
     root = tmp_path / "volume" / "work"
-    tf = TerraformRun(spec=spec("plan"), terraform_bin=terraform_path(), on_output=lambda _: None, work_root=str(root))
+    tf = TerraformRun(
+        spec=spec("plan", backend), terraform_bin=terraform_path(), on_output=lambda _: None, work_root=str(root)
+    )
     outcome = asyncio.run(tf.run())
     assert outcome.status == "succeeded", outcome.error
     assert root.is_dir()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apps.agents.models import Agent
-from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
+from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task, TaskLogChunk, Workspace
 from tests.integration.agentkit import (
     FAST_ENV,
     api,
@@ -45,8 +45,26 @@ def test_plan_apply_and_drift_check_run_with_real_terraform(processes: ProcessGr
     drift.refresh_from_db()
     assert (plan.status, plan.exit_code) == ("succeeded", 2), plan.error  # outputs to add: changes
     assert (apply.status, apply.exit_code) == ("succeeded", 0), apply.error
+    # Terraform pushed its state through the platform's http backend, under a lock of each task.
     state = StateVersion.objects.get(workspace=workspace, task=apply)
     assert state.state["outputs"]["greeting"]["value"] == "hello world"
+    workspace.refresh_from_db()
+    assert workspace.current_state == state
+    move = StateTransition.objects.get(workspace=workspace)
+    assert (move.kind, move.task_id, move.attempt, move.from_serial, move.to_serial) == (
+        "terraform",
+        apply.pk,
+        1,
+        None,
+        state.terraform_serial,
+    )
+    locks = list(StateLock.objects.filter(workspace=workspace).order_by("acquired_at"))
+    assert [(lock.task_id, lock.release_reason) for lock in locks] == [
+        (plan.pk, "unlocked"),
+        (apply.pk, "unlocked"),
+        (drift.pk, "unlocked"),
+    ]
+    assert all(lock.info["Who"] and lock.info["Operation"] for lock in locks)
     # After the apply, the configuration matches the state: no drift.
     assert (drift.status, drift.exit_code) == ("succeeded", 0), drift.error
     workspace.refresh_from_db()

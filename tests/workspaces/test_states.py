@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from rest_framework.test import APIClient
 from apps.agents.actions import cleanup_agents
 from apps.agents.models import Agent
 from apps.coordination.status import cluster_status
-from apps.workspaces import actions, reports, states
+from apps.workspaces import actions, reports, statebackend, states
 from apps.workspaces.models import StateTransition, StateVersion, Task, Workspace
 from tests.access.fixtures import grant
 from tests.agents.fixtures import Pool
@@ -86,8 +87,12 @@ def test_a_late_result_of_a_lost_apply_is_kept_as_conflict_and_holds_the_next_ap
     plan.refresh_from_db()
     assert (plan.status, plan.agent_id) == ("dispatched", agent_b.pk)
     payload = reports.dispatch_payload(agent_pk=agent_b.pk, task_id=plan.pk)
-    assert payload is not None and payload["state"] == state_b
+    assert payload is not None
     assert reports.accept_task(agent=agent_b, task_id=plan.pk, attempt=1)
+    backend = payload["state_backend"]
+    basic = base64.b64encode(("%s:%s" % (backend["username"], backend["password"])).encode()).decode()
+    credential = statebackend.authenticate("Basic " + basic, workspace_id=workspace.pk)
+    assert statebackend.read(credential) == state_b  # Terraform starts the plan from B's state
     reports.record_result(agent=agent_b, task_id=plan.pk, attempt=1, report={"status": "succeeded", "exit_code": 0})
     assert Task.objects.get(pk=held.pk).status == "pending"
     assert actions.workspaces_to_kick() == []  # nothing runnable: not kicked every round
