@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workspaces', '0002_state_pointer'),
+        ('workspaces', '0003_cmdb_due'),
     ]
 
     operations = [
