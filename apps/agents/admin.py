@@ -8,6 +8,7 @@ from django.utils.timesince import timesince
 
 from apps.agents import actions as agent_actions
 from apps.agents.models import Agent, AgentPool
+from iacplatform.estimates import BoundedCountPaginator
 
 
 @admin.register(AgentPool)
@@ -36,6 +37,9 @@ class ConnectedPodFilter(admin.SimpleListFilter):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = (
         "agent_id",
         "name",

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from apps.coordination import registry
 from apps.coordination.models import AdvisoryLock, Fence, JobRun, JobRunDay, Lease
+from apps.coordination.retention import kept_jobs
 from apps.coordination.status import recent_terms
+from iacplatform.estimates import BoundedCountPaginator
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -50,12 +55,29 @@ class FenceAdmin(ReadOnlyAdmin):
     list_display = ("name", "epoch", "holder_identity", "updated_at")
 
 
+class JobFilter(admin.SimpleListFilter):
+    title = "job"
+    parameter_name = "job"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
+        return [(job, job) for job in kept_jobs()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(job=value) if value else queryset
+
+
 @admin.register(JobRun)
 class JobRunAdmin(ReadOnlyAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = ("job", "holder", "epoch", "outcome", "started_at", "finished_at")
-    list_filter = ("outcome", "job", "holder", "epoch")
-    search_fields = ("job", "holder", "error")
-    date_hierarchy = "started_at"
+    # No date hierarchy and no holder or epoch filter: each lists the DISTINCT values of every tick
+    # kept (0.2-0.6 s at a month of ticks). Jobs come from a skip scan; holders and epochs are
+    # searched.
+    list_filter = ("outcome", JobFilter)
+    search_fields = ("job", "holder", "=epoch", "error")
 
 
 @admin.register(JobRunDay)

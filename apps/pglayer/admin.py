@@ -3,10 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 
 from apps.pglayer.models import GroupMembership, Message
+from iacplatform.estimates import BoundedCountPaginator
 
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = ("id", "channel", "expires")
     search_fields = ("channel",)
     exclude = ("body",)
@@ -20,5 +24,8 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(GroupMembership)
 class GroupMembershipAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = ("group", "channel", "expires")
     search_fields = ("group", "channel")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
@@ -7,6 +9,7 @@ from django.http import HttpRequest
 from apps.access import policy
 from apps.workspaces import states
 from apps.workspaces.models import Resource, StateTransition, StateVersion, Task, TaskLogChunk, Workspace
+from iacplatform.estimates import BoundedCountPaginator
 
 
 class ConflictFilter(admin.SimpleListFilter):
@@ -27,6 +30,9 @@ class ConflictFilter(admin.SimpleListFilter):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = (
         "name",
         "pool",
@@ -74,8 +80,11 @@ class TaskLogChunkInline(admin.TabularInline):
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = ("id", "workspace", "type", "status", "agent", "attempt", "created_at", "started_at", "finished_at")
-    list_filter = ("status", "type", "workspace")
+    list_filter = ("status", "type")
     search_fields = ("workspace__name", "agent__agent_id")
     list_select_related = ("workspace", "agent")
     # The queue and the agents own a task's lifecycle; operators read it and cancel through the API.
@@ -100,8 +109,12 @@ class TaskAdmin(admin.ModelAdmin):
 
 @admin.register(StateVersion)
 class StateVersionAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = ("workspace", "serial", "status", "terraform_serial", "lineage", "task", "attempt", "created_at")
-    list_filter = ("status", "workspace")
+    list_filter = ("status",)
+    search_fields = ("workspace__name",)
     list_select_related = ("workspace", "task")
     readonly_fields = (
         "workspace",
@@ -147,6 +160,9 @@ class StateVersionAdmin(admin.ModelAdmin):
 
 @admin.register(StateTransition)
 class StateTransitionAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = (
         "workspace",
         "kind",
@@ -159,7 +175,8 @@ class StateTransitionAdmin(admin.ModelAdmin):
         "actor",
         "created_at",
     )
-    list_filter = ("kind", "workspace")
+    list_filter = ("kind",)
+    search_fields = ("workspace__name",)
     list_select_related = ("workspace", "actor")
     readonly_fields = (*list_display, "from_version", "to_version")
 
@@ -173,11 +190,28 @@ class StateTransitionAdmin(admin.ModelAdmin):
         return False
 
 
+class ResourceModeFilter(admin.SimpleListFilter):
+    """Terraform's two resource modes, without a DISTINCT over every resource indexed."""
+
+    title = "mode"
+    parameter_name = "mode"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
+        return [("managed", "managed"), ("data", "data")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(mode=value) if value else queryset
+
+
 @admin.register(Resource)
 class ResourceAdmin(admin.ModelAdmin):
+    # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     list_display = ("address", "workspace", "type", "provider", "mode", "state_serial", "updated_at")
-    list_filter = ("workspace", "mode", "type")
-    search_fields = ("address", "type", "name")
+    list_filter = (ResourceModeFilter,)
+    search_fields = ("address", "type", "name", "workspace__name")
     readonly_fields = (
         "workspace",
         "address",

@@ -127,6 +127,10 @@ class Task(models.Model):
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["workspace", "status"]),
             models.Index(fields=["agent", "status"]),
+            # The task list's order (newest first), overall and per workspace: its first page is
+            # read from the index instead of sorting every task ever run.
+            models.Index(fields=["created_at", "id"], name="task_created_order"),
+            models.Index(fields=["workspace", "created_at", "id"], name="task_workspace_created_order"),
         ]
 
     def __str__(self) -> str:
