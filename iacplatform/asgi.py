@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
@@ -18,6 +19,12 @@ from django.urls import re_path  # noqa: E402
 
 from apps.agents.routing import websocket_urlpatterns as agent_urlpatterns  # noqa: E402
 from apps.hub.routing import websocket_urlpatterns as hub_routes  # noqa: E402
+from iacplatform.sessioncheck import require_session_path  # noqa: E402
+
+if settings.PROCESS_ROLE == "web" and settings.CHANNEL_LAYER_BACKEND == "postgres":
+    # The channel layer's LISTEN needs a session: refuse to serve through a transaction pooler
+    # (it would lose every notification silently) instead of finding out from missing messages.
+    require_session_path(purpose="web-start")
 
 # Browser WebSockets: session auth, so the Origin is checked (cross-site WebSocket hijacking).
 websocket_urlpatterns: list = [*hub_routes]

@@ -22,6 +22,8 @@ def close_channel_layers(django_db_setup: None) -> Iterator[None]:
     # Postgres channel layers made in this process keep connections to the test database; close
     # them before pytest-django drops it (set up after django_db_setup, so torn down before it).
     yield
+    from apps.coordination.joblocks import close_process_job_locks
     from apps.pglayer.core import close_all_layers
 
     close_all_layers()
+    close_process_job_locks()

@@ -4,8 +4,8 @@ Every advisory lock the project takes is a two-int key ``(namespace, id)``: Post
 ``pg_locks`` as ``classid = namespace, objid = id, objsubid = 2``, so :func:`decode` can name any
 lock held in the cluster (the admin and ``clusterstatus`` use it). Guarantees: keys of different
 namespaces never collide; a job's key is stable across processes and releases (CRC-32 of its name,
-not Python's salted ``hash``). Does NOT: take locks (callers use django-pgware's
-``advisory_lock``); prevent two job names from sharing a CRC-32 (``job_key`` refuses such a pair
+not Python's salted ``hash``). Does NOT: take locks (joblocks.py takes job locks on the session
+path, the task queue a transaction lock); prevent two job names from sharing a CRC-32 (``job_key`` refuses such a pair
 when both are registered, see registry.py).
 """
 

@@ -5,8 +5,9 @@ holding job locks, raise the fence to the epoch, close their abandoned JobRuns, 
 passes once, then start one thread per job. Each thread loops ``while not stopping: tick();
 wait(every)``, and a tick:
   1. does nothing unless ``is_leader()`` (a process woken from a pause never starts a tick);
-  2. takes the job's advisory lock with ``pg_try_advisory_lock`` on the thread's own connection
-     (django-pgware); if another session holds it, the tick is recorded as ``skipped``;
+  2. takes the job's advisory lock with ``pg_try_advisory_lock`` on the process's session-path
+     connection (joblocks.py: the job's own connection may go through a transaction pooler); if
+     another session holds it, the tick is recorded as ``skipped``;
   3. records a ``running`` JobRun inside ``tick.fenced()``, so a stale term cannot even start one;
   4. calls the job, whose writes go through ``tick.fenced()``; ``StaleEpoch`` ends it as ``fenced``.
 
@@ -25,14 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 from django.db import close_old_connections, connection
 from django.db.utils import Error as DatabaseError
+from django.db.utils import OperationalError
 from django.utils import timezone
-from django_pg_utils.locks import advisory_lock
 
 from apps.coordination import metrics
 from apps.coordination.clock import SYSTEM_CLOCK, Clock
 from apps.coordination.fencing import StaleEpoch, StaleTimeline, Tick, raise_epoch
+from apps.coordination.joblocks import JobLocks, process_job_locks
 from apps.coordination.lockkeys import Namespace
 from apps.coordination.models import JobRun
 from apps.coordination.registry import JobFunc, JobSpec
@@ -56,6 +59,7 @@ class TermContext:
     renew_term: Callable[[], None] = lambda: None
     # Every statement of a job or fence transaction is cancelled after this long (seconds).
     statement_timeout: float = 10.0
+    locks: JobLocks = field(default_factory=process_job_locks)
 
     def tick(self, job: str) -> Tick:
         return Tick(
@@ -91,38 +95,46 @@ def run_tick(spec: JobSpec, ctx: TermContext) -> str | None:
 
 
 def _locked_tick(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
-    with advisory_lock(spec.lock_key, wait=False) as acquired:
-        if not acquired:
-            # Another session is running this job (a previous leader finishing its tick): skip.
-            _record(tick, JobRun.Outcome.SKIPPED, error="advisory lock held by another session")
-            return JobRun.Outcome.SKIPPED
-        if not ctx.is_leader():
-            return None
-        try:
-            with tick.fenced():
-                run = JobRun.objects.create(
-                    job=tick.job, holder=tick.holder, epoch=tick.epoch, started_at=timezone.now()
-                )
-        except StaleEpoch as exc:
-            _fenced_out(exc, ctx)
-            _record(tick, JobRun.Outcome.FENCED, error=str(exc))
-            return JobRun.Outcome.FENCED
-        outcome, error = JobRun.Outcome.OK, ""
-        try:
-            spec.func(tick)
-        except StaleEpoch as exc:
-            _fenced_out(exc, ctx)
-            outcome, error = JobRun.Outcome.FENCED, str(exc)
-            logger.warning("job %s (epoch %d) fenced: %s", tick.job, tick.epoch, exc)
-        except Exception as exc:
-            outcome, error = JobRun.Outcome.ERROR, "%s: %s" % (type(exc).__name__, exc)
-            logger.exception("job %s (epoch %d) failed", tick.job, tick.epoch)
-        # Compare-and-set: a successor that found this run abandoned has already closed it (with an
-        # end before its own first tick); a holder waking from a pause must not move that end.
-        JobRun.objects.filter(pk=run.pk, outcome=JobRun.Outcome.RUNNING).update(
-            finished_at=timezone.now(), outcome=outcome, error=error[:4000]
-        )
-        return outcome
+    try:
+        acquired = ctx.locks.try_lock(spec.lock_key)
+    except psycopg.Error as exc:
+        raise OperationalError("job lock: %s" % exc) from exc
+    if not acquired:
+        # Another session is running this job (a previous leader finishing its tick): skip.
+        _record(tick, JobRun.Outcome.SKIPPED, error="advisory lock held by another session")
+        return JobRun.Outcome.SKIPPED
+    try:
+        return _tick_under_lock(spec, tick, ctx)
+    finally:
+        ctx.locks.unlock(spec.lock_key)
+
+
+def _tick_under_lock(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
+    if not ctx.is_leader():
+        return None
+    try:
+        with tick.fenced():
+            run = JobRun.objects.create(job=tick.job, holder=tick.holder, epoch=tick.epoch, started_at=timezone.now())
+    except StaleEpoch as exc:
+        _fenced_out(exc, ctx)
+        _record(tick, JobRun.Outcome.FENCED, error=str(exc))
+        return JobRun.Outcome.FENCED
+    outcome, error = JobRun.Outcome.OK, ""
+    try:
+        spec.func(tick)
+    except StaleEpoch as exc:
+        _fenced_out(exc, ctx)
+        outcome, error = JobRun.Outcome.FENCED, str(exc)
+        logger.warning("job %s (epoch %d) fenced: %s", tick.job, tick.epoch, exc)
+    except Exception as exc:
+        outcome, error = JobRun.Outcome.ERROR, "%s: %s" % (type(exc).__name__, exc)
+        logger.exception("job %s (epoch %d) failed", tick.job, tick.epoch)
+    # Compare-and-set: a successor that found this run abandoned has already closed it (with an
+    # end before its own first tick); a holder waking from a pause must not move that end.
+    JobRun.objects.filter(pk=run.pk, outcome=JobRun.Outcome.RUNNING).update(
+        finished_at=timezone.now(), outcome=outcome, error=error[:4000]
+    )
+    return outcome
 
 
 def _fenced_out(exc: StaleEpoch, ctx: TermContext) -> None:
@@ -219,6 +231,8 @@ class Term:
             self.join()
         finally:
             connection.close()
+            if not self.stuck:
+                ctx.locks.close()  # the term's job locks end with their session
 
     def join(self) -> None:
         deadline = time.monotonic() + self.grace
@@ -265,9 +279,9 @@ def evict_stale_job_holders(ctx: TermContext) -> int:
                 "SELECT l.pid, a.application_name, pg_terminate_backend(l.pid) FROM pg_locks l"
                 " JOIN pg_stat_activity a ON a.pid = l.pid"
                 " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objsubid = 2 AND l.granted"
-                " AND l.pid <> pg_backend_pid()"
+                " AND l.pid <> pg_backend_pid() AND l.pid IS DISTINCT FROM %s"
                 " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                [int(Namespace.JOB)],
+                [int(Namespace.JOB), ctx.locks.backend_pid],
             )
             evicted = cursor.fetchall()
     except DatabaseError as exc:

@@ -133,7 +133,12 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._own_notify = statements.process_notify_channel(prefix, self.client_prefix)
         self._thread = LoopThread("pglayer-%s" % self.client_prefix, adopt=event_loop == "server")
         self._channels: dict[str, ChannelState] = {}
-        self._pool = ConnectionPool(lambda: self._conninfo("layer:" + self.client_prefix))
+        # Messages are hints with at-most-once delivery (the database tables are the truth), so
+        # the layer does not wait for each commit to reach disk: a crash loses at most the last
+        # fraction of a second of messages, never consistency, and a send costs no fsync.
+        self._pool = ConnectionPool(
+            lambda: self._conninfo("layer:" + self.client_prefix), session_settings={"synchronous_commit": "off"}
+        )
         self._listener = Listener(
             conninfo=lambda: self._conninfo("listen:" + self.client_prefix),
             channels=[self._own_notify, self._shared_notify],
@@ -163,10 +168,6 @@ class PostgresChannelLayer(BaseChannelLayer):
             # The session path (DATABASE_SESSION_URL for the default alias): the listener needs a
             # session of its own, and the pool's connections are few and live long.
             params = session_connection_params(purpose=purpose, alias=self.database)
-        # Messages are hints with at-most-once delivery (the database tables are the truth), so
-        # the layer does not wait for each commit to reach disk: a crash loses at most the last
-        # fraction of a second of messages, never consistency, and a send costs no fsync.
-        params["options"] = ("%s -c synchronous_commit=off" % params.get("options", "")).strip()
         for keepalive, value in (("keepalives", 1), ("keepalives_idle", 10), ("keepalives_interval", 5)):
             params.setdefault(keepalive, value)
         params.setdefault("keepalives_count", 3)

@@ -52,8 +52,11 @@ class ConnectionPool:
         keep: int = 1,
         max_idle: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        session_settings: dict[str, str] | None = None,
     ) -> None:
         self._conninfo = conninfo
+        # Set once per new connection (SET, not the ``options`` startup parameter PgBouncer refuses).
+        self._session_settings = dict(session_settings or {})
         self._slots = asyncio.Semaphore(max_size)
         self._keep = keep
         self._max_idle = max_idle
@@ -68,6 +71,15 @@ class ConnectionPool:
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+        if self._session_settings:
+            try:
+                await conn.execute(
+                    "SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(self._session_settings)),
+                    [item for pair in self._session_settings.items() for item in pair],
+                )
+            except BaseException:
+                await conn.close()
+                raise
         self.opened += 1
         return conn
 

@@ -21,11 +21,10 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from django_pg_utils.locks import advisory_lock
 
 from apps.access import policy
 from apps.access.actions import do_grant_role
@@ -82,11 +81,15 @@ def schedule_workspace(workspace_id: int) -> Task | None:
     """Dispatch the workspace's oldest pending task if nothing is active; the dispatched task or None."""
     # Non-blocking: whoever holds the lock is dispatching this workspace right now. If our task was
     # committed after its look, the result of the running task or pending_tasks kicks it again.
-    with advisory_lock(workspace_key(workspace_id), wait=False) as acquired:
-        if not acquired:
+    # A transaction-level lock, released by the commit: a session lock would stay on whichever
+    # server connection a transaction pooler (DATABASE_URL through PgBouncer) ran the statement on.
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", list(workspace_key(workspace_id)))
+            row = cursor.fetchone()
+        if not row or not row[0]:
             return None
-        with transaction.atomic():
-            return _dispatch_next(workspace_id)
+        return _dispatch_next(workspace_id)
 
 
 def _dispatch_next(workspace_id: int) -> Task | None:

@@ -1,0 +1,123 @@
+"""The cluster behind a real PgBouncer: DATABASE_URL through transaction pooling, DATABASE_SESSION_URL
+through session pooling; a session path through the transaction pooler is refused at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+import websockets
+
+from apps.coordination.models import JobRun
+from apps.coordination.overlaps import overlapping_ticks
+from iacplatform.dburl import libpq_params
+from iacplatform.sessioncheck import session_path_problem
+from tests.integration.test_runleader import JOB, holder, leader_running_jobs, start_leader, wait_for
+from tests.pgbouncer import PgBouncer
+from tests.pgbouncer import pgbouncer as pgbouncer  # noqa: F401  (fixture)
+from tests.processes import ProcessGroup, free_port, wait_http
+
+pytestmark = pytest.mark.slow
+
+
+def behind(pgbouncer: PgBouncer) -> dict[str, str]:
+    return {"DATABASE_URL": pgbouncer.url("pooled"), "DATABASE_SESSION_URL": pgbouncer.url("session")}
+
+
+def test_the_session_check_refuses_a_transaction_pooler_and_passes_session_mode(
+    pgbouncer: PgBouncer, settings: Any
+) -> None:
+    settings.DATABASE_SESSION_URL = pgbouncer.url("pooled")
+    settings.DATABASE_SESSION_PARAMS = libpq_params(pgbouncer.url("pooled"))
+    problem = session_path_problem()
+    assert problem is not None
+    assert "DATABASE_SESSION_URL goes through a transaction pooler" in problem
+    assert "pool_mode = session" in problem
+    settings.DATABASE_SESSION_URL = pgbouncer.url("session")
+    settings.DATABASE_SESSION_PARAMS = libpq_params(pgbouncer.url("session"))
+    assert session_path_problem() is None
+    settings.DATABASE_SESSION_URL, settings.DATABASE_SESSION_PARAMS = "", {}
+    assert session_path_problem() is None  # PostgreSQL itself
+
+
+def test_leader_and_web_refuse_to_start_with_their_session_path_on_the_transaction_pooler(
+    processes: ProcessGroup, pgbouncer: PgBouncer
+) -> None:
+    env = {"DATABASE_URL": pgbouncer.url("pooled")}
+    leader = start_leader(processes, "leader-txn", env=env, ready=False)
+    web = processes.daphne("web-txn", env=env, ready=False)
+    assert leader.wait(60) != 0
+    assert web.wait(60) != 0
+    for proc in (leader, web):
+        log = proc.log()
+        assert "DATABASE_URL (DATABASE_SESSION_URL is unset) goes through a transaction pooler" in log, log
+        assert "point DATABASE_SESSION_URL at PostgreSQL directly or at a PgBouncer database with pool_mode = session" in log
+    assert not JobRun.objects.exists()
+
+
+def _echo_daphne(processes: ProcessGroup, name: str, prefix: str, env: dict[str, str]) -> Any:
+    port = free_port()
+    proc = processes.start(
+        name,
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "tests.pglayer.asgi_echo:application"],
+        role="web",
+        port=port,
+        env={**env, "CHANNEL_LAYER_BACKEND": "postgres", "CHANNEL_LAYER_PREFIX": prefix},
+    )
+    wait_http(proc, "/healthz")
+    return proc
+
+
+async def test_layer_messages_cross_replicas_behind_pgbouncer(processes: ProcessGroup, pgbouncer: PgBouncer) -> None:
+    prefix = "b%s" % uuid.uuid4().hex[:8]
+    env = behind(pgbouncer)
+    replica_a = _echo_daphne(processes, "web-a", prefix, env)
+    replica_b = _echo_daphne(processes, "web-b", prefix, env)
+    async with (
+        websockets.connect(replica_b.ws_url + "/ws/echo/room/") as on_b,
+        websockets.connect(replica_a.ws_url + "/ws/echo/room/") as on_a,
+    ):
+        for n in range(20):
+            await on_a.send(json.dumps({"n": n, "pad": ""}))
+        heard_on_b = [json.loads(await asyncio.wait_for(on_b.recv(), 10)) for _ in range(20)]
+    assert [m["n"] for m in heard_on_b] == list(range(20))
+    assert all(m["from"] == "web-a" and m["to"] == "web-b" for m in heard_on_b)
+    assert "got packet" not in pgbouncer.logs()
+
+
+def test_jobs_keep_ticking_across_a_handover_behind_pgbouncer_and_nobody_kills_pooled_connections(
+    processes: ProcessGroup, pgbouncer: PgBouncer
+) -> None:
+    env = behind(pgbouncer)
+    leaders = [start_leader(processes, "leader-%d" % i, env=env, ready=False) for i in range(2)]
+    for proc in leaders:
+        wait_http(proc, "/healthz")
+    web = processes.daphne("web-pooled", env=env)
+    first = leader_running_jobs(leaders)
+    second = next(p for p in leaders if p is not first)
+    time.sleep(2.0)  # many ticks of one term: each takes and releases its lock on the session path
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    wait_for(lambda: holder() == second.name, 10, "the standby to lead")
+    wait_for(lambda: JobRun.objects.filter(job=JOB, holder=second.name, outcome="ok").count() >= 10, 20, "ticks")
+    time.sleep(1.0)
+    ticks = JobRun.objects.filter(job=JOB)
+    assert ticks.filter(holder=first.name, outcome="ok").count() >= 10, "ticks kept running in the first term"
+    latest = list(ticks.filter(holder=second.name).order_by("-started_at").values_list("outcome", flat=True)[:5])
+    assert latest == ["ok"] * 5, "the second term's ticks are not skipped for a lock left on a pooled connection"
+    assert overlapping_ticks() == 0
+    # Nobody terminated a pooled server connection: no eviction happened at all, and PgBouncer saw
+    # none of its server connections die.
+    for proc in leaders:
+        assert "terminated session" not in proc.log(), proc.log()
+    assert not re.search(r"server conn crashed|administrator command", pgbouncer.logs())
+    with urllib.request.urlopen(web.url + "/readyz", timeout=5) as response:  # noqa: S310 - local test URL
+        assert response.status == 200
