@@ -84,12 +84,21 @@ def schedule_workspace(workspace_id: int) -> Task | None:
     # A transaction-level lock, released by the commit: a session lock would stay on whichever
     # server connection a transaction pooler (DATABASE_URL through PgBouncer) ran the statement on.
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", list(workspace_key(workspace_id)))
-            row = cursor.fetchone()
-        if not row or not row[0]:
+        if not _lock_workspace(workspace_id, wait=False):
             return None
         return _dispatch_next(workspace_id)
+
+
+def _lock_workspace(workspace_id: int, *, wait: bool) -> bool:
+    """The workspace's advisory lock until the current transaction ends (True once held)."""
+    key = list(workspace_key(workspace_id))
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+            return True
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", key)
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def _dispatch_next(workspace_id: int) -> Task | None:
@@ -357,7 +366,8 @@ def do_delete_workspace(*, workspace_id: int) -> None:
     """Delete a workspace and its history, refused while one of its tasks is dispatched or running."""
     # The scheduler's advisory lock (waited for here): no task of this workspace can be dispatched
     # between the check and the delete.
-    with advisory_lock(workspace_key(workspace_id)), transaction.atomic():
+    with transaction.atomic():
+        _lock_workspace(workspace_id, wait=True)
         workspace = Workspace.objects.select_for_update().get(pk=workspace_id)
         if Task.objects.filter(workspace_id=workspace.pk).active().exists():
             raise WorkspaceConflict("The workspace has a task running; cancel it first.")
