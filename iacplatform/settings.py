@@ -349,6 +349,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Workspaces, Terraform runs, agents and editing sessions.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The API's contract is JSON: form and multipart bodies are still parsed (the browsable API,
+    # tests), but not documented, so clients and fuzzers use JSON.
+    "PARSER_WHITELIST": ["iacplatform.api.parsers.JSONParser"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "iacplatform.api.schema.postprocess",

@@ -83,7 +83,7 @@ class WorkspaceAccessActions:
     def access_events(self, request: Request, pk: str | None = None) -> Response:
         """Who granted or revoked which role to whom, and when, newest first."""
         workspace = self.get_object()  # type: ignore[attr-defined]
-        query = EventQuerySerializer(data=request.query_params)
+        query = EventQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         limit = query.validated_data["limit"]
         events = AccessEvent.objects.filter(workspace=workspace).order_by("-at", "-pk")[:limit]

@@ -158,7 +158,7 @@ class DraftView(HubAPIView):
 
     @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={200: DraftSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
-        key = DraftKeySerializer(data=request.query_params, context={"request": request})
+        key = DraftKeySerializer(data=request.query_params.dict(), context={"request": request})
         key.is_valid(raise_exception=True)
         draft = drafts.get_draft(user=request.user, **key.validated_data)
         return Response(DraftSerializer(draft).data)
@@ -172,7 +172,7 @@ class DraftView(HubAPIView):
 
     @extend_schema(parameters=DRAFT_KEY_PARAMETERS, responses={204: None, **ERRORS})
     def delete(self, request: Request) -> Response:
-        key = DraftKeySerializer(data=request.query_params, context={"request": request})
+        key = DraftKeySerializer(data=request.query_params.dict(), context={"request": request})
         key.is_valid(raise_exception=True)
         if not drafts.do_delete_draft(user=request.user, **key.validated_data):
             return error_response(actions.NotFound("no draft of this resource"))

@@ -212,8 +212,12 @@ class TaskFilterSerializer(serializers.Serializer[Any]):
 
 
 class LogQuerySerializer(serializers.Serializer[Any]):
-    after = serializers.IntegerField(min_value=-1, max_value=2**31 - 1, required=False, default=-1)
-    limit = serializers.IntegerField(min_value=1, max_value=5000, required=False, default=1000)
+    after = serializers.IntegerField(
+        min_value=-1, max_value=2**31 - 1, required=False, default=-1, help_text="Chunks with seq greater than this."
+    )
+    limit = serializers.IntegerField(
+        min_value=1, max_value=5000, required=False, default=1000, help_text="At most this many chunks."
+    )
 
 
 class LogChunkSerializer(serializers.ModelSerializer[TaskLogChunk]):

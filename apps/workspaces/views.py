@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -167,7 +167,7 @@ class TaskViewSet(
         )
         if self.action != "list":
             return qs
-        filters = TaskFilterSerializer(data=self.request.query_params)
+        filters = TaskFilterSerializer(data=self.request.query_params.dict())
         filters.is_valid(raise_exception=True)
         return qs.filter(**filters.validated_data)
 
@@ -201,15 +201,12 @@ class TaskViewSet(
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("after", int, description="Return chunks with seq greater than this."),
-            OpenApiParameter("limit", int, description="At most this many chunks (1-5000)."),
-        ],
+        parameters=[LogQuerySerializer],
         responses=TaskLogSerializer,
     )
     @action(detail=True, methods=["get"])
     def log(self, request: Request, pk: str | None = None) -> Response:
-        query = LogQuerySerializer(data=request.query_params)
+        query = LogQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         task = self.get_object()
         limit = query.validated_data["limit"]
