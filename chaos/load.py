@@ -16,7 +16,7 @@ from django.db.utils import InterfaceError
 
 from apps.agents.models import AgentPool, hash_token
 from apps.workspaces.actions import enqueue_task
-from apps.workspaces.models import Task, Workspace
+from apps.workspaces.models import Task, Variable, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,12 @@ def create_workspaces(*, count: int, token: str) -> list[int]:
             defaults={
                 "pool": pool,
                 "terraform_files": {"main.tf": MAIN_TF},
-                "variables": {"n": str(index)},
                 "drift_check_enabled": True,
                 "drift_check_interval_minutes": 1,
             },
+        )
+        Variable.objects.update_or_create(
+            workspace=workspace, category="terraform", key="n", defaults={"value": str(index)}
         )
         ids.append(workspace.pk)
     return ids

@@ -4,6 +4,7 @@ apps/coordination/checks.py reject bad combinations."""
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
@@ -84,6 +85,20 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     # An agent signs nothing that outlives it; DEBUG is for development only.
     SECRET_KEY = secrets.token_urlsafe(50) if AGENT_PROCESS else "insecure-development-key-only-for-debug"
+
+# Sensitive variable values are encrypted with the first of these Fernet keys and decrypted with
+# any (rotation: prepend a new key, run `manage.py rotatevariablekeys`, then drop the old one).
+# Empty: a key derived from SECRET_KEY (apps/workspaces/encryption.py); production sets its own.
+VARIABLE_ENCRYPTION_KEYS = env_list("VARIABLE_ENCRYPTION_KEYS", [])
+for _key in VARIABLE_ENCRYPTION_KEYS:
+    try:
+        if len(base64.urlsafe_b64decode(_key.encode("ascii"))) != 32:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            "VARIABLE_ENCRYPTION_KEYS must be comma-separated Fernet keys (32 url-safe base64-encoded bytes; "
+            "make one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+        ) from None
 
 INSTALLED_APPS = [
     "daphne",

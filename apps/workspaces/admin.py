@@ -8,7 +8,7 @@ from django.http import HttpRequest
 
 from apps.access import policy
 from apps.workspaces import states
-from apps.workspaces.models import Resource, StateTransition, StateVersion, Task, TaskLogChunk, Workspace
+from apps.workspaces.models import Resource, StateTransition, StateVersion, Task, TaskLogChunk, Variable, Workspace
 from iacplatform.estimates import BoundedCountPaginator
 
 
@@ -225,3 +225,33 @@ class ResourceAdmin(admin.ModelAdmin):
         "state_serial",
         "updated_at",
     )
+
+
+def shown_value(variable: Variable) -> str:
+    """What the admin shows of a value: a sensitive one only as set or unset."""
+    if variable.sensitive:
+        return "(sensitive, %s)" % ("set" if variable.is_set else "unset")
+    return variable.value
+
+
+@admin.register(Variable)
+class VariableAdmin(admin.ModelAdmin):
+    """Read-only: variables are written through the API (apps/workspaces/variables.py), which
+    encrypts sensitive values; the admin never shows one."""
+
+    list_display = ("workspace", "category", "key", "sensitive", "value_shown", "updated_at")
+    list_filter = ("category", "sensitive")
+    list_select_related = ("workspace",)
+    search_fields = ("key", "workspace__name")
+    fields = ("workspace", "category", "key", "sensitive", "value_shown", "description", "created_at", "updated_at")
+    readonly_fields = fields
+
+    @admin.display(description="value")
+    def value_shown(self, variable: Variable) -> str:
+        return shown_value(variable)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -23,8 +23,11 @@ class Workspace(models.Model):
     pool = models.ForeignKey("agents.AgentPool", on_delete=models.PROTECT, related_name="workspaces")
     # {"main.tf": "...", ...}: the configuration an agent writes into a fresh directory.
     terraform_files = models.JSONField(default=dict, blank=True)
-    # {"name": "value"}: passed to Terraform as TF_VAR_<name>.
-    variables = models.JSONField(default=dict, blank=True)
+    # Before migration 0006 variables lived in this column; that migration copied them into
+    # Variable rows. Kept (read by nothing here) for the previous release's replicas during a
+    # rolling upgrade, a key removed whenever its variable is written (actions.do_set_variable),
+    # to be dropped in the next release.
+    legacy_variables = models.JSONField(db_column="variables", default=dict, blank=True, editable=False)
     locked = models.BooleanField(default=False)
     locked_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -298,3 +301,51 @@ class StateLock(models.Model):
 
     def __str__(self) -> str:
         return "%s lock %s (task %s attempt %d)" % (self.workspace_id, self.lock_id, self.task_id, self.attempt)
+
+
+class VariableQuerySet(VisibleQuerySet["Variable"]):
+    pass
+
+
+class Variable(models.Model):
+    """One variable of a workspace: ``TF_VAR_<key>`` (terraform) or ``<key>`` (env) for its runs.
+
+    A sensitive value is write-only and encrypted at rest (apps/workspaces/encryption.py): only
+    ``encrypted_value`` holds it, and only the dispatch to the agent running a task decrypts it.
+    """
+
+    class Category(models.TextChoices):
+        TERRAFORM = "terraform"
+        ENV = "env"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="variables")
+    key = models.CharField(max_length=100)
+    category = models.CharField(max_length=10, choices=Category.choices, default=Category.TERRAFORM)
+    sensitive = models.BooleanField(default=False)
+    # The value of a non-sensitive variable; always empty for a sensitive one.
+    value = models.TextField(blank=True)
+    # The Fernet token of a sensitive variable's value; empty otherwise.
+    encrypted_value = models.TextField(blank=True, editable=False)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = VariableQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "category", "key"], name="variable_unique_key"),
+            # A sensitive value never sits in the clear column, and a plain one is never encrypted.
+            models.CheckConstraint(
+                condition=Q(sensitive=False, encrypted_value="") | Q(sensitive=True, value=""),
+                name="variable_sensitive_encrypted",
+            ),
+        ]
+        ordering = ["workspace", "category", "key"]
+
+    def __str__(self) -> str:
+        return "%s %s" % (self.category, self.key)
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.encrypted_value) if self.sensitive else True

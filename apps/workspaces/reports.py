@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.agents.protocol import task_group
-from apps.workspaces import statebackend, states
+from apps.workspaces import statebackend, states, variables
 from apps.workspaces.actions import kick_after_commit, notify_status, send_after_commit
 from apps.workspaces.models import StateLock, Task, Workspace
 
@@ -161,6 +161,7 @@ def dispatch_payload(*, agent_pk: int, task_id: int) -> dict[str, Any] | None:
     )
     if task is None:
         return None
+    terraform_vars, env_vars = variables.for_dispatch(task.workspace_id)
     return {
         "type": "task.dispatch",
         "task_id": task.pk,
@@ -169,7 +170,9 @@ def dispatch_payload(*, agent_pk: int, task_id: int) -> dict[str, Any] | None:
         "workspace_id": task.workspace_id,
         "workspace": task.workspace.name,
         "files": task.workspace.terraform_files,
-        "variables": task.workspace.variables,
+        # The one place sensitive values leave the server: to the agent that runs this task.
+        "variables": terraform_vars,
+        "env": env_vars,
         "state_backend": statebackend.mint(task),
         "timeout_seconds": task.timeout_seconds,
         "log_seq_start": next_log_seq(task.pk),

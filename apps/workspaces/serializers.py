@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from apps.access.serializers import VisibleWorkspaceField
 from apps.agents.models import AgentPool
-from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogChunk, Workspace
+from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogChunk, Variable, Workspace
 
 # Files land in a fresh directory on the agent: plain names only, never a path or the state file.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -24,6 +24,8 @@ RESERVED_FILES = {
 # the platform the state backend, and no workspace file may override it.
 OVERRIDE_SUFFIXES = ("override.tf", "override.tf.json")
 VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+MAX_VARIABLES = 200
 MAX_FILES = 100
 MAX_FILE_BYTES = 512 * 1024
 MAX_VALUE_CHARS = 64 * 1024
@@ -85,10 +87,6 @@ class StateTransitionSerializer(serializers.ModelSerializer[StateTransition]):
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
     pool = serializers.SlugRelatedField(slug_field="name", queryset=AgentPool.objects.all())
     terraform_files = serializers.DictField(child=StrictCharField(allow_blank=True, trim_whitespace=False))
-    variables = serializers.DictField(
-        child=StrictCharField(allow_blank=True, trim_whitespace=False, max_length=MAX_VALUE_CHARS),
-        required=False,
-    )
     drift_check_interval_minutes = serializers.IntegerField(min_value=1, max_value=60 * 24 * 366, required=False)
     current_state = StateVersionSerializer(read_only=True)
     state_conflicts = serializers.SerializerMethodField(
@@ -103,7 +101,6 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
             "description",
             "pool",
             "terraform_files",
-            "variables",
             "drift_check_enabled",
             "drift_check_interval_minutes",
             "drift_status",
@@ -150,18 +147,50 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
             _no_nul(content, name)
         return files
 
-    def validate_variables(self, variables: dict[str, str]) -> dict[str, str]:
-        if len(variables) > 200:
-            raise serializers.ValidationError("At most 200 variables.")
-        for name, value in variables.items():
-            if not VARIABLE_RE.match(name):
-                raise serializers.ValidationError("%r is not a valid variable name." % name[:100])
-            _no_nul(value, name)
-        return variables
-
     def validate_description(self, value: str) -> str:
         _no_nul(value, "description")
         return value
+
+
+class VariableSerializer(serializers.ModelSerializer[Variable]):
+    """A workspace variable. The value of a sensitive one is write-only: ``null`` in every response."""
+
+    value = StrictCharField(
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=MAX_VALUE_CHARS,
+        required=False,
+        help_text="Write-only when sensitive: responses carry null and is_set instead.",
+    )
+    is_set = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Variable
+        fields = ["id", "key", "category", "sensitive", "value", "is_set", "description", "created_at", "updated_at"]
+        read_only_fields = ["id", "is_set", "created_at", "updated_at"]
+
+    def to_representation(self, instance: Variable) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if instance.sensitive:
+            data["value"] = None
+        return data
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        instance = self.instance
+        category = attrs.get("category", instance.category if instance else Variable.Category.TERRAFORM)
+        key = attrs.get("key", instance.key if instance else None)
+        if key is None:
+            raise serializers.ValidationError({"key": "This field is required."})
+        pattern = VARIABLE_RE if category == Variable.Category.TERRAFORM else ENV_NAME_RE
+        if not pattern.match(key):
+            raise serializers.ValidationError({"key": "%r is not a valid %s variable name." % (key[:100], category)})
+        if instance is None and "value" not in attrs:
+            raise serializers.ValidationError({"value": "This field is required."})
+        if "value" in attrs:
+            # The message names the variable, never the value.
+            _no_nul(attrs["value"], "the value of %s" % key)
+        _no_nul(attrs.get("description", ""), "description")
+        return attrs
 
 
 class LockSerializer(serializers.Serializer[Any]):

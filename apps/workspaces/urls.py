@@ -4,11 +4,12 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from apps.workspaces.backendviews import terraform_state
-from apps.workspaces.views import TaskViewSet, WorkspaceViewSet
+from apps.workspaces.views import TaskViewSet, VariableViewSet, WorkspaceViewSet
 
 router = DefaultRouter()
 router.register("workspaces", WorkspaceViewSet, basename="workspace")
 router.register("tasks", TaskViewSet, basename="task")
+router.register(r"workspaces/(?P<workspace_pk>[0-9]+)/variables", VariableViewSet, basename="workspace-variable")
 urlpatterns = [
     # Terraform's http state backend (apps/workspaces/backendviews.py), for task attempts only.
     path("workspaces/<int:workspace_id>/terraform-state/", terraform_state, name="terraform-state"),

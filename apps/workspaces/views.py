@@ -19,8 +19,8 @@ from apps.access import policy
 from apps.access.drf import ACTION_CHECKS, CREATE_WORKSPACE, AccessRule
 from apps.access.models import Role
 from apps.access.views import ACCESS_RULES, WorkspaceAccessActions
-from apps.workspaces import actions, states
-from apps.workspaces.models import StateVersion, Task, Workspace
+from apps.workspaces import actions, states, variables
+from apps.workspaces.models import StateVersion, Task, Variable, Workspace
 from apps.workspaces.serializers import (
     LockSerializer,
     LogQuerySerializer,
@@ -29,6 +29,7 @@ from apps.workspaces.serializers import (
     TaskFilterSerializer,
     TaskLogSerializer,
     TaskSerializer,
+    VariableSerializer,
     WorkspaceSerializer,
     WorkspaceStateSerializer,
 )
@@ -140,6 +141,72 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
         workspace = self.get_object()
         version = _resolve(states.do_discard, workspace, int(version_id), request)
         return Response(StateVersionSerializer(version).data)
+
+
+class VariableViewSet(viewsets.ModelViewSet[Variable]):
+    """A workspace's variables (``/workspaces/<id>/variables/``). Sensitive values are write-only."""
+
+    serializer_class = VariableSerializer
+    access_rules: dict[str, AccessRule] = {
+        # No object yet: the view asks for the workspace in the URL (read, resp. write).
+        "list": ACTION_CHECKS,
+        "create": ACTION_CHECKS,
+        "retrieve": Role.READ,
+        "update": Role.WRITE,
+        "partial_update": Role.WRITE,
+        "destroy": Role.WRITE,
+    }
+
+    def workspace_id(self) -> int:
+        return int(self.kwargs["workspace_pk"])
+
+    def get_queryset(self) -> QuerySet[Variable]:
+        return (
+            Variable.objects.visible_to(self.request.user)
+            .filter(workspace_id=self.workspace_id())
+            .order_by("category", "key")
+        )
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        policy.require(request.user, self.workspace_id(), Role.READ)
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(responses={201: VariableSerializer, 409: ERROR})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        policy.require(request.user, self.workspace_id(), Role.WRITE)
+        return super().create(request, *args, **kwargs)
+
+    @extend_schema(responses={200: VariableSerializer, 409: ERROR})
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().update(request, *args, **kwargs)
+
+    @extend_schema(responses={200: VariableSerializer, 409: ERROR})
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().partial_update(request, *args, **kwargs)
+
+    def perform_create(self, serializer: serializers.BaseSerializer[Variable]) -> None:
+        self._save(serializer, None)
+
+    def perform_update(self, serializer: serializers.BaseSerializer[Variable]) -> None:
+        self._save(serializer, serializer.instance)
+
+    def _save(self, serializer: serializers.BaseSerializer[Variable], instance: Variable | None) -> None:
+        data = serializer.validated_data
+        try:
+            serializer.instance = variables.do_set_variable(
+                workspace_id=self.workspace_id(),
+                variable=instance,
+                key=data.get("key", instance.key if instance else ""),
+                category=data.get("category", instance.category if instance else Variable.Category.TERRAFORM),
+                sensitive=data.get("sensitive", instance.sensitive if instance else False),
+                value=data.get("value"),
+                description=data.get("description", instance.description if instance else ""),
+            )
+        except variables.VariableConflict as exc:
+            raise Conflict(str(exc)) from exc
+
+    def perform_destroy(self, instance: Variable) -> None:
+        variables.do_delete_variable(variable=instance)
 
 
 def _role_to_handle(task: Task) -> Role:

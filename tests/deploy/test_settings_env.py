@@ -91,6 +91,8 @@ def pod_environment(container: Container, resources: list[dict[str, Any]]) -> di
     secrets = {
         ("iacplatform", "database-url"): "postgresql://iacplatform:secret@postgres.invalid:5432/iacplatform",
         ("iacplatform", "secret-key"): "k" * 50,
+        # A Fernet key (32 url-safe base64 bytes), as the runbook makes one.
+        ("iacplatform", "variable-encryption-keys"): "a" * 43 + "=",
     }
     values: dict[str, str] = {}
     namespace = container.workload["metadata"].get("namespace", "default")

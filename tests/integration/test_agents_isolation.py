@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.workspaces.models import Task, TaskLogChunk
+from apps.workspaces.models import Task, TaskLogChunk, Variable
 from tests.integration.agentkit import (
     FAST_ENV,
     enqueue,
@@ -51,8 +51,7 @@ def test_terraform_reads_no_token_no_platform_secret_and_not_the_agents_environ(
     snoop.chmod(0o755)
     pool, token = make_pool()
     workspace = make_workspace(pool, "hostile")
-    workspace.variables = {"name": "given"}
-    workspace.save()
+    Variable.objects.create(workspace=workspace, key="name", value="given")
     web = processes.daphne("web-1", env=FAST_ENV)
     secrets = {
         "AGENT_TOKEN": token,

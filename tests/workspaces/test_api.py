@@ -44,7 +44,7 @@ def test_anonymous_requests_are_refused(agent_pool: Pool) -> None:
 
 
 def test_workspace_crud_and_lock(client: APIClient, agent_pool: Pool) -> None:
-    body = {"name": "net", "pool": "pool-a", "terraform_files": OUTPUTS_ONLY, "variables": {"name": "x"}}
+    body = {"name": "net", "pool": "pool-a", "terraform_files": OUTPUTS_ONLY}
     created = client.post("/api/v1/workspaces/", body, format="json")
     assert created.status_code == 201, created.content
     ws_id = created.json()["id"]
@@ -70,7 +70,6 @@ def test_workspace_crud_and_lock(client: APIClient, agent_pool: Pool) -> None:
         ({"name": "x", "pool": "pool-a", "terraform_files": {"a.tf": 5}}, "terraform_files"),
         ({"name": "x", "pool": "pool-a", "terraform_files": ["a.tf"]}, "terraform_files"),
         ({"name": "x", "pool": "pool-a", "terraform_files": {"a.tf": "nul\x00"}}, "terraform_files"),
-        ({"name": "x", "pool": "pool-a", "terraform_files": {}, "variables": {"bad name": "v"}}, "variables"),
         (
             {"name": "x", "pool": "pool-a", "terraform_files": {}, "drift_check_interval_minutes": 0},
             "drift_check_interval_minutes",
