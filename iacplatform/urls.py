@@ -23,6 +23,7 @@ urlpatterns = [
         SpectacularRedocView.as_view(url_name="schema", template_name="iacplatform/redoc.html"),
         name="api-redoc",
     ),
+    path("api/v1/", include("apps.search.urls")),
     path("api/v1/", include("apps.workspaces.urls")),
     path("api/v1/", include("apps.agents.urls")),
 ]

@@ -1,0 +1,42 @@
+"""GET /api/v1/resources/search/?q=…: CMDB resources ranked by meaning (or full text)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.search import engine, search
+from apps.search.serializers import SearchAnswerSerializer, SearchQuerySerializer
+from apps.workspaces.models import Workspace
+
+
+def readable_workspace_ids(request: Request) -> list[int]:
+    return list(Workspace.objects.values_list("pk", flat=True))
+
+
+class ResourceSearchView(APIView):
+    @extend_schema(parameters=[SearchQuerySerializer], responses={200: SearchAnswerSerializer})
+    def get(self, request: Request) -> Response:
+        query = SearchQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        mode = query.validated_data["mode"]
+        if mode == "semantic" and not engine.available():
+            return Response(
+                {"detail": "Semantic search needs the embedding model, which this server does not have."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        answer = search.search(
+            query.validated_data["q"], readable_workspace_ids(request), query.validated_data["limit"], mode
+        )
+        body = {
+            "mode": answer.mode,
+            "model": answer.model,
+            "results": [
+                {"workspace": r.workspace, "address": r.address, "type": r.type, "score": r.score}
+                for r in answer.results
+            ],
+        }
+        return Response(SearchAnswerSerializer(body).data)

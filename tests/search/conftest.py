@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from tests.agents.fixtures import agent_pool  # noqa: F401  (fixture)

