@@ -81,7 +81,8 @@ def build(pool: AgentPool, variables: dict[str, dict[str, str]] | None = None) -
     made = {}
     for name, resources in WORKSPACES.items():
         ws = Workspace.objects.create(name=name, pool=pool, variables=(variables or {}).get(name, {}))
-        StateVersion.objects.create(workspace=ws, serial=1, state=state(resources))
+        version = StateVersion.objects.create(workspace=ws, serial=1, state=state(resources))
+        Workspace.objects.filter(pk=ws.pk).update(current_state=version)
         cmdb.sync_workspace(ws.pk)
         made[name] = ws
     return made

@@ -27,7 +27,9 @@ LEASE = "search-test"
 @pytest.fixture
 def tick() -> Tick:
     raise_epoch(name=LEASE, epoch=1, holder="me")
-    return Tick(job="embedding", holder="me", lease=LEASE, epoch=1)
+    # The test runs inside one transaction, so each fenced() is a savepoint and its SET LOCAL
+    # timeouts bind the whole test: the model may run longer than the default 10 s under load.
+    return Tick(job="embedding", holder="me", lease=LEASE, epoch=1, idle_in_transaction_timeout=600)
 
 
 @pytest.fixture
@@ -134,7 +136,8 @@ def test_nothing_is_re_embedded_that_did_not_change(cmdb_30: dict[str, Workspace
     web = cmdb_30["web-prod"]
     changed = [dict(r) for r in cmdb30.WEB]
     changed[0] = cmdb30.res("aws_s3_bucket", "public_assets", {"bucket": "acme-public-assets", "acl": "private"})
-    StateVersion.objects.create(workspace=web, serial=2, state=cmdb30.state(changed, serial=2))
+    version = StateVersion.objects.create(workspace=web, serial=2, state=cmdb30.state(changed, serial=2))
+    Workspace.objects.filter(pk=web.pk).update(current_state=version)
     cmdb.sync_workspace(web.pk)
     jobs.search_index(tick)
     result = embedding.embed_pending(fenced=tick.fenced, batch_size=8, max_batches=10, budget_seconds=60)
