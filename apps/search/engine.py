@@ -23,6 +23,7 @@ def available() -> bool:
         return False
     try:
         import safetensors  # noqa: F401
+        import threadpoolctl  # noqa: F401
         import tokenizers  # noqa: F401
 
         model_dir()
@@ -41,6 +42,12 @@ def model() -> MiniLM:
         raise ModelUnavailable("embeddings are off or the model is not installed")
     with _lock:
         if _model is None:
+            # One BLAS thread by default: the model shares its process (the leader's jobs, a web
+            # replica's requests) and a shared 2-CPU node; OpenBLAS threads spinning against other
+            # work made single-text encoding 10x slower under load (docs/architecture.md).
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=settings.EMBEDDING_BLAS_THREADS, user_api="blas")
             _model = MiniLM()
         return _model
 

@@ -1,4 +1,9 @@
-"""GET /api/v1/resources/search/?q=…: CMDB resources ranked by meaning (or full text)."""
+"""GET /api/v1/resources/search/?q=…: CMDB resources ranked by meaning (or full text).
+
+Any active user may search; what they find is narrowed, before anything is ranked, to the
+workspaces they may read (apps/access/policy.py), so an invisible workspace contributes nothing,
+not even to the scores' normalisation.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,23 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.access import policy
+from apps.access.drf import ACTION_CHECKS, AccessRule
+from apps.access.models import Role
 from apps.search import engine, search
 from apps.search.serializers import SearchAnswerSerializer, SearchQuerySerializer
 from apps.workspaces.models import Workspace
 
 
 def readable_workspace_ids(request: Request) -> list[int]:
-    return list(Workspace.objects.values_list("pk", flat=True))
+    visible = policy.filter_visible(Workspace.objects.all(), request.user, via="pk", role=Role.READ)
+    return list(visible.values_list("pk", flat=True))
 
 
 class ResourceSearchView(APIView):
+    # Every active user; the results are narrowed to the workspaces they may read.
+    access_rules: dict[str, AccessRule] = {"get": ACTION_CHECKS}
+
     @extend_schema(parameters=[SearchQuerySerializer], responses={200: SearchAnswerSerializer})
     def get(self, request: Request) -> Response:
         query = SearchQuerySerializer(data=request.query_params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db.models import F
 from django.test import override_settings
 from rest_framework.test import APIClient
@@ -16,6 +16,7 @@ from apps.search.models import EmbeddingModelState, SearchDocument
 from apps.search.text import resource_text
 from apps.workspaces import cmdb
 from apps.workspaces.models import Resource, StateVersion, Workspace
+from tests.access.fixtures import grant, make_user
 from tests.agents.fixtures import Pool
 from tests.search import cmdb30
 
@@ -229,3 +230,41 @@ def test_bad_queries_are_400(client: APIClient, params: dict[str, str]) -> None:
 
 def test_anonymous_callers_are_refused() -> None:
     assert APIClient().get("/api/v1/resources/search/", {"q": "db"}).status_code in (401, 403)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "fulltext"])
+def test_results_come_only_from_workspaces_the_caller_may_read(
+    cmdb_30: dict[str, Workspace], tick: Tick, mode: str
+) -> None:
+    index_all(tick)
+    reader = make_user("web-reader")
+    grant(cmdb_30["web-prod"], "read", user=reader)
+    team = Group.objects.create(name="platform-team")
+    reader.groups.add(team)
+    grant(cmdb_30["platform"], "read", group=team)
+    api = APIClient()
+    api.force_authenticate(reader)
+    answer = api.get("/api/v1/resources/search/", {"q": "database", "limit": "30", "mode": mode}).json()
+    assert answer["results"], answer
+    assert {r["workspace"] for r in answer["results"]} <= {"web-prod", "platform"}
+    nobody = make_user("no-role")
+    api.force_authenticate(nobody)
+    empty = api.get("/api/v1/resources/search/", {"q": "database", "mode": mode})
+    assert empty.status_code == 200
+    assert empty.json()["results"] == []
+
+
+def test_clusterstatus_shows_the_search_section(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    from apps.coordination.sections import autodiscover
+    from apps.search.status import search as section
+
+    autodiscover()
+    jobs.search_index(tick)
+    data = section.collect()
+    assert data["embeddings"] == "on"
+    assert data["documents_pending"] == 30
+    jobs.embedding(tick)
+    data = section.collect()
+    assert data["documents_pending"] == 0
+    assert data["model"].startswith("sentence-transformers/all-MiniLM-L6-v2@")
+    assert "0 documents pending" in section.text(data)[0]
