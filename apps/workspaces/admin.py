@@ -8,7 +8,16 @@ from django.http import HttpRequest
 
 from apps.access import policy
 from apps.workspaces import states
-from apps.workspaces.models import Resource, StateTransition, StateVersion, Task, TaskLogChunk, Variable, Workspace
+from apps.workspaces.models import (
+    Resource,
+    StateLock,
+    StateTransition,
+    StateVersion,
+    Task,
+    TaskLogChunk,
+    Variable,
+    Workspace,
+)
 from iacplatform.estimates import BoundedCountPaginator
 
 
@@ -156,6 +165,50 @@ class StateVersionAdmin(admin.ModelAdmin):
     @admin.action(description="Discard the selected conflict versions")
     def discard(self, request: HttpRequest, queryset: QuerySet[StateVersion]) -> None:
         self._resolve(request, queryset, states.do_discard)
+
+
+class HeldFilter(admin.SimpleListFilter):
+    title = "held"
+    parameter_name = "held"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "held now"), ("no", "released")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StateLock]) -> QuerySet[StateLock]:
+        if self.value() == "yes":
+            return queryset.filter(released_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(released_at__isnull=False)
+        return queryset
+
+
+@admin.register(StateLock)
+class StateLockAdmin(admin.ModelAdmin):
+    """Terraform's state locks (the http backend's LOCK): held now, and the history."""
+
+    list_display = ("workspace", "task", "attempt", "who", "acquired_at", "released_at", "release_reason")
+    list_filter = (HeldFilter, "workspace")
+    list_select_related = ("workspace", "task")
+    readonly_fields = (
+        "workspace",
+        "lock_id",
+        "task",
+        "attempt",
+        "info",
+        "acquired_at",
+        "released_at",
+        "release_reason",
+    )
+
+    @admin.display(description="who")
+    def who(self, lock: StateLock) -> str:
+        return str(lock.info.get("Who", ""))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(StateTransition)

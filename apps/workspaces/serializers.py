@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.access.serializers import VisibleWorkspaceField
 from apps.agents.models import AgentPool
-from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogChunk, Variable, Workspace
+from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task, TaskLogChunk, Variable, Workspace
 
 # Files land in a fresh directory on the agent: plain names only, never a path or the state file.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -65,6 +66,25 @@ class StateVersionSerializer(serializers.ModelSerializer[StateVersion]):
         read_only_fields = fields
 
 
+class StateLockSerializer(serializers.ModelSerializer[StateLock]):
+    """Terraform's state lock: which task attempt holds (or held) it, since when, and Terraform's
+    own lock info (who ran it, which operation)."""
+
+    who = serializers.SerializerMethodField()
+    operation = serializers.SerializerMethodField()
+
+    class Meta:
+        model = StateLock
+        fields = ["lock_id", "task", "attempt", "who", "operation", "acquired_at", "released_at", "release_reason"]
+        read_only_fields = fields
+
+    def get_who(self, lock: StateLock) -> str:
+        return str(lock.info.get("Who", ""))[:200]
+
+    def get_operation(self, lock: StateLock) -> str:
+        return str(lock.info.get("Operation", ""))[:100]
+
+
 class StateTransitionSerializer(serializers.ModelSerializer[StateTransition]):
     class Meta:
         model = StateTransition
@@ -92,6 +112,7 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
     state_conflicts = serializers.SerializerMethodField(
         help_text="Unresolved conflict versions: states of settled attempts. Applies are held until resolved."
     )
+    state_lock = serializers.SerializerMethodField(help_text="Terraform's state lock now, or null.")
 
     class Meta:
         model = Workspace
@@ -112,6 +133,7 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
             "lock_reason",
             "current_state",
             "state_conflicts",
+            "state_lock",
             "created_at",
             "updated_at",
         ]
@@ -125,11 +147,19 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
             "lock_reason",
         ]
 
+    @extend_schema_field(StateVersionSerializer(many=True))
     def get_state_conflicts(self, workspace: Workspace) -> list[dict[str, Any]]:
         conflicts = getattr(workspace, "conflicts", None)
         if conflicts is None:
             conflicts = workspace.state_versions.filter(status=StateVersion.Status.CONFLICT).defer("state")
         return list(StateVersionSerializer(conflicts, many=True).data)
+
+    @extend_schema_field(StateLockSerializer(allow_null=True))
+    def get_state_lock(self, workspace: Workspace) -> dict[str, Any] | None:
+        held = getattr(workspace, "held_locks", None)
+        if held is None:
+            held = list(StateLock.objects.held().filter(workspace=workspace))
+        return dict(StateLockSerializer(held[0]).data) if held else None
 
     def validate_terraform_files(self, files: dict[str, str]) -> dict[str, str]:
         if len(files) > MAX_FILES:
@@ -265,4 +295,6 @@ class TaskLogSerializer(serializers.Serializer[Any]):
 class WorkspaceStateSerializer(serializers.Serializer[Any]):
     current = StateVersionSerializer(allow_null=True)
     conflicts = StateVersionSerializer(many=True)
+    lock = StateLockSerializer(allow_null=True)
+    locks = StateLockSerializer(many=True, help_text="The latest locks, newest first.")
     transitions = StateTransitionSerializer(many=True, help_text="The latest moves of the pointer, newest first.")

@@ -20,7 +20,7 @@ from apps.access.drf import ACTION_CHECKS, CREATE_WORKSPACE, AccessRule
 from apps.access.models import Role
 from apps.access.views import ACCESS_RULES, WorkspaceAccessActions
 from apps.workspaces import actions, states, variables
-from apps.workspaces.models import StateVersion, Task, Variable, Workspace
+from apps.workspaces.models import StateLock, StateVersion, Task, Variable, Workspace
 from apps.workspaces.serializers import (
     LockSerializer,
     LogQuerySerializer,
@@ -72,7 +72,8 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
                     "state_versions",
                     queryset=StateVersion.objects.filter(status=StateVersion.Status.CONFLICT).defer("state"),
                     to_attr="conflicts",
-                )
+                ),
+                Prefetch("state_locks", queryset=StateLock.objects.held(), to_attr="held_locks"),
             )
             .order_by("name")
         )
@@ -117,11 +118,13 @@ class WorkspaceViewSet(WorkspaceAccessActions, viewsets.ModelViewSet[Workspace])
     @extend_schema(request=None, responses=WorkspaceStateSerializer)
     @action(detail=True, methods=["get"])
     def state(self, request: Request, pk: str | None = None) -> Response:
-        """The current state version, unresolved conflicts and the latest moves of the pointer."""
+        """The current state version, unresolved conflicts, Terraform's lock and the latest moves."""
         workspace = self.get_object()
         data = {
             "current": workspace.current_state,
             "conflicts": workspace.conflicts,  # type: ignore[attr-defined]
+            "lock": next(iter(workspace.held_locks), None),  # type: ignore[attr-defined]
+            "locks": workspace.state_locks.order_by("-acquired_at", "-pk")[:20],
             "transitions": workspace.state_transitions.order_by("-created_at", "-pk")[:50],
         }
         return Response(WorkspaceStateSerializer(data).data)

@@ -10,8 +10,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from apps.agents.actions import cleanup_agents
 from apps.agents.models import Agent
@@ -82,6 +84,23 @@ def test_terraforms_calls_read_lock_write_and_unlock_the_current_state(agent_poo
     assert tf.lock().status_code == 200  # a retried LOCK of the same lock
     held = StateLock.objects.get(workspace=workspace, released_at=None)
     assert (held.task_id, held.attempt, held.lock_id, held.info["Who"]) == (task.pk, 1, "lock-1", "tf@agent")
+    # Who holds it, which attempt, since when: in the API and the admin.
+    root = get_user_model().objects.create_superuser("root")
+    api = APIClient()
+    api.force_authenticate(root)
+    shown = api.get("/api/v1/workspaces/%d/" % workspace.pk).json()["state_lock"]
+    assert (shown["task"], shown["attempt"], shown["who"], shown["operation"]) == (
+        task.pk,
+        1,
+        "tf@agent",
+        "OperationTypeApply",
+    )
+    assert shown["acquired_at"] and shown["released_at"] is None
+    assert api.get("/api/v1/workspaces/%d/state/" % workspace.pk).json()["lock"]["lock_id"] == "lock-1"
+    admin = Client()
+    admin.force_login(root)
+    page = admin.get("/admin/workspaces/statelock/?held=yes")
+    assert page.status_code == 200 and b"tf@agent" in page.content
     assert tf.push(tfstate(1)).status_code == 200
     assert tf.push(tfstate(1)).status_code == 200  # the same state again: nothing new
     pushed = tf.push(tfstate(2, x="y"))
@@ -95,6 +114,9 @@ def test_terraforms_calls_read_lock_write_and_unlock_the_current_state(agent_poo
     assert other.unlock().status_code == 423
     assert tf.unlock().status_code == 200
     assert StateLock.objects.get(pk=held.pk).release_reason == "unlocked"
+    after = api.get("/api/v1/workspaces/%d/state/" % workspace.pk).json()
+    assert after["lock"] is None
+    assert [(lock["lock_id"], lock["release_reason"]) for lock in after["locks"]] == [("lock-1", "unlocked")]
     assert StateVersion.objects.filter(workspace=workspace).count() == 2
     moves = list(StateTransition.objects.values_list("from_serial", "to_serial", "task", "attempt"))
     assert moves == [(None, 1, task.pk, 1), (1, 2, task.pk, 1)]
