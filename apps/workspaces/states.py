@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,8 +58,12 @@ class Offer:
     version: StateVersion | None
 
 
-def check_state(state: Any) -> dict[str, Any]:
-    """The state as Terraform writes it (format 4: version, serial, lineage), else Refused(400)."""
+def check_state(state: Any, *, lineage_required: bool = True) -> dict[str, Any]:
+    """The state as Terraform writes it (format 4: version, serial, lineage), else Refused(400).
+
+    Terraform assigns a new state's lineage when it first persists it, so the errored.tfstate of a
+    first apply that could not persist has none: ``lineage_required=False`` lets such a state be
+    kept (as a conflict; it can never be current by itself)."""
     if not isinstance(state, dict):
         raise Refused(400, "a Terraform state is a JSON object")
     version, serial, lineage = state.get("version"), state.get("serial"), state.get("lineage")
@@ -66,7 +71,8 @@ def check_state(state: Any) -> dict[str, Any]:
         raise Refused(400, "only Terraform state format version 4 is accepted")
     if type(serial) is not int or not 0 <= serial < 2**63:
         raise Refused(400, "the state's serial must be a non-negative integer")
-    if not isinstance(lineage, str) or not 0 < len(lineage) <= MAX_LINEAGE or "\x00" in lineage:
+    shortest = 1 if lineage_required else 0
+    if not isinstance(lineage, str) or not shortest <= len(lineage) <= MAX_LINEAGE or "\x00" in lineage:
         raise Refused(400, "the state's lineage must be a string of 1 to %d characters" % MAX_LINEAGE)
     return state
 
@@ -124,13 +130,14 @@ def offer_state(*, task: Task, attempt: int, state: dict[str, Any], live: bool) 
     A live write becomes current when the workspace has none, or has the same lineage with a lower
     serial; the same serial and content again is a no-op. Anything else from a live attempt is
     Refused(409) and stores nothing (Terraform's own rule). A write from an attempt that is not live
-    is kept as a conflict version (once per content), unless it equals the current state.
+    is kept as a conflict version (once per content), unless it equals the current state; so is a
+    state without a lineage (one Terraform never persisted).
     """
-    check_state(state)
+    check_state(state, lineage_required=False)
     with transaction.atomic():
         workspace = _lock_workspace(task.workspace_id)
         current = workspace.current_state
-        if not live:
+        if not live or not state["lineage"]:
             if current is not None and current.state == state:
                 return Offer(Verdict.UNCHANGED, current)
             kept = StateVersion.objects.filter(
@@ -187,7 +194,8 @@ def do_promote(*, workspace_id: int, version_id: int, actor: Any) -> StateVersio
         if current is not None and current.pk == source.pk:
             raise Refused(409, "state version %d is already current" % source.serial)
         serial = max(source.terraform_serial, current.terraform_serial if current else 0) + 1
-        state = {**source.state, "serial": serial}
+        # A state Terraform never persisted has no lineage yet: it gets one, as Terraform would.
+        state = {**source.state, "serial": serial, "lineage": source.lineage or str(uuid.uuid4())}
         version = _new_version(workspace, state, task=source.task, attempt=source.attempt)
         _move(workspace, version, kind=StateTransition.Kind.PROMOTE, task=None, attempt=None, actor=actor)
         if source.status == StateVersion.Status.CONFLICT:

@@ -190,6 +190,7 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(agent_pool: Pool, workspac
         (b"{not json", 400),
         (b"[]", 400),
         (tfstate(6, lineage="another"), 409),
+        (tfstate(6, lineage=""), 400),
         (tfstate(4), 409),
         (tfstate(5, changed="yes"), 409),
         ({**tfstate(6), "version": 3}, 400),

@@ -123,13 +123,17 @@ def test_live_writes_move_forward_only_under_terraforms_rule(agent_pool: Pool, w
         [],
         {"version": 3, "serial": 1, "lineage": "L"},
         {**tfstate(5), "serial": True},
-        tfstate(5, ""),
     ]
     for bad in malformed:
         with pytest.raises(states.Refused) as caught:
             states.offer_state(task=task, attempt=1, state=bad, live=True)
         assert caught.value.status == 400
     assert StateVersion.objects.filter(workspace=workspace).count() == 1
+    # Terraform's errored.tfstate of a first apply has no lineage yet: kept, never current.
+    unnamed = states.offer_state(task=task, attempt=1, state=tfstate(9, ""), live=True)
+    assert unnamed.verdict is states.Verdict.CONFLICT
+    assert unnamed.version is not None
+    unnamed.version.delete()
     assert states.offer_state(task=task, attempt=1, state=tfstate(4), live=True).verdict is states.Verdict.CURRENT
     assert current(workspace).terraform_serial == 4  # type: ignore[union-attr]
     moves = list(StateTransition.objects.values_list("from_serial", "to_serial", "task", "attempt", "kind"))
