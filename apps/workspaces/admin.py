@@ -186,6 +186,9 @@ class HeldFilter(admin.SimpleListFilter):
 class StateLockAdmin(admin.ModelAdmin):
     """Terraform's state locks (the http backend's LOCK): held now, and the history."""
 
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
+
     list_display = ("workspace", "task", "attempt", "who", "acquired_at", "released_at", "release_reason")
     list_filter = (HeldFilter, "workspace")
     list_select_related = ("workspace", "task")
