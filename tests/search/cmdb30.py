@@ -6,7 +6,8 @@ from typing import Any
 
 from apps.agents.models import AgentPool
 from apps.workspaces import cmdb
-from apps.workspaces.models import StateVersion, Workspace
+from apps.workspaces.encryption import encrypt
+from apps.workspaces.models import StateVersion, Variable, Workspace
 
 AWS = 'provider["registry.terraform.io/hashicorp/aws"]'
 GOOGLE = 'provider["registry.terraform.io/hashicorp/google"]'
@@ -58,7 +59,12 @@ WEB = [
 
 PLATFORM = [
     res("google_sql_database_instance", "analytics", {"database_version": "MYSQL_8_0", "name": "analytics"}, GOOGLE),
-    res("google_storage_bucket", "exports", {"name": "acme-exports", "location": "EU"}, GOOGLE),
+    res(
+        "google_storage_bucket",
+        "exports",
+        {"name": "acme-exports", "location": "EU", "labels": {"region": "eu-hidden-value"}},
+        GOOGLE,
+    ),
     res("google_compute_instance", "bastion", {"machine_type": "e2-micro", "name": "bastion"}, GOOGLE),
     res("google_pubsub_topic", "events", {"name": "events"}, GOOGLE),
     res("kubernetes_deployment", "api", {"metadata": [{"name": "api"}]}, K8S),
@@ -77,10 +83,12 @@ def state(resources: list[dict[str, Any]], serial: int = 1) -> dict[str, Any]:
 
 
 def build(pool: AgentPool, variables: dict[str, dict[str, str]] | None = None) -> dict[str, Workspace]:
-    """The three workspaces with their states, synced into the CMDB."""
+    """The three workspaces with their states, synced into the CMDB; ``variables``: sensitive ones."""
     made = {}
     for name, resources in WORKSPACES.items():
-        ws = Workspace.objects.create(name=name, pool=pool, variables=(variables or {}).get(name, {}))
+        ws = Workspace.objects.create(name=name, pool=pool)
+        for key, value in (variables or {}).get(name, {}).items():
+            Variable.objects.create(workspace=ws, key=key, sensitive=True, encrypted_value=encrypt(value))
         version = StateVersion.objects.create(workspace=ws, serial=1, state=state(resources))
         Workspace.objects.filter(pk=ws.pk).update(current_state=version)
         cmdb.sync_workspace(ws.pk)

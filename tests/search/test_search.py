@@ -112,6 +112,8 @@ def test_sensitive_values_and_workspace_variables_never_reach_the_text(
     texts = " ".join(SearchDocument.objects.values_list("text", flat=True))
     assert "Db-Pa55-word!" not in texts  # marked sensitive in the state
     assert "sk_live_123456" not in texts  # not a descriptive attribute
+    assert "eu-hidden-value" not in texts  # the value of a sensitive variable, in a label
+    assert "labels region (sensitive)" in texts
     assert "aws_db_instance" in texts
     text = resource_text(
         type="aws_instance",
