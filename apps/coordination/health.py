@@ -7,8 +7,10 @@ than a lease); or when every attempt has failed for ``ElectionConfig.unhealthy_a
 LeaseDuration, 60 s at the defaults) with an answer retrying cannot change (403, 401, 400, 422: a
 Role without ``update``, a revoked token). The body always names the last error. A standby is
 healthy: not leading is a normal state, and so is an unreachable or overloaded API server (5xx,
-429, refused connections): restarting every replica for an outage would help nobody. Does NOT
-probe the database, for the same reason.
+429, refused connections): restarting every replica for an outage would help nobody. It also
+fails when the process's own database sessions are wrong (``problems``, selfcheck.py: a NOTIFY
+the database accepted never came back over its LISTEN, a job lock held by a session not its
+own); a database that does not answer is not judged, for the same reason.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def health(
     tolerance: float,
     failed: Callable[[], bool],
     jobs_blocked: Callable[[], float] = lambda: 0.0,
+    problems: Callable[[], list[str]] = list,
 ) -> tuple[bool, dict[str, object]]:
     age = elector.renew_age()
     last_error = elector.state.last_error
@@ -48,6 +51,8 @@ def health(
         "failing_for": round(failing, 3),
     }
     blocked = jobs_blocked()
+    # Its own database sessions (selfcheck.py): notifications lost, job locks on another session.
+    session = problems()
     ok = True
     if failed():
         ok = False
@@ -58,6 +63,9 @@ def health(
     elif elector.is_leader() and blocked > elector.config.lease_duration:
         ok = False
         body["error"] = "leading but running no jobs for %.1fs (fence ahead of the term)" % blocked
+    elif session:
+        ok = False
+        body["error"] = "; ".join(session)
     elif last_error is not None and not last_error.transient and failing > elector.config.unhealthy_after:
         ok = False
         body["error"] = "every attempt failing for %.1fs: %s" % (failing, last_error)
@@ -81,6 +89,7 @@ class HealthServer:
         tolerance: float = 2.0,
         failed: Callable[[], bool] = lambda: False,
         jobs_blocked: Callable[[], float] = lambda: 0.0,
+        problems: Callable[[], list[str]] = list,
     ) -> None:
         host, port = parse_addr(addr)
         outer = self
@@ -89,7 +98,11 @@ class HealthServer:
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/healthz":
                     ok, body = health(
-                        outer.elector, tolerance=outer.tolerance, failed=outer.failed, jobs_blocked=outer.jobs_blocked
+                        outer.elector,
+                        tolerance=outer.tolerance,
+                        failed=outer.failed,
+                        jobs_blocked=outer.jobs_blocked,
+                        problems=outer.problems,
                     )
                     self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
                 elif self.path.split("?")[0] == "/metrics":
@@ -111,6 +124,7 @@ class HealthServer:
         self.tolerance = tolerance
         self.failed = failed
         self.jobs_blocked = jobs_blocked
+        self.problems = problems
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)

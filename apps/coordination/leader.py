@@ -24,10 +24,12 @@ from apps.coordination.clock import SYSTEM_CLOCK
 from apps.coordination.elector import Callbacks, ElectionConfig, LeaderElector, Leadership
 from apps.coordination.fencing import epoch_floor
 from apps.coordination.health import HealthServer
+from apps.coordination.joblocks import process_job_locks
 from apps.coordination.leaselock import make_lock, resolve_backend
 from apps.coordination.metrics import REGISTRY, register_elector
 from apps.coordination.overlaps import OverlapCollector
 from apps.coordination.scheduler import Term, TermContext
+from apps.coordination.selfcheck import session_problems
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class LeaderProcess:
                 tolerance=options.config.retry_period,
                 failed=self.failed.is_set,
                 jobs_blocked=self.jobs_blocked,
+                problems=lambda: session_problems(self.elector.lock, process_job_locks()),
             )
 
     def run(self, stopping: threading.Event) -> int:

@@ -16,7 +16,9 @@ anyway), or use the database clock for expiry (timestamps are informational, as 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +26,8 @@ import psycopg
 from django.db import DatabaseError, connection, transaction
 
 from apps.coordination.leaselock.base import Conflict, LeaderElectionRecord, LeaseLock, LockError, Observed, OnChange
-from iacplatform.pgerrors import PermanentConnectionError, permanent_refusal
-from iacplatform.sessiondb import session_connection_params
+from iacplatform.pgerrors import NotificationLost, PermanentConnectionError, permanent_refusal
+from iacplatform.sessiondb import django_connection_params, session_connection_params
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,32 @@ class PostgresLeaseLock(LeaseLock):
             self._listener = _Listener(name=self.name, on_change=on_change)
             self._listener.start()
 
+    def notify_round_trip(self, within: float) -> float:
+        """Seconds for a NOTIFY on the lease channel to come back over this process's listener.
+
+        Raises NotificationLost when the database took it but the listener never saw it (a LISTEN
+        lost, e.g. behind a transaction pooler); TimeoutError when nothing listens yet; the
+        connection error when it cannot be sent (an outage is not this process's fault).
+        """
+        listener = self._listener
+        if listener is None or not listener.connected.is_set():
+            raise TimeoutError("%s: the lease listener is not connected" % self.describe())
+        token = secrets.token_hex(6)
+        arrived = listener.expect(token)
+        started = time.monotonic()
+        try:
+            params = {**django_connection_params(), "connect_timeout": max(1, int(within))}
+            with psycopg.connect(**params, autocommit=True) as conn:
+                conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, "ping:" + token])
+            if not arrived.wait(max(0.0, started + within - time.monotonic())):
+                raise NotificationLost(
+                    "a NOTIFY on %s did not come back over this process's LISTEN connection within %.1fs"
+                    % (CHANNEL, within)
+                )
+        finally:
+            listener.forget(token)
+        return time.monotonic() - started
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.stop()
@@ -148,6 +176,15 @@ class _Listener:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-listener", daemon=True)
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self.connected = threading.Event()
+        self._pings: dict[str, threading.Event] = {}
+
+    def expect(self, token: str) -> threading.Event:
+        event = self._pings[token] = threading.Event()
+        return event
+
+    def forget(self, token: str) -> None:
+        self._pings.pop(token, None)
 
     def start(self) -> None:
         self._thread.start()
@@ -186,8 +223,16 @@ class _Listener:
             # Whatever changed while we were not listening: look now. Not on each failure, so a
             # database that is down does not drive a hot loop of attempts.
             self.on_change()
-            while not self._stopping.is_set():
-                # A short timeout bounds how long stop() waits; notifications wake us at once.
-                for notify in conn.notifies(timeout=0.5):
-                    if notify.payload == self.name:
-                        self.on_change()
+            self.connected.set()
+            try:
+                while not self._stopping.is_set():
+                    # A short timeout bounds how long stop() waits; notifications wake us at once.
+                    for notify in conn.notifies(timeout=0.5):
+                        if notify.payload == self.name:
+                            self.on_change()
+                        elif notify.payload.startswith("ping:"):
+                            waiter = self._pings.get(notify.payload[5:])
+                            if waiter is not None:
+                                waiter.set()
+            finally:
+                self.connected.clear()
