@@ -43,6 +43,10 @@ class PermanentConnectionError(psycopg.OperationalError):
     """The server refused this connection's configuration: not retried, fix the configuration."""
 
 
+class NotificationLost(TimeoutError):
+    """A NOTIFY the database accepted never reached this process's LISTEN connection."""
+
+
 def _attempts(message: str) -> list[str]:
     if _MULTIPLE in message:
         listed = message.split(_MULTIPLE, 1)[1]

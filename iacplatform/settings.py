@@ -218,6 +218,8 @@ CHANNEL_LAYER_ENCRYPTION_KEYS = env_list("CHANNEL_LAYER_ENCRYPTION_KEYS", [])
 CHANNEL_LAYER_EVENT_LOOP = env_str("CHANNEL_LAYER_EVENT_LOOP", "server")
 if CHANNEL_LAYER_EVENT_LOOP not in ("server", "own"):
     raise ImproperlyConfigured("CHANNEL_LAYER_EVENT_LOOP must be server or own, got %r" % CHANNEL_LAYER_EVENT_LOOP)
+# /readyz fails when a NOTIFY to this replica's own layer channel does not come back within this.
+READYZ_NOTIFY_TIMEOUT = env_number("READYZ_NOTIFY_TIMEOUT", 2.0)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS: dict[str, dict[str, object]]
 if CHANNEL_LAYER_BACKEND == "postgres":

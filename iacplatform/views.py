@@ -1,11 +1,20 @@
-"""Probes for the web replicas: /healthz (liveness, no I/O) and /readyz (the database answers)."""
+"""Probes for the web replicas: /healthz (liveness, no I/O) and /readyz (the database answers, and
+notifications come back: a NOTIFY to this process's own channel-layer channel returns over its
+LISTEN connection, so a replica whose LISTEN is lost, e.g. behind a transaction pooler, takes no
+traffic it could not deliver)."""
 
 from __future__ import annotations
 
+import psycopg
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.db.utils import Error as DatabaseError
 from django.http import HttpRequest, JsonResponse
+
+from apps.pglayer.core import PostgresChannelLayer
+from iacplatform.pgerrors import NotificationLost
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -20,4 +29,15 @@ def readyz(request: HttpRequest) -> JsonResponse:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
         return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": str(exc)}, status=503)
-    return JsonResponse({"status": "ok", "pod": settings.POD_NAME})
+    body: dict[str, object] = {"status": "ok", "pod": settings.POD_NAME}
+    layer = get_channel_layer()
+    if isinstance(layer, PostgresChannelLayer):
+        try:
+            seconds = async_to_sync(layer.notify_round_trip)(settings.READYZ_NOTIFY_TIMEOUT)
+        except NotificationLost as exc:
+            return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": str(exc)}, status=503)
+        except (TimeoutError, OSError, psycopg.Error) as exc:
+            error = "the channel layer cannot listen or notify: %s" % (str(exc) or type(exc).__name__)
+            return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": error}, status=503)
+        body["notify_round_trip_ms"] = round(seconds * 1000, 1)
+    return JsonResponse(body)

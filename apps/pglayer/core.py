@@ -65,6 +65,7 @@ from apps.pglayer.inline import InlineDeliveries
 from apps.pglayer.listener import Listener
 from apps.pglayer.loopthread import LoopThread
 from apps.pglayer.pool import ConnectionPool, backoff
+from iacplatform.pgerrors import NotificationLost
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._housekeeping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._next_self_gc = 0.0
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._ping_serial = 0
         self.group_send_full = 0
         _layers.add(self)
 
@@ -448,6 +451,10 @@ class PostgresChannelLayer(BaseChannelLayer):
         if ":" not in key:  # a control message: "sync <n>" from one of our claims
             if key == "sync":
                 self._inline.fence_passed(int(rest))
+            elif key == "ping":
+                waiter = self._pings.get(int(rest))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             return
         state = self._channels.get(key)
         if state is None:
@@ -540,6 +547,46 @@ class PostgresChannelLayer(BaseChannelLayer):
             "claim_statements": self._claimer.statements,
             **self._inline.sizes(),
         }
+
+    async def notify_round_trip(self, within: float = 2.0) -> float:
+        """Seconds for a NOTIFY to this process's own channel to come back over the listener.
+
+        Raises :class:`NotificationLost` when it was sent but did not arrive within ``within`` s
+        (the LISTEN is lost: e.g. its connection goes through a transaction pooler), TimeoutError
+        when it could not even be sent in that time (no listener, or no connection).
+        """
+        return await self._call(self._notify_round_trip(within))
+
+    async def _notify_round_trip(self, within: float) -> float:
+        started = time.monotonic()
+        self._ping_serial += 1
+        serial = self._ping_serial
+        arrived = self._pings[serial] = asyncio.get_running_loop().create_future()
+        sent = False
+
+        async def send_and_wait() -> None:
+            nonlocal sent
+            await self._listener.ready()
+            await self._execute(
+                "SELECT pg_notify(%(channel)s, %(payload)s)",
+                {"channel": self._own_notify, "payload": "ping %d" % serial},
+                idempotent=True,
+                what="notify round trip",
+            )
+            sent = True
+            await arrived
+
+        try:
+            await asyncio.wait_for(send_and_wait(), within)
+        except TimeoutError:
+            if sent:
+                raise NotificationLost(
+                    "a NOTIFY sent to this process did not come back over its LISTEN connection within %.1fs" % within
+                ) from None
+            raise
+        finally:
+            self._pings.pop(serial, None)
+        return time.monotonic() - started
 
     @property
     def listener_backend_pid(self) -> int | None:

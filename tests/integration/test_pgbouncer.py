@@ -13,12 +13,21 @@ import urllib.request
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 import websockets
+from channels.layers import channel_layers
+from django.test import Client
 
+from apps.coordination.joblocks import JobLocks
+from apps.coordination.leaselock.postgres import PostgresLeaseLock
+from apps.coordination.lockkeys import job_key
 from apps.coordination.models import JobRun
 from apps.coordination.overlaps import overlapping_ticks
+from apps.coordination.selfcheck import session_problems
+from apps.pglayer.core import PostgresChannelLayer
 from iacplatform.dburl import libpq_params
+from iacplatform.pgerrors import NotificationLost
 from iacplatform.sessioncheck import session_path_problem
 from tests.integration.test_runleader import JOB, holder, leader_running_jobs, start_leader, wait_for
 from tests.pgbouncer import PgBouncer
@@ -122,3 +131,73 @@ def test_jobs_keep_ticking_across_a_handover_behind_pgbouncer_and_nobody_kills_p
     assert not re.search(r"server conn crashed|administrator command", pgbouncer.logs())
     with urllib.request.urlopen(web.url + "/readyz", timeout=5) as response:  # noqa: S310 - local test URL
         assert response.status == 200
+
+
+async def test_a_layer_whose_listen_goes_through_the_transaction_pooler_hears_no_round_trip(
+    pgbouncer: PgBouncer,
+) -> None:
+    pooled = PostgresChannelLayer(database=pgbouncer.url("pooled"), prefix="bpool", event_loop="own")
+    session = PostgresChannelLayer(database=pgbouncer.url("session"), prefix="bsess", event_loop="own")
+    try:
+        assert 0 < await session.notify_round_trip(5.0) < 5.0
+        with pytest.raises(NotificationLost, match="did not come back over its LISTEN connection"):
+            await pooled.notify_round_trip(1.0)
+    finally:
+        await pooled.close()
+        await session.close()
+
+
+def test_readyz_fails_when_the_layers_notifications_do_not_come_back(pgbouncer: PgBouncer, settings: Any) -> None:
+    settings.DATABASE_SESSION_URL = pgbouncer.url("pooled")
+    settings.DATABASE_SESSION_PARAMS = libpq_params(pgbouncer.url("pooled"))
+    previous = channel_layers.backends.get("default")
+    layer = channel_layers.backends["default"] = PostgresChannelLayer(prefix="breadyz", event_loop="own")
+    try:
+        response = Client().get("/readyz")
+    finally:
+        layer.close_sync()
+        if previous is None:
+            channel_layers.backends.pop("default", None)
+        else:
+            channel_layers.backends["default"] = previous
+    assert response.status_code == 503
+    assert "did not come back over its LISTEN connection" in response.json()["error"]
+
+
+def test_a_leaders_session_problems_name_a_lost_listen_and_a_job_lock_on_another_session(
+    pgbouncer: PgBouncer, settings: Any
+) -> None:
+    def problems_with_session_path(url: str) -> list[str]:
+        settings.DATABASE_SESSION_URL = url
+        settings.DATABASE_SESSION_PARAMS = libpq_params(url)
+        lock, locks = PostgresLeaseLock(name="bouncer-check"), JobLocks()
+        try:
+            lock.watch(lambda: None)
+            assert lock._listener is not None
+            assert lock._listener.connected.wait(10)
+            return session_problems(lock, locks, within=1.0)
+        finally:
+            lock.close()
+            locks.close()
+
+    assert problems_with_session_path(pgbouncer.url("session")) == []
+    [problem] = problems_with_session_path(pgbouncer.url("pooled"))
+    assert "did not come back over this process's LISTEN connection" in problem
+
+    # A job lock taken through the transaction pooler lands on a server session that is not the one
+    # the connection started on (here: that one is busy with another client's transaction).
+    settings.DATABASE_SESSION_PARAMS = libpq_params(pgbouncer.url("pooled"))
+    locks = JobLocks()
+    try:
+        locks._connection()  # connects; its first server backend goes back to the pool after the statement
+        with psycopg.connect(pgbouncer.url("pooled")) as other:
+            other.execute("SELECT 1")  # holds a server connection in its open transaction
+            acquired = locks.try_lock(job_key("probe"))
+        assert locks.backend_pid is not None
+        if locks.foreign_holder is None:
+            pytest.fail("PgBouncer ran the lock on the connection's first backend while another client held it")
+        assert acquired is False
+        assert "does not keep sessions" in locks.foreign_holder
+        assert session_problems(PostgresLeaseLock(name="unwatched"), locks) == [locks.foreign_holder]
+    finally:
+        locks.close()
