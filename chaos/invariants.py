@@ -176,3 +176,77 @@ def leader_elected_within(*, lease: str, since: datetime, bound: timedelta, now:
     if now - since < bound:
         return []
     return ["no leader renewed lease %s within %s of %s (record: %r)" % (lease, bound, since.isoformat(), row)]
+
+
+StateSeen = dict[int, tuple[str, int]]
+
+
+def current_states() -> StateSeen:
+    """Each workspace's current state as (lineage, Terraform serial)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT w.id, s.lineage, s.terraform_serial FROM workspaces_workspace w "
+            "JOIN workspaces_stateversion s ON s.id = w.current_state_id"
+        )
+        return {workspace_id: (lineage, serial) for workspace_id, lineage, serial in cursor.fetchall()}
+
+
+def state_regressions(*, seen: StateSeen) -> tuple[list[str], StateSeen]:
+    """The current state never goes backwards: checked in the pointer's history and against the
+    state seen at the previous check. Returns the violations and the states seen now.
+
+    History (``StateTransition``): a Terraform write keeps the lineage and raises the serial; every
+    move starts where the previous one ended (nothing moved the pointer unrecorded), and the pointer
+    is where the last move left it. Sampled: since the previous check no workspace's serial fell,
+    and its lineage changed only through an operator's promote (which also raises the serial).
+    """
+    sql = """
+        WITH t AS (
+            SELECT workspace_id, kind, from_serial, from_lineage, to_serial, to_lineage, task_id, attempt,
+                   LAG(to_serial) OVER w AS prev_serial, LAG(to_lineage) OVER w AS prev_lineage,
+                   ROW_NUMBER() OVER w AS n
+            FROM workspaces_statetransition
+            WINDOW w AS (PARTITION BY workspace_id ORDER BY created_at, id)
+        )
+        SELECT workspace_id, kind, from_lineage, from_serial, to_lineage, to_serial, task_id, attempt FROM t
+        WHERE (from_serial IS NOT NULL AND to_serial <= from_serial)
+           OR (kind = 'terraform' AND from_serial IS NOT NULL AND to_lineage <> from_lineage)
+           OR (n = 1 AND from_serial IS NOT NULL)
+           OR (n > 1 AND (from_serial IS DISTINCT FROM prev_serial OR from_lineage IS DISTINCT FROM prev_lineage))
+        LIMIT 20
+    """
+    pointer_sql = """
+        SELECT w.id, w.current_state_id, last.to_version_id FROM workspaces_workspace w
+        LEFT JOIN LATERAL (
+            SELECT to_version_id FROM workspaces_statetransition t WHERE t.workspace_id = w.id
+            ORDER BY t.created_at DESC, t.id DESC LIMIT 1
+        ) last ON true
+        WHERE w.current_state_id IS DISTINCT FROM last.to_version_id
+        LIMIT 20
+    """
+    violations: list[str] = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        violations += [
+            "workspace %d: %s move %s/%s -> %s/%s (task %s attempt %s) goes backwards or skips the pointer" % row
+            for row in cursor.fetchall()
+        ]
+        cursor.execute(pointer_sql)
+        violations += [
+            "workspace %d: current state %s is not where the last recorded move left it (%s)" % row
+            for row in cursor.fetchall()
+        ]
+        cursor.execute("SELECT DISTINCT workspace_id FROM workspaces_statetransition WHERE kind = 'promote'")
+        promoted = {row[0] for row in cursor.fetchall()}
+    now = current_states()
+    for workspace_id, (lineage, serial) in sorted(seen.items()):
+        if workspace_id not in now:
+            violations.append("workspace %d: had state %s/%d, now none" % (workspace_id, lineage, serial))
+            continue
+        new_lineage, new_serial = now[workspace_id]
+        if new_serial < serial or (new_lineage != lineage and workspace_id not in promoted):
+            violations.append(
+                "workspace %d: current state went from %s/%d to %s/%d"
+                % (workspace_id, lineage, serial, new_lineage, new_serial)
+            )
+    return violations, now

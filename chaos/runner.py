@@ -7,7 +7,9 @@ The invariants (DESIGN.md and issue 8), checked after every round:
 4. no two executions overlapping in one workspace (agents' execution logs);
 5. advisory locks held return to the baseline;
 6. every online agent's connected_pod names a live web replica;
-7. a leader is elected again within ELECTION_BOUND after any fault.
+7. a leader is elected again within ELECTION_BOUND after any fault;
+8. no workspace's current state goes backwards (same lineage and a rising serial in the recorded
+   moves of its pointer, and against the state seen at the previous check).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ INVARIANTS = (
     "advisory_lock_leak",
     "stale_connected_pod",
     "no_leader",
+    "state_regression",
 )
 
 
@@ -121,6 +124,7 @@ class Runner:
         self.totals = Totals()
         self.lock_baseline = 0
         self.started_at = datetime.now(UTC)
+        self.states_seen: invariants.StateSeen = {}
 
     def measure_lock_baseline(self) -> None:
         samples = []
@@ -192,6 +196,8 @@ class Runner:
         ]
         leaked = wait_until(self.lock_leak, timeout=5.0)
         found += ["advisory_lock_leak: " + v for v in leaked]
+        regressed, self.states_seen = retrying(lambda: invariants.state_regressions(seen=self.states_seen))
+        found += ["state_regression: " + v for v in regressed]
         return found
 
     def lock_leak(self) -> list[str]:

@@ -117,3 +117,71 @@ def test_overlapping_executions_in_one_workspace_are_found_by_agent_clocks(tmp_p
     ]
     # An execution whose agent's death was never recorded runs forever: later ones overlap it.
     assert len(invariants.overlapping_executions(executions, died_at={})) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_current_state_going_backwards_is_found_and_moving_forward_is_not() -> None:
+    from django.contrib.auth import get_user_model
+
+    from apps.agents.actions import cleanup_agents
+    from apps.workspaces import actions, reports, states
+    from apps.workspaces.models import StateTransition, StateVersion
+
+    pool = AgentPool(name="chaos-pool")
+    pool.set_new_token()
+    pool.save()
+    workspace = Workspace.objects.create(name="chaos-ws", pool=pool)
+    now = timezone.now()
+    agent = Agent.objects.create(
+        agent_id="a", pool=pool, status="online", connected_pod="web-1", connected_at=now, last_heartbeat=now
+    )
+    task = actions.enqueue_task(workspace=workspace, type="apply")
+    assert reports.accept_task(agent=agent, task_id=task.pk, attempt=1)
+
+    def state(serial: int, lineage: str = "L", **extra: str) -> dict[str, object]:
+        return {"version": 4, "serial": serial, "lineage": lineage, "outputs": extra, "resources": []}
+
+    assert invariants.state_regressions(seen={}) == ([], {})
+    states.offer_state(task=task, attempt=1, state=state(1), live=True)
+    problems, seen = invariants.state_regressions(seen={})
+    assert (problems, seen) == ([], {workspace.pk: ("L", 1)})
+    states.offer_state(task=task, attempt=1, state=state(2), live=True)
+    # A late state of a settled attempt (kept as a conflict) moves nothing: no violation.
+    Agent.objects.filter(pk=agent.pk).update(last_heartbeat=now - timedelta(hours=1))
+    cleanup_agents()
+    states.offer_state(task=task, attempt=1, state=state(1, x="late"), live=False)
+    problems, seen = invariants.state_regressions(seen=seen)
+    assert (problems, seen) == ([], {workspace.pk: ("L", 2)})
+    # An operator's promote may change the lineage; its serial still rises.
+    conflict = StateVersion.objects.get(status="conflict")
+    conflict_of_other_lineage = StateVersion.objects.create(
+        workspace=workspace, serial=99, lineage="M", terraform_serial=1, state=state(1, "M"), status="conflict"
+    )
+    states.do_promote(
+        workspace_id=workspace.pk,
+        version_id=conflict_of_other_lineage.pk,
+        actor=get_user_model().objects.create_user("op"),
+    )
+    states.do_discard(workspace_id=workspace.pk, version_id=conflict.pk, actor=None)
+    problems, seen = invariants.state_regressions(seen=seen)
+    assert (problems, seen) == ([], {workspace.pk: ("M", 3)})
+
+    # What the invariant exists for: the pointer set back to an older row, as the old code did.
+    older = StateVersion.objects.get(workspace=workspace, terraform_serial=1, lineage="L", status="accepted")
+    Workspace.objects.filter(pk=workspace.pk).update(current_state=older)
+    problems, _ = invariants.state_regressions(seen=seen)
+    assert "workspace %d: current state went from M/3 to L/1" % workspace.pk in problems
+    assert any("is not where the last recorded move left it" in p for p in problems)
+    # A recorded Terraform move that lowers the serial or switches lineage is found in the history.
+    Workspace.objects.filter(pk=workspace.pk).update(current_state=workspace.state_versions.order_by("-serial")[0])
+    StateTransition.objects.create(
+        workspace=workspace,
+        kind="terraform",
+        from_serial=3,
+        from_lineage="M",
+        to_serial=2,
+        to_lineage="M",
+        to_version=workspace.state_versions.order_by("-serial")[0],
+    )
+    problems, _ = invariants.state_regressions(seen={})
+    assert len(problems) == 1 and "goes backwards or skips the pointer" in problems[0], problems
