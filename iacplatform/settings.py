@@ -319,6 +319,9 @@ TERRAFORM_STATE_BACKEND_URL = env_str("TERRAFORM_STATE_BACKEND_URL", "")
 TERRAFORM_STATE_MAX_BYTES = env_int("TERRAFORM_STATE_MAX_BYTES", 16 * 1024 * 1024)
 # A dispatch's state credential expires this long after the task's own timeout would.
 TERRAFORM_STATE_CREDENTIAL_SLACK = env_number("TERRAFORM_STATE_CREDENTIAL_SLACK", 600.0)
+# Released Terraform state locks are history: kept this long, then deleted by state_lock_retention.
+STATE_LOCK_RETENTION_DAYS = env_number("STATE_LOCK_RETENTION_DAYS", 30.0)
+JOB_STATE_LOCK_RETENTION_EVERY = env_number("JOB_STATE_LOCK_RETENTION_EVERY", 3600.0)
 # How often the leader runs each queue/agent job.
 JOB_PENDING_TASKS_EVERY = env_number("JOB_PENDING_TASKS_EVERY", 10.0)
 JOB_TASK_TIMEOUT_EVERY = env_number("JOB_TASK_TIMEOUT_EVERY", 30.0)

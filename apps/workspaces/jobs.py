@@ -12,10 +12,12 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
 from apps.coordination.fencing import Tick
 from apps.coordination.registry import job, on_leadership_acquired
 from apps.workspaces import actions, cmdb
+from apps.workspaces.models import StateLock
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +99,22 @@ def cmdb_sync(tick: Tick) -> None:
             )
     if failures:
         raise CmdbSyncError("; ".join(failures))
+
+
+STATE_LOCK_BATCH = 5000
+
+
+@job(name="state_lock_retention", every=settings.JOB_STATE_LOCK_RETENTION_EVERY)
+def state_lock_retention(tick: Tick) -> None:
+    """Delete Terraform state locks released more than STATE_LOCK_RETENTION_DAYS ago, one fenced
+    batch at a time (a held lock is never touched: it has no released_at)."""
+    cutoff = timezone.now() - timedelta(days=settings.STATE_LOCK_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        with tick.fenced():
+            pruned = StateLock.objects.prune(released_before=cutoff, batch=STATE_LOCK_BATCH)
+        deleted += pruned
+        if pruned < STATE_LOCK_BATCH:
+            break
+    if deleted:
+        logger.info("state_lock_retention: %d released locks deleted", deleted)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -266,6 +268,13 @@ class StateLockQuerySet(models.QuerySet["StateLock"]):
     def held(self) -> StateLockQuerySet:
         return self.filter(released_at__isnull=True)
 
+    def prune(self, *, released_before: datetime, batch: int) -> int:
+        """Delete up to ``batch`` released locks older than ``released_before``, oldest first."""
+        ids = list(
+            self.filter(released_at__lt=released_before).order_by("released_at").values_list("pk", flat=True)[:batch]
+        )
+        return self.filter(pk__in=ids).delete()[0] if ids else 0
+
     def release_for_tasks(self, task_ids: list[int], *, reason: str) -> int:
         """Release the locks the given tasks' attempts hold: a settled attempt keeps no lock."""
         from django.utils import timezone
@@ -296,7 +305,11 @@ class StateLock(models.Model):
                 fields=["workspace"], condition=Q(released_at__isnull=True), name="one_state_lock_per_workspace"
             )
         ]
-        indexes = [models.Index(fields=["task"], condition=Q(released_at__isnull=True), name="state_lock_held_by_task")]
+        indexes = [
+            models.Index(fields=["task"], condition=Q(released_at__isnull=True), name="state_lock_held_by_task"),
+            # state_lock_retention finds the oldest released locks here.
+            models.Index(fields=["released_at"], condition=Q(released_at__isnull=False), name="state_lock_released"),
+        ]
         ordering = ["workspace", "-acquired_at"]
 
     def __str__(self) -> str:

@@ -109,3 +109,26 @@ def test_recovery_pass_settles_tasks_of_agents_that_are_gone(term: None, agent_p
     assert statuses == {plan.pk: "pending", apply.pk: "errored", unaccepted.pk: "pending"}
     assert Task.objects.get(pk=plan.pk).attempt == 2
     assert Task.objects.get(pk=unaccepted.pk).attempt == 1
+
+
+def test_state_lock_retention_deletes_old_released_locks_only(
+    term: None, agent_pool: Pool, workspace: Workspace, settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.workspaces import jobs
+    from apps.workspaces.jobs import state_lock_retention
+    from apps.workspaces.models import StateLock
+
+    settings.STATE_LOCK_RETENTION_DAYS = 30  # type: ignore[attr-defined]
+    monkeypatch.setattr(jobs, "STATE_LOCK_BATCH", 2)  # several fenced batches
+    task = actions.enqueue_task(workspace=workspace, type="plan")
+    old = timezone.now() - timedelta(days=31)
+    for n in range(5):
+        StateLock.objects.create(workspace=workspace, lock_id="old-%d" % n, task=task, attempt=1, released_at=old)
+    StateLock.objects.create(workspace=workspace, lock_id="recent", task=task, attempt=1, released_at=timezone.now())
+    StateLock.objects.create(workspace=workspace, lock_id="held", task=task, attempt=1)
+    StateLock.objects.filter(lock_id="held").update(acquired_at=old)
+    with pytest.raises(StaleEpoch):
+        state_lock_retention(tick("state_lock_retention", epoch=0))
+    assert StateLock.objects.count() == 7  # a deposed leader deletes nothing
+    state_lock_retention(tick("state_lock_retention"))
+    assert sorted(StateLock.objects.values_list("lock_id", flat=True)) == ["held", "recent"]
