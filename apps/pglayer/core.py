@@ -25,8 +25,11 @@ Guarantees:
   ASGI server's or the layer's own (loopthread.py), so async callers and sync callers through
   ``async_to_sync`` both survive a PostgreSQL restart. After reconnecting, every waiting receive
   re-reads the table.
-- ``capacity`` per channel: ``send`` raises ``ChannelFull``; ``group_send`` skips full members and
-  counts them (``channel_layer_group_send_full_total``).
+- ``capacity`` per channel, on every path: ``send`` raises ``ChannelFull``; ``group_send`` skips
+  full members and counts them (``channel_layer_group_send_full_total``). Bodies buffered from
+  their NOTIFY keep their rows in the table until handed out (inline.py), so they count; a
+  buffer holds at most ``capacity`` of them plus one claim (at most ``capacity`` rows), so a
+  consumer that stops reading costs at most about 2 x capacity x message size of memory.
 - Memory per channel exists while a receive waits on it and for a few seconds after (freed at
   once when the last receive is cancelled with nothing buffered).
 
@@ -60,7 +63,7 @@ from prometheus_client import Counter
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from apps.pglayer import statements
-from apps.pglayer.inbox import ChannelState, Claimer, Row
+from apps.pglayer.inbox import SPECIFIC_BATCH, ChannelState, Claimer, Row
 from apps.pglayer.inline import InlineDeliveries
 from apps.pglayer.listener import Listener
 from apps.pglayer.loopthread import LoopThread
@@ -133,6 +136,15 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._shared_notify = statements.shared_notify_channel(prefix)
         self._own_notify = statements.process_notify_channel(prefix, self.client_prefix)
         self._thread = LoopThread("pglayer-%s" % self.client_prefix, adopt=event_loop == "server")
+        self._ping_serial = 0
+        self._start_runtime()
+        self.group_send_full = 0
+        _layers.add(self)
+
+    def _start_runtime(self) -> None:
+        """The layer's connections and per-channel state, fresh: at creation and after each close,
+        so a closed layer (e.g. the cached one after ``close_all_layers``) works again on whatever
+        loop it runs on next (asyncio's primitives bind to the loop that first waits on them)."""
         self._channels: dict[str, ChannelState] = {}
         # Messages are hints with at-most-once delivery (the database tables are the truth), so
         # the layer does not wait for each commit to reach disk: a crash loses at most the last
@@ -146,7 +158,14 @@ class PostgresChannelLayer(BaseChannelLayer):
             on_notify=self._on_notify,
             on_connected=self._on_connected,
         )
-        self._claimer = Claimer(channels=self._channels, claim=self._claim_rows, unclaim=self._unclaim)
+        # A claim takes at most `capacity` rows of a specific channel into memory, so a
+        # consumer's buffer stays within one capacity of claimed and one of inline rows.
+        self._claimer = Claimer(
+            channels=self._channels,
+            claim=self._claim_rows,
+            unclaim=self._unclaim,
+            batch=min(SPECIFIC_BATCH, int(self.capacity)),
+        )
         self._inline = InlineDeliveries(
             delete=self._delete_delivered, unclaim=self._unclaim, keep=float(self.expiry) + 60.0
         )
@@ -154,9 +173,6 @@ class PostgresChannelLayer(BaseChannelLayer):
         self._background: set[asyncio.Task[None]] = set()
         self._next_self_gc = 0.0
         self._pings: dict[int, asyncio.Future[None]] = {}
-        self._ping_serial = 0
-        self.group_send_full = 0
-        _layers.add(self)
 
     # ------------------------------------------------------------------ connections
 
@@ -325,6 +341,7 @@ class PostgresChannelLayer(BaseChannelLayer):
             raise RuntimeError("close() must not be called from the layer's own thread")
         await self._call(self._close())
         self._thread.stop()
+        self._start_runtime()
 
     def close_sync(self, timeout: float = 10.0) -> None:
         """close() for sync callers; does nothing if the layer never started its loop. On an
@@ -335,6 +352,7 @@ class PostgresChannelLayer(BaseChannelLayer):
         if self._thread.runnable():
             self._thread.submit(self._close()).result(timeout)
         self._thread.stop()
+        self._start_runtime()
 
     # ------------------------------------------------------------------ on the layer's loop
 
@@ -360,8 +378,10 @@ class PostgresChannelLayer(BaseChannelLayer):
             self._ensure_housekeeping()
             await self._listener.ready()
             while True:
-                row = state.pop_ready(_utcnow())
+                row = state.pop_ready(_utcnow(), dropped=self._inline.forget)
                 if row is not None:
+                    if row.inline:
+                        self._inline.delivered(row)
                     return row
                 event.clear()
                 if state.dirty:
@@ -374,8 +394,10 @@ class PostgresChannelLayer(BaseChannelLayer):
         finally:
             state.waiters.remove(event)
             state.idle_since = time.monotonic()
-            if not state.waiters and not state.buffer and cancelled:
+            if not state.waiters and not state.buffer and cancelled and not self._claimer.claiming(key):
                 # The last receiver left (its consumer is gone): free the channel's memory now.
+                # Not while its claim is in flight: its rows must land here, ahead of whatever the
+                # next receive claims, not go back to the table behind newer rows.
                 self._channels.pop(key, None)
             # Otherwise the state stays: a consumer receives again right after each message, and
             # the state (fed by NOTIFYs meanwhile) spares that receive a claim. A state without a
@@ -465,6 +487,11 @@ class PostgresChannelLayer(BaseChannelLayer):
             return
         if self._inline.known(int(row_id)):
             return
+        if len(state.buffer) >= self.capacity:
+            # A consumer this far behind holds no more in memory: the row waits in the table
+            # (where it counts towards capacity) and is claimed, in order, once there is room.
+            state.mark_dirty()
+            return
         expires = _utcnow() + datetime.timedelta(seconds=float(self.expiry))
         row = Row(int(row_id), key, base64.b64decode(body), expires, inline=True)
         self._inline.arrived(row)
@@ -494,7 +521,7 @@ class PostgresChannelLayer(BaseChannelLayer):
         """Hand back rows of channels nobody receives any more, close idle connections, and now and
         then delete one batch of expired rows (so a cluster with no leader still shrinks)."""
         for key, state in list(self._channels.items()):
-            if not state.waiters and now - state.idle_since >= IDLE_BUFFER_SECONDS:
+            if not state.waiters and now - state.idle_since >= IDLE_BUFFER_SECONDS and not self._claimer.claiming(key):
                 self._hand_back(list(state.buffer))
                 del self._channels[key]
         self._inline.purge(now)
@@ -520,6 +547,9 @@ class PostgresChannelLayer(BaseChannelLayer):
                 what="flush",
             )
         for state in self._channels.values():
+            for row in state.buffer:
+                if row.inline:
+                    self._inline.forget(row)
             state.buffer.clear()
 
     async def _close(self) -> None:

@@ -5,9 +5,9 @@ asks the :class:`Claimer` to claim rows of that channel from the table, and wait
 notification when there were none. Claims from many receives that arrive while one claim is in
 flight are merged into the next single ``DELETE ... RETURNING`` (statements.CLAIM).
 
-Guarantees: a channel's state exists only while a receive waits on it or it holds claimed rows;
-rows claimed for a channel nobody waits on any more are handed back to the table under their own
-ids (order kept) instead of being kept in memory or dropped. Does NOT: decide delivery order
+Guarantees: a channel's state exists only while a receive waits on it, a claim of it is in flight,
+or it holds rows; rows claimed for a channel nobody receives any more are handed back to the table
+under their own ids (order kept) instead of being kept in memory or dropped. Does NOT: decide delivery order
 across senders (rows are ordered by id, i.e. by insertion).
 """
 
@@ -73,9 +73,10 @@ class ChannelState:
             ids = [r.id for r in self.buffer]
             self.buffer.insert(bisect.bisect_left(ids, row.id), row)
 
-    def pop_ready(self, now: datetime.datetime) -> Row | None:
+    def pop_ready(self, now: datetime.datetime, *, dropped: Callable[[Row], None]) -> Row | None:
         """The next row that may be handed out. A claimed row always may (a claim returns the
-        oldest rows of the channel); an inline one only when no older row can be unseen."""
+        oldest rows of the channel); an inline one only when no older row can be unseen. Expired
+        rows are dropped on the way (``dropped`` is told)."""
         while self.buffer:
             row = self.buffer[0]
             if row.inline and self.dirty:
@@ -83,6 +84,7 @@ class ChannelState:
             self.buffer.popleft()
             if row.expires > now:
                 return row
+            dropped(row)
         return None
 
 
@@ -93,18 +95,27 @@ UnclaimFunc = Callable[[list[Row]], None]
 class Claimer:
     """Merges concurrent claim requests into one statement and distributes the rows it returns."""
 
-    def __init__(self, *, channels: dict[str, ChannelState], claim: ClaimFunc, unclaim: UnclaimFunc) -> None:
+    def __init__(
+        self,
+        *,
+        channels: dict[str, ChannelState],
+        claim: ClaimFunc,
+        unclaim: UnclaimFunc,
+        batch: int = SPECIFIC_BATCH,
+    ) -> None:
         self._channels = channels
         self._claim = claim
         self._unclaim = unclaim
+        self._batch = batch
         self._pending: dict[str, int] = {}
+        self._in_flight: set[str] = set()
         self._next: asyncio.Future[dict[str, int]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.statements = 0
 
     async def claim(self, key: str, *, shared: bool) -> int:
         """Claim rows of ``key`` into its state's buffer; return how many rows (live or expired) it took."""
-        self._pending[key] = self._pending.get(key, 0) + 1 if shared else SPECIFIC_BATCH
+        self._pending[key] = self._pending.get(key, 0) + 1 if shared else self._batch
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         round_ = self._next
@@ -114,6 +125,10 @@ class Claimer:
         counts = await asyncio.shield(round_)
         return counts.get(key, 0)
 
+    def claiming(self, key: str) -> bool:
+        """Whether a claim of ``key`` is requested or in flight (its rows may still arrive)."""
+        return key in self._pending or key in self._in_flight
+
     async def _run(self) -> None:
         while self._pending:
             pending, round_ = self._pending, self._next
@@ -121,11 +136,14 @@ class Claimer:
             assert round_ is not None
             self.statements += 1
             started = next_event()
+            self._in_flight = set(pending)
             try:
                 rows = await self._claim(list(pending), list(pending.values()))
             except Exception as exc:
                 round_.set_exception(exc)
                 continue
+            finally:
+                self._in_flight = set()
             round_.set_result(self._distribute(rows, pending, started))
 
     def _distribute(self, rows: list[tuple[Row, bool]], pending: dict[str, int], started: int) -> dict[str, int]:
@@ -136,9 +154,12 @@ class Claimer:
             if not deliver:  # expired, or already delivered from its NOTIFY
                 continue
             state = self._channels.get(row.key)
-            if state is None or not (state.waiters or state.buffer):
+            if state is None:
                 orphans.append(row)
                 continue
+            # A state without a receive (its receive was cancelled while this claim was in flight)
+            # keeps the rows in order for the next receive; housekeeping hands them back if none
+            # comes. Handing them back now would let that next receive's claim overtake them.
             state.insert(row)
         for key, limit in pending.items():
             state = self._channels.get(key)

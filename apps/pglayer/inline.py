@@ -1,17 +1,22 @@
-"""Small messages delivered straight from their NOTIFY, exactly once.
+"""Small messages delivered straight from their NOTIFY, exactly once, within the channel's capacity.
 
 For a process-specific channel the announcement carries the body itself when it is small
-(statements.INLINE_MAX_BODY), so the owning process can deliver it without a round trip; the row
-is deleted afterwards, in batches: the delete waits ``linger`` seconds (5 ms) for more delivered
-ids unless ``DELETE_BATCH`` are already waiting, so a busy channel costs one DELETE per batch,
-not one per message. (Rows delivered but not yet deleted still count towards the channel's
-capacity for those milliseconds.) Two other paths can also hand out that row: a claim
-(``DELETE ... RETURNING``) that runs before the inline delete, and an inline NOTIFY that arrives
-after a claim already delivered the row. This module keeps the ids that make both cases
-recognisable:
+(statements.INLINE_MAX_BODY), so the owning process can deliver it without a round trip. The row
+stays in the table while the body waits in this process's buffer, so it still counts towards
+the channel's capacity: a consumer that stops reading makes ``send`` raise ``ChannelFull`` and
+``group_send`` skip it after ``capacity`` messages, as for rows nobody has claimed, and its
+memory holds at most what its table rows hold. The row is deleted once a receive hands the body
+out, in batches: the delete waits ``linger`` seconds (5 ms) for more delivered ids unless
+``DELETE_BATCH`` are already waiting, so a busy channel costs one DELETE per batch, not one per
+message. Two other paths can also hand out that row: a claim (``DELETE ... RETURNING``) that runs
+while the body is buffered or before the delete, and an inline NOTIFY that arrives after a claim
+already delivered the row. This module keeps the ids that make both cases recognisable:
 
-- *provisional*: rows delivered or buffered from a NOTIFY whose delete has not completed. A claim
-  returning one of them drops it (it is already out) and the delete then finds nothing.
+- *provisional*: rows whose body is buffered here from their NOTIFY and not handed out yet. A
+  claim returning one of them drops it (the buffered body will be handed out) and records that
+  the row has left the table (*claimed away*): if the body is then handed back instead, the row
+  is put back into the table, else it simply stays there.
+- *deleting*: rows handed out whose delete has not completed; a claim returning one drops it.
 - *gone*: rows whose delete found nothing (a claim of ours took them, or they expired); a claim
   result processed later still recognises and drops them.
 - *fenced*: rows a claim delivered; every claim also NOTIFYs ``sync <n>`` to its own process, and
@@ -21,7 +26,8 @@ Entries not released that way (a NOTIFY lost with the connection) are dropped af
 seconds, longer than any message lives.
 
 Guarantees: with these sets checked on every path, each row is delivered at most once by this
-process. Does NOT: apply to shared channel names (competing consumers always claim).
+process, and a buffered body's row is in the table (or put back) until it is handed out. Does
+NOT: apply to shared channel names (competing consumers always claim).
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class InlineDeliveries:
         self._unclaim = unclaim
         self._keep = keep
         self._provisional: dict[int, Row] = {}
-        self._abandoned: set[int] = set()
+        self._claimed_away: set[int] = set()
+        self._deleting: set[int] = set()
         self._to_delete: list[int] = []
         self._gone: dict[int, float] = {}
         self._fences: dict[int, tuple[float, list[int]]] = {}
@@ -62,25 +69,21 @@ class InlineDeliveries:
     # -- ids seen from the other paths
 
     def known(self, row_id: int) -> bool:
-        """True when an inline NOTIFY of ``row_id`` must be ignored (already out, or claimed)."""
-        return row_id in self._provisional or row_id in self._fenced or row_id in self._gone
+        """True when an inline NOTIFY of ``row_id`` must be ignored (buffered, out, or claimed)."""
+        return row_id in self._provisional or row_id in self._deleting or row_id in self._fenced or row_id in self._gone
 
     def next_fence(self) -> int:
         return next(self._sync)
 
     def claimed(self, fence: int, rows: list[Row]) -> list[Row]:
-        """Filter what a claim returned: drop rows already out inline; fence the rest."""
+        """Filter what a claim returned: drop rows buffered or out inline; fence the rest."""
         kept: list[Row] = []
         for row in rows:
             if row.id in self._provisional:
-                if row.id in self._abandoned:  # its receiver left: treat as an ordinary claimed row
-                    self._abandoned.discard(row.id)
-                    del self._provisional[row.id]
-                    kept.append(row)
-                else:
-                    # Out already; the batched delete will find nothing for it.
-                    self._gone[row.id] = time.monotonic()
+                self._claimed_away.add(row.id)  # its buffered body is handed out (or put back)
                 continue
+            if row.id in self._deleting:
+                continue  # out already; the batched delete will find nothing for it
             if self._gone.pop(row.id, None) is not None:
                 continue
             kept.append(row)
@@ -100,23 +103,36 @@ class InlineDeliveries:
     # -- rows that arrived inline
 
     def arrived(self, row: Row) -> None:
+        """Its body is buffered; its row stays in the table (and in the channel's count)."""
         self._provisional[row.id] = row
-        self._to_delete.append(row.id)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="pglayer-inline-delete")
 
     def provisional(self, row_id: int) -> bool:
         return row_id in self._provisional
 
+    def delivered(self, row: Row) -> None:
+        """A receive handed the buffered body out: delete its row (unless a claim took it)."""
+        if self._provisional.pop(row.id, None) is None:
+            return
+        if row.id in self._claimed_away:  # a claim deleted its row already
+            self._claimed_away.discard(row.id)
+            return
+        self._deleting.add(row.id)
+        self._to_delete.append(row.id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pglayer-inline-delete")
+
     def abandon(self, row: Row) -> None:
-        """Its receiver left before it was delivered: leave it in (or put it back into) the table."""
-        if row.id in self._to_delete:
-            self._to_delete.remove(row.id)
-            del self._provisional[row.id]  # never deleted: still in the table
-        elif row.id in self._provisional:
-            self._abandoned.add(row.id)  # the delete in flight decides
-        else:
+        """Its receiver left before it was handed out: leave its row in (or put it back into) the table."""
+        if self._provisional.pop(row.id, None) is None:
+            self._unclaim([row])  # handed out once and given back: its row may be deleted already
+        elif row.id in self._claimed_away:
+            self._claimed_away.discard(row.id)
             self._unclaim([row])
+
+    def forget(self, row: Row) -> None:
+        """A buffered body dropped without delivery (expired, flushed): its row goes with the table's."""
+        self._provisional.pop(row.id, None)
+        self._claimed_away.discard(row.id)
 
     async def _run(self) -> None:
         while self._to_delete:
@@ -130,13 +146,8 @@ class InlineDeliveries:
                 deleted = set()
             now = time.monotonic()
             for row_id in ids:
-                row = self._provisional.pop(row_id, None)
-                abandoned = row_id in self._abandoned
-                self._abandoned.discard(row_id)
-                if row_id in deleted:
-                    if abandoned and row is not None:
-                        self._unclaim([row])
-                elif row is not None:
+                self._deleting.discard(row_id)
+                if row_id not in deleted:
                     self._gone[row_id] = now
 
     def purge(self, now: float) -> None:
@@ -150,6 +161,7 @@ class InlineDeliveries:
     def sizes(self) -> dict[str, int]:
         return {
             "inline_provisional": len(self._provisional),
+            "inline_deleting": len(self._deleting),
             "inline_gone": len(self._gone),
             "inline_fenced": len(self._fenced),
         }

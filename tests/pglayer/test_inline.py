@@ -36,17 +36,41 @@ class FakeTable:
 async def test_a_claim_returning_a_row_already_out_inline_drops_it() -> None:
     table = FakeTable({1, 2})
     inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60)
-    inline.arrived(_row(1))  # delivered from its NOTIFY, delete not yet run
+    inline.arrived(_row(1))
+    inline.delivered(_row(1))  # handed out from its NOTIFY, delete not yet run
     kept = inline.claimed(inline.next_fence(), [_row(1, inline=False), _row(2, inline=False)])
     assert [row.id for row in kept] == [2]
     await inline.stop()
     assert not inline.provisional(1)
 
 
+async def test_a_buffered_row_stays_in_the_table_until_it_is_handed_out() -> None:
+    table = FakeTable({1})
+    inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60, linger=0)
+    inline.arrived(_row(1))
+    await asyncio.sleep(0.01)
+    assert table.deletes == [] and table.ids == {1}  # still counts towards the channel's capacity
+    inline.delivered(_row(1))
+    await inline.stop()
+    assert table.ids == set()
+
+
+async def test_a_claim_of_a_buffered_row_drops_it_and_the_buffered_body_is_handed_out_once() -> None:
+    table = FakeTable(set())  # the claim deleted row 1 in the database
+    inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60)
+    inline.arrived(_row(1))
+    assert inline.claimed(inline.next_fence(), [_row(1, inline=False)]) == []
+    inline.delivered(_row(1))
+    await inline.stop()
+    assert table.deletes == []  # nothing left to delete
+    assert not inline.known(1)
+
+
 async def test_a_claim_processed_after_the_inline_delete_found_nothing_still_drops_it() -> None:
     table = FakeTable(set())  # a claim of ours already took row 1 in the database
     inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60)
     inline.arrived(_row(1))
+    inline.delivered(_row(1))
     await inline.stop()  # the delete ran and found nothing
     assert inline.known(1)
     assert inline.claimed(inline.next_fence(), [_row(1, inline=False)]) == []
@@ -76,16 +100,15 @@ async def test_abandoned_inline_rows_stay_in_or_return_to_the_table() -> None:
     inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60, linger=0)
     first, second = _row(1), _row(2)
     inline.arrived(first)
-    inline.abandon(first)  # before its delete was sent: simply never deleted
-    assert table.ids == {1, 2}
+    inline.abandon(first)  # never handed out: its row simply stays
+    assert table.ids == {1, 2} and table.unclaimed == []
     inline.arrived(second)
-    task = inline._task
-    assert task is not None
-    await asyncio.sleep(0)  # the delete of row 2 is now in flight
+    table.ids.discard(2)
+    inline.claimed(inline.next_fence(), [_row(2, inline=False)])  # a claim took its row meanwhile
     inline.abandon(second)
     await inline.stop()
-    assert table.ids == {1}
-    assert table.unclaimed == [second]  # deleted meanwhile: put back
+    assert table.unclaimed == [second]  # put back
+    assert not inline.provisional(1) and not inline.provisional(2)
 
 
 async def test_rows_delivered_close_together_are_deleted_in_one_statement() -> None:
@@ -93,12 +116,14 @@ async def test_rows_delivered_close_together_are_deleted_in_one_statement() -> N
     inline = InlineDeliveries(delete=table.delete, unclaim=table.unclaimed.extend, keep=60, linger=0.05)
     for row_id in range(1, 4):
         inline.arrived(_row(row_id))
+        inline.delivered(_row(row_id))
         await asyncio.sleep(0.001)
     await inline.stop()
     assert table.deletes == [[1, 2, 3]]
     # A full batch does not wait for the linger.
     for row_id in range(4, 251):
         inline.arrived(_row(row_id))
+        inline.delivered(_row(row_id))
     await asyncio.wait_for(inline.stop(), 0.04)
     assert table.deletes[1] == list(range(4, 251))
     assert table.ids == set()
@@ -108,9 +133,10 @@ async def test_forgotten_entries_are_purged_after_keep_seconds() -> None:
     inline = InlineDeliveries(delete=FakeTable(set()).delete, unclaim=lambda rows: None, keep=60)
     inline.claimed(inline.next_fence(), [_row(7, inline=False)])  # its sync never came (reconnect)
     inline.arrived(_row(8))
+    inline.delivered(_row(8))
     await inline.stop()
     inline.purge(now=1e12)
-    assert inline.sizes() == {"inline_provisional": 0, "inline_gone": 0, "inline_fenced": 0}
+    assert inline.sizes() == {"inline_provisional": 0, "inline_deleting": 0, "inline_gone": 0, "inline_fenced": 0}
 
 
 async def test_the_notify_of_a_row_a_claim_delivered_is_ignored_by_the_layer(make_layer) -> None:
