@@ -70,6 +70,33 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+# HTTPS, when TLS ends in front of the web replicas (an Ingress, a load balancer). Every value is
+# off by default so that `make run` works over plain HTTP; deploy/ turns them on, and
+# `manage.py check --deploy` then reports nothing (tests/deploy/test_settings_env.py).
+# "<Header-Name>=<value>" the proxy sets on HTTPS requests, e.g. X-Forwarded-Proto=https. Only
+# where the proxy overwrites that header on every request: a client could set it otherwise.
+SECURE_PROXY_SSL = env_str("SECURE_PROXY_SSL_HEADER", "")
+SECURE_PROXY_SSL_HEADER: tuple[str, str] | None = None
+if SECURE_PROXY_SSL:
+    _header, _sep, _value = SECURE_PROXY_SSL.partition("=")
+    if not _sep or not _header.strip() or not _value.strip():
+        raise ImproperlyConfigured(
+            "SECURE_PROXY_SSL_HEADER must be <Header-Name>=<value>, e.g. X-Forwarded-Proto=https, got %r"
+            % SECURE_PROXY_SSL
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _header.strip().upper().replace("-", "_"), _value.strip())
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Paths (regular expressions, no leading slash) served over plain HTTP even with the redirect on:
+# the kubelet's probes and the agents' Terraform state backend come from inside the cluster.
+SECURE_REDIRECT_EXEMPT = env_list(
+    "SECURE_REDIRECT_EXEMPT", [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/v1/workspaces/\d+/terraform-state/$"]
+)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
 # Identity of this process: names its database sessions, its lease holder identity, its
 # connected_pod value. In Kubernetes both come from the downward API.
 POD_NAME = env_str("POD_NAME", socket.gethostname())[:100]
@@ -382,6 +409,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Workspaces, Terraform runs, agents and editing sessions.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # role and previous_role share one enum (`manage.py check --deploy` warns otherwise).
+    "ENUM_NAME_OVERRIDES": {"RoleEnum": "apps.access.serializers.ROLE_NAMES"},
     # The API's contract is JSON: form and multipart bodies are still parsed (the browsable API,
     # tests), but not documented, so clients and fuzzers use JSON.
     "PARSER_WHITELIST": ["iacplatform.api.parsers.JSONParser"],

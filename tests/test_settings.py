@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -98,3 +99,20 @@ def test_database_sessions_carry_pod_and_role_as_application_name() -> None:
         (name,) = cursor.fetchone()
     assert name == "%s:%s" % (settings.POD_NAME, settings.PROCESS_ROLE)
     assert name == "pytest:test"
+
+
+@pytest.mark.django_db
+def test_the_https_redirect_spares_probes_and_the_agents_state_backend(settings: Any) -> None:
+    """Probes and agents reach the web replicas from inside the cluster over plain HTTP; everything
+    else is sent to HTTPS, and a request the proxy marks as HTTPS is served."""
+    from django.test import Client
+
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    client = Client()
+    assert client.get("/api/v1/workspaces/").status_code == 301
+    assert client.get("/admin/").status_code == 301
+    assert client.get("/api/v1/workspaces/", HTTP_X_FORWARDED_PROTO="https").status_code != 301
+    assert client.get("/healthz").status_code != 301
+    assert client.get("/readyz").status_code != 301
+    assert client.get("/api/v1/workspaces/7/terraform-state/").status_code != 301

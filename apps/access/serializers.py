@@ -4,6 +4,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.access.models import AccessEvent, Role, WorkspaceAccess
@@ -68,6 +70,7 @@ class AccessEventSerializer(serializers.ModelSerializer[AccessEvent]):
         read_only_fields = fields
 
 
+@extend_schema_field(OpenApiTypes.INT)  # the workspace's id (spectacular cannot tell without a model)
 class VisibleWorkspaceField(serializers.PrimaryKeyRelatedField[Workspace]):
     """A workspace id in a request body, looked up among the workspaces the caller may read: an
     invisible one is refused exactly like one that does not exist."""

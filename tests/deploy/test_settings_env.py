@@ -90,7 +90,8 @@ def pod_environment(container: Container, resources: list[dict[str, Any]]) -> di
     """The variables as the kubelet would set them, with made-up but well-formed secret values."""
     secrets = {
         ("iacplatform", "database-url"): "postgresql://iacplatform:secret@postgres.invalid:5432/iacplatform",
-        ("iacplatform", "secret-key"): "k" * 50,
+        # check --deploy wants 50+ characters, 5+ of them distinct (security.W009).
+        ("iacplatform", "secret-key"): "kP3-9qZ_x" * 6,
         # A Fernet key (32 url-safe base64 bytes), as the runbook makes one.
         ("iacplatform", "variable-encryption-keys"): "a" * 43 + "=",
     }
@@ -110,10 +111,10 @@ def pod_environment(container: Container, resources: list[dict[str, Any]]) -> di
     return values
 
 
-def manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def manage_check(env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
     """`manage.py check` with exactly ``env`` (plus PATH): nothing inherited from this process."""
     return subprocess.run(
-        [sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
+        [sys.executable, "manage.py", "check", "--fail-level", "WARNING", *options],
         cwd=ROOT,
         env={**env, "PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
@@ -158,3 +159,50 @@ def test_a_missing_setting_is_named_not_hidden_behind_app_registry_not_ready() -
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
     assert "AppRegistryNotReady" not in result.stderr
+
+
+def web_environment(kustomization: Path) -> dict[str, str]:
+    resources = render(kustomization)
+    (web,) = [c for c in django_containers(resources) if c.component == "web" and not c.init]
+    return pod_environment(web, resources)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_check_deploy_reports_nothing_for_the_web_containers_environment(kustomization: Path) -> None:
+    """HTTPS redirect, HSTS, secure cookies and the proxy's TLS header all come from the manifests."""
+    result = manage_check(web_environment(kustomization), "--deploy")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_check_deploy_names_each_secure_setting_left_off() -> None:
+    """The check above can fail: without the secure settings Django's deploy checks warn."""
+    env = web_environment(KUSTOMIZATIONS[0])
+    for name in ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+        env.pop(name)
+    result = manage_check(env, "--deploy")
+    assert result.returncode != 0
+    for code in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert code in result.stderr, code
+
+
+def test_the_proxy_ssl_header_is_parsed_or_refused() -> None:
+    env = {"DATABASE_URL": "postgresql://u:p@postgres.invalid/db", "SECRET_KEY": "kP3-9qZ_x" * 6}
+    code = "from django.conf import settings; print(settings.SECURE_PROXY_SSL_HEADER)"
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='iacplatform.settings'; " + code,
+        ],
+        cwd=ROOT,
+        env={**env, "PATH": os.environ["PATH"], "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto=https"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ok.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')", ok.stderr
+    bad = manage_check({**env, "SECURE_PROXY_SSL_HEADER": "https"})
+    assert bad.returncode != 0
+    assert "SECURE_PROXY_SSL_HEADER must be <Header-Name>=<value>" in bad.stderr
