@@ -19,8 +19,8 @@ from django.db.models import F, Q
 
 from apps.search.models import SearchDocument, SearchIndexState
 from apps.search.text import resource_text, text_sha256
-from apps.workspaces.encryption import decrypt
-from apps.workspaces.models import Resource, Variable, Workspace
+from apps.workspaces.models import Resource, Workspace
+from apps.workspaces.variables import redaction_values
 
 Atomic = Callable[[], AbstractContextManager[object]]
 # Where the workspace keeps values its documents must never contain (see text.py).
@@ -28,10 +28,9 @@ SecretsOf = Callable[[Workspace], Iterable[str]]
 
 
 def workspace_secrets(workspace: Workspace) -> list[str]:
-    """The workspace's sensitive variable values (decrypted here only to keep them out of texts;
-    UndecryptableValue fails the workspace's indexing rather than index around a secret)."""
-    tokens = Variable.objects.filter(workspace=workspace, sensitive=True).exclude(encrypted_value="")
-    return [decrypt(token) for token in tokens.values_list("encrypted_value", flat=True)]
+    """Every variable value of the workspace, sensitive ones decrypted: none may reach a searchable
+    text (apps/workspaces/variables.py)."""
+    return redaction_values(workspace.pk)
 
 
 def due_workspaces(limit: int) -> list[int]:

@@ -1,11 +1,12 @@
 """A workspace's variables: written through here, read out for a run only by :func:`for_dispatch`.
 
 Guarantees: a sensitive value is encrypted before it reaches the database and is never returned
-by anything here but :func:`for_dispatch` (which ``task.dispatch`` alone calls); a variable once
-sensitive stays sensitive (its value can be replaced, never read back); writing a variable also
-removes its key from the workspace's legacy ``variables`` column, so a value marked sensitive
-leaves no clear copy behind. Does NOT: keep Terraform from printing a value (declare the
-Terraform variable ``sensitive = true`` too), or hide values from the agent that runs the task.
+to a client by anything here: :func:`for_dispatch` serves ``task.dispatch`` alone, and
+:func:`redaction_values` serves only texts that must contain no value (the CMDB search); a
+variable once sensitive stays sensitive (its value can be replaced, never read back); writing a
+variable also removes its key from the workspace's legacy ``variables`` column, so a value marked
+sensitive leaves no clear copy behind. Does NOT: keep Terraform from printing a value (declare
+the Terraform variable ``sensitive = true`` too), or hide values from the agent that runs the task.
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def for_dispatch(workspace_id: int) -> tuple[dict[str, str], dict[str, str]]:
         value = encryption.decrypt(variable.encrypted_value) if variable.sensitive else variable.value
         (terraform if variable.category == Variable.Category.TERRAFORM else env)[variable.key] = value
     return terraform, env
+
+
+def redaction_values(workspace_id: int) -> list[str]:
+    """Every value of the workspace's variables, sensitive ones decrypted, and of its legacy column:
+    what derived texts (the CMDB search) must never contain. Raises UndecryptableValue rather
+    than leave a value out."""
+    terraform, env = for_dispatch(workspace_id)
+    legacy = Workspace.objects.filter(pk=workspace_id).values_list("legacy_variables", flat=True).first() or {}
+    values = [*terraform.values(), *env.values(), *(v for v in legacy.values() if isinstance(v, str))]
+    return [value for value in values if value]
 
 
 def do_rotate_keys(*, batch: int = 500) -> int:

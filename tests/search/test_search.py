@@ -108,6 +108,8 @@ def test_storage_bucket_finds_the_buckets_before_anything_else(
 def test_sensitive_values_and_workspace_variables_never_reach_the_text(
     cmdb_30: dict[str, Workspace], tick: Tick
 ) -> None:
+    # The workspace's sensitive variable, decrypted for the redaction only.
+    assert indexer.workspace_secrets(cmdb_30["platform"]) == ["eu-hidden-value"]
     jobs.search_index(tick)
     texts = " ".join(SearchDocument.objects.values_list("text", flat=True))
     assert "Db-Pa55-word!" not in texts  # marked sensitive in the state
