@@ -28,7 +28,12 @@ Guarantees:
   request per RetryPeriod per candidate, never a hot loop.
 - Standbys wake on the backend's change notifications (NOTIFY, watch) and wait at most until the
   observed lease expires, so a released lease is taken at once and a crashed leader's lease within
-  a moment of LeaseDuration. ``client_go_polling=True`` turns both off (the benchmark's reference).
+  a moment of LeaseDuration. With a beacon (beacon.py) a standby takes over as soon as the session
+  that lit the observed term's beacon ends: a leader whose process died is replaced in well under
+  a second. ``client_go_polling=True`` turns all of this off (the benchmark's reference).
+- Early takeover by beacon is safe without trusting it: the old term's fenced transactions check
+  their beacon session in the database (fencing.py), and a leader that sees its own beacon end
+  stops counting itself leader at once and asks for a fresh term.
 Does NOT:
 - stop jobs by itself: ``on_stopped_leading`` must, and ``is_leader()`` must be checked before work;
 - protect against clocks running at different RATES, or writes that bypass fencing;
@@ -43,8 +48,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from apps.coordination.beacon import Beacon, BeaconWatch
 from apps.coordination.clock import SYSTEM_CLOCK, Clock
 from apps.coordination.leaselock.base import Conflict, LeaderElectionRecord, LeaseLock, LockError, Observed
+from apps.coordination.lockkeys import Key
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +124,8 @@ class Leadership:
     epoch: int
     stop: threading.Event
     renew_term: Callable[[], None]
+    # (backend pid of the beacon session, beacon key) while this term's beacon is lit, else None.
+    beacon: tuple[int, Key] | None = None
 
 
 @dataclass
@@ -162,6 +171,8 @@ class LeaderElector:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         epoch_floor: Callable[[], int] = lambda: 0,
+        beacon: Beacon | None = None,
+        beacon_watch: BeaconWatch | None = None,
     ) -> None:
         if not identity:
             raise ConfigError("the elector needs a non-empty identity")
@@ -181,14 +192,27 @@ class LeaderElector:
         self._failed = False
         self._renew_term = threading.Event()
         self._stop = threading.Event()
+        self._lead_wake = threading.Event()  # stop() or request_new_term(): a leader acts at once
         self._release_on_stop = True
         self._wake = threading.Event()
         self._term_stop: threading.Event | None = None
         self._term_thread: threading.Thread | None = None
+        self.beacon = beacon
+        self.beacon_watch = beacon_watch
+        if beacon is not None:
+            beacon.on_lost = self._beacon_lost
+        if beacon_watch is not None:
+            beacon_watch.on_ended = self._beacon_ended
+        self._beacon_pids: dict[int, int] = {}  # epoch -> pid of the session holding its beacon
+        self._lost_beacon_epoch: int | None = None
+        self._ended_beacon_epoch: int | None = None
 
     # ---- observation -------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
+        return self._renewed_in_time() and self._lost_beacon_epoch != self.state.epoch
+
+    def _renewed_in_time(self) -> bool:
         last = self.state.last_renew
         return self.state.leading and last is not None and self.clock.monotonic() - last < self.config.renew_deadline
 
@@ -235,6 +259,7 @@ class LeaderElector:
                 lease_transitions=0,
                 epoch=epoch,
             )
+            self._light(epoch)
             written = self._write("create", epoch, lambda: self.lock.create(record, timeout=timeout))
             self._wrote(written, started, new_term=True)
             return True
@@ -273,10 +298,11 @@ class LeaderElector:
                 epoch=self._new_epoch(old),
             )
         version = current.resource_version
+        new_epoch = record.epoch if not ours or successor else None
+        if new_epoch is not None:
+            self._light(new_epoch)  # before the write: no standby may see the term unlit
         written = self._write(
-            "update",
-            record.epoch if not ours or successor else None,
-            lambda: self.lock.update(record, resource_version=version, timeout=timeout),
+            "update", new_epoch, lambda: self.lock.update(record, resource_version=version, timeout=timeout)
         )
         if successor:
             self._renew_term.clear()
@@ -313,6 +339,7 @@ class LeaderElector:
     def request_new_term(self) -> None:
         """End the current term and start the next one in place, with a fresh (higher) epoch."""
         self._renew_term.set()
+        self._lead_wake.set()
         self._wake.set()
 
     # ---- loops -------------------------------------------------------------------------------
@@ -321,6 +348,7 @@ class LeaderElector:
         """Ask ``run`` to end: it stops the term (on_stopped_leading), releases, and returns."""
         self._release_on_stop = self._release_on_stop and release
         self._stop.set()
+        self._lead_wake.set()
         self._wake.set()
 
     @property
@@ -339,6 +367,10 @@ class LeaderElector:
                     self.clock.wait(self._wake, self.standby_wait())
         finally:
             self.lock.close()
+            if self.beacon_watch is not None:
+                self.beacon_watch.close()
+            if self.beacon is not None:
+                self.beacon.close()
 
     def acquire_step(self) -> bool:
         self._wake.clear()  # before reading, so a change announced during the attempt is not lost
@@ -347,6 +379,8 @@ class LeaderElector:
     def standby_wait(self) -> float:
         retry = self.config.retry_period
         wait = retry * (1 + self.rng.random() * JITTER_FACTOR)
+        if self._beacon_ended_for_observed():
+            return 0.0
         if self.config.client_go_polling or self._failed:
             # After a failure, a full jittered RetryPeriod: an expired lease we cannot write must
             # not turn into a hot loop against a server that is down, throttling or forbidding us.
@@ -371,7 +405,9 @@ class LeaderElector:
     def renew_step(self) -> bool:
         """Wait one RetryPeriod and renew; False when the term is over."""
         last = self.state.last_renew or self.clock.monotonic()
-        self.clock.wait(self._stop, last + self.config.retry_period - self.clock.monotonic())
+        self._lead_wake.clear()
+        if not self._renew_term.is_set():
+            self.clock.wait(self._lead_wake, last + self.config.retry_period - self.clock.monotonic())
         if self._stop.is_set():
             return False
         if self._renew_term.is_set():
@@ -413,11 +449,15 @@ class LeaderElector:
         try:
             written = self._call(action, call)
         except Conflict:
+            if epoch is not None:
+                self._put_out(epoch)  # lost the race: that term is someone else's
             raise
         except LockError as exc:
             if epoch is not None and exc.applied_unknown:
                 # The server may have applied it: the next read decides by holder and epoch.
                 self._unanswered_epoch = epoch
+            elif epoch is not None:
+                self._put_out(epoch)
             raise
         assert written is not None
         self._unanswered_epoch = None
@@ -469,6 +509,7 @@ class LeaderElector:
             if previous is not None and previous.record.lease_transitions != current.record.lease_transitions:
                 self.state.transitions_seen += 1
         self.state.observed = current
+        self._watch_beacon()
         holder = current.record.holder_identity
         if holder != self.state.reported_holder:
             self.state.reported_holder = holder
@@ -478,7 +519,61 @@ class LeaderElector:
         observed, at = self.state.observed, self.state.observed_at
         if observed is None or at is None:
             return False
+        if self._beacon_ended_for_observed():
+            return True  # its leader's session is gone: no need to wait for the lease to run out
         return self.clock.monotonic() >= at + observed.record.lease_duration_seconds
+
+    # ---- the beacon ----------------------------------------------------------------------------
+
+    def _light(self, epoch: int) -> None:
+        if self.beacon is None or epoch in self._beacon_pids:
+            return
+        pid = self.beacon.hold(epoch)
+        if pid is not None:
+            self._beacon_pids[epoch] = pid
+
+    def _put_out(self, epoch: int) -> None:
+        if self.beacon is not None and self._beacon_pids.pop(epoch, None) is not None:
+            self.beacon.drop(epoch)
+
+    def _beacon_of(self, epoch: int) -> tuple[int, Key] | None:
+        pid = self._beacon_pids.get(epoch)
+        key = self.beacon.key(epoch) if self.beacon is not None else None
+        return (pid, key) if pid is not None and key is not None else None
+
+    def _beacon_lost(self) -> None:
+        """Called from the beacon's thread when its session ended while it held a beacon."""
+        epoch = self.state.epoch
+        self._beacon_pids.clear()
+        if self.state.leading and epoch is not None:
+            logger.warning("%s: the beacon of epoch %d ended; stopping this term", self.identity, epoch)
+            self._lost_beacon_epoch = epoch  # is_leader() is False from now on for this term
+            self.request_new_term()
+
+    def _beacon_ended(self, epoch: int) -> None:
+        """Called from the watch's thread: the session that lit ``epoch``'s beacon has ended."""
+        self._ended_beacon_epoch = epoch
+        self._wake.set()
+
+    def _beacon_ended_for_observed(self) -> bool:
+        observed = self.state.observed
+        return (
+            observed is not None
+            and bool(observed.record.holder_identity)
+            and observed.record.holder_identity != self.identity
+            and observed.record.epoch is not None
+            and observed.record.epoch == self._ended_beacon_epoch
+        )
+
+    def _watch_beacon(self) -> None:
+        if self.beacon_watch is None or self.config.client_go_polling:
+            return
+        observed = self.state.observed
+        record = observed.record if observed is not None else None
+        if record is None or not record.holder_identity or record.holder_identity == self.identity:
+            self.beacon_watch.arm(None)
+        else:
+            self.beacon_watch.arm(None if record.epoch is None else (record.epoch, record.holder_identity))
 
     def _wrote(self, written: Observed, started: float, *, new_term: bool) -> None:
         self._succeeded()
@@ -490,26 +585,37 @@ class LeaderElector:
             self.state.leading = True
             self.state.epoch = record_epoch(written.record)
             self.state.terms += 1
+            self._renew_term.clear()
+            self._lost_beacon_epoch = None
+            for epoch in [e for e in self._beacon_pids if e != self.state.epoch]:
+                self._put_out(epoch)  # the previous term's (a successor term written in place)
             logger.info("%s: acquired %s, epoch %d", self.identity, self.lock.describe(), self.state.epoch)
 
     def _start_term(self) -> None:
         self._term_stop = threading.Event()
         epoch = self.state.epoch
         assert epoch is not None
-        leadership = Leadership(epoch=epoch, stop=self._term_stop, renew_term=self.request_new_term)
+        leadership = Leadership(
+            epoch=epoch, stop=self._term_stop, renew_term=self.request_new_term, beacon=self._beacon_of(epoch)
+        )
         self._term_thread = threading.Thread(
             target=self.callbacks.on_started_leading, args=(leadership,), name="leading", daemon=True
         )
         self._term_thread.start()
 
     def _end_term(self) -> None:
-        successor = self._renew_term.is_set() and self.state.leading and self.is_leader()
+        successor = self._renew_term.is_set() and self._renewed_in_time()
+        ended = self.state.epoch
         self.state.leading = False
         if self._term_stop is not None:
             self._term_stop.set()
         self.callbacks.on_stopped_leading()
         if self._stop.is_set() and self._release_on_stop:
             self.release()
+        if ended is not None and not (successor and not self._stop.is_set()):
+            # Jobs have stopped: standbys may take over at once. (A successor term keeps it lit
+            # until its own is written, so no standby jumps in between.)
+            self._put_out(ended)
         if successor and not self._stop.is_set():
             # We still hold the lease: the next acquire_step writes the successor term over our
             # own version, without waiting for anyone's expiry.

@@ -27,11 +27,15 @@ What an asynchronous failover loses: transactions the old primary committed but 
 tick's writes among them, like any other transaction. What it cannot do: let a stale term commit
 afterwards, or give two terms one epoch.
 
+A term with a beacon (beacon.py) also checks, in the same first statement, that its beacon is
+still held by its own beacon session (:class:`BeaconLost` otherwise): a standby takes over early
+only after that session ended, so nothing of the old term can start a transaction after that.
+
 Guarantees: no transaction opened through ``fenced()`` commits after a newer epoch was written,
-or on a timeline the fence was not raised on. Does NOT: stop code that writes outside
-``fenced()``, undo side effects outside the database (a message sent from ``on_commit`` of a
-committed fenced transaction is still sent), or survive two primaries promoted independently onto
-the same timeline ID (a split brain of the database itself).
+or on a timeline the fence was not raised on, or after its term's beacon session ended. Does NOT:
+stop code that writes outside ``fenced()``, undo side effects outside the database (a message
+sent from ``on_commit`` of a committed fenced transaction is still sent), or survive two
+primaries promoted independently onto the same timeline ID (a split brain of the database).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
+from apps.coordination.lockkeys import Key, pg_locks_key
 from apps.coordination.models import Fence
 
 EPOCH_SHIFT = 32  # an epoch is timeline << 32 plus a count within the timeline
@@ -56,6 +61,18 @@ class StaleEpoch(Exception):
 
 class StaleTimeline(StaleEpoch):
     """The fence was raised on an older timeline: the database failed over since this term began."""
+
+
+class BeaconLost(StaleEpoch):
+    """The session holding this term's beacon has ended: a standby may already lead (beacon.py)."""
+
+
+# The term's beacon is still held by the term's own beacon session (pid, classid, objid).
+BEACON_HELD = (
+    "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+    " AND pid = %s AND classid::bigint = %s AND objid::bigint = %s"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
 
 
 def _limit(seconds: float) -> str:
@@ -117,21 +134,40 @@ def current_epoch(name: str) -> int | None:
 
 @contextmanager
 def fenced_atomic(
-    *, name: str, epoch: int, statement_timeout: float = 10.0, idle_in_transaction_timeout: float = 10.0
+    *,
+    name: str,
+    epoch: int,
+    statement_timeout: float = 10.0,
+    idle_in_transaction_timeout: float = 10.0,
+    beacon: tuple[int, Key] | None = None,
 ) -> Iterator[None]:
-    """A transaction that commits only if ``epoch`` is still the newest term of ``name``."""
+    """A transaction that commits only if ``epoch`` is still the newest term of ``name``.
+
+    With ``beacon`` (pid, key), also only while that session still holds the term's beacon.
+    """
+    pid, (classid, objid) = (beacon[0], pg_locks_key(beacon[1])) if beacon is not None else (0, (0, 0))
     with transaction.atomic():
         with connection.cursor() as cursor:
             # One round trip: the timeouts apply from the next statement on, the fence row lock here.
             cursor.execute(
                 "SELECT set_config('statement_timeout', %s, true),"
                 " set_config('idle_in_transaction_session_timeout', %s, true),"
-                " f.epoch, f.timeline, " + CURRENT_TIMELINE + " FROM (SELECT 1) AS one"
+                " f.epoch, f.timeline, " + CURRENT_TIMELINE + ", %s OR " + BEACON_HELD + " FROM (SELECT 1) AS one"
                 " LEFT JOIN (SELECT epoch, timeline FROM coordination_fence WHERE name = %s FOR SHARE) AS f ON true",
-                [_limit(statement_timeout), _limit(idle_in_transaction_timeout), name],
+                [
+                    _limit(statement_timeout),
+                    _limit(idle_in_transaction_timeout),
+                    beacon is None,
+                    pid,
+                    classid,
+                    objid,
+                    name,
+                ],
             )
             fetched = cursor.fetchone()
-        row = None if fetched is None or fetched[2] is None else fetched[2:]
+        if fetched is not None and not fetched[5]:
+            raise BeaconLost("%s: the beacon session (pid %d) of epoch %d has ended" % (name, pid, epoch))
+        row = None if fetched is None or fetched[2] is None else fetched[2:5]
         if row is None or row[0] != epoch:
             raise StaleEpoch("%s: tick of epoch %d, fence holds %s" % (name, epoch, row[0] if row else None))
         if row[1] != row[2]:
@@ -153,6 +189,8 @@ class Tick:
     # SET LOCAL in every fenced transaction of the tick (seconds).
     statement_timeout: float = 10.0
     idle_in_transaction_timeout: float = 10.0
+    # The term's beacon (pid of its session, key): fenced transactions check it is still held.
+    beacon: tuple[int, Key] | None = None
 
     @contextmanager
     def fenced(self) -> Iterator[None]:
@@ -161,5 +199,6 @@ class Tick:
             epoch=self.epoch,
             statement_timeout=self.statement_timeout,
             idle_in_transaction_timeout=self.idle_in_transaction_timeout,
+            beacon=self.beacon,
         ):
             yield

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from django.db import connection
 
 from apps.coordination import registry
+from apps.coordination.beacon import Beacon, BeaconWatch
 from apps.coordination.clock import SYSTEM_CLOCK
 from apps.coordination.elector import Callbacks, ElectionConfig, LeaderElector, Leadership
 from apps.coordination.fencing import epoch_floor
@@ -55,12 +56,17 @@ def discover_jobs(extra_modules: tuple[str, ...] = ()) -> list[registry.JobSpec]
     return registry.registered_jobs()
 
 
+def _nothing(*args: object) -> None:
+    return None  # placeholder callbacks: the elector installs its own
+
+
 class LeaderProcess:
     def __init__(self, options: LeaderOptions) -> None:
         self.options = options
         self.backend = resolve_backend(options.backend)
         self.jobs = discover_jobs(options.extra_job_modules)
         lock = make_lock(backend=self.backend, name=options.lease_name, namespace=options.namespace)
+        beacons = not options.config.client_go_polling
         self.elector = LeaderElector(
             lock=lock,
             identity=options.identity,
@@ -71,6 +77,10 @@ class LeaderProcess:
                 on_new_leader=self._on_new_leader,
             ),
             epoch_floor=self._epoch_floor,
+            # Crash failover in well under a second: PostgreSQL tells the standbys when the
+            # leader's process dies (beacon.py). Safety does not depend on it.
+            beacon=Beacon(lease=options.lease_name, identity=options.identity, on_lost=_nothing) if beacons else None,
+            beacon_watch=BeaconWatch(lease=options.lease_name, on_ended=_nothing) if beacons else None,
         )
         self.term: Term | None = None
         # Since when the leader's terms have run no jobs (None while they do, or while standby).
@@ -156,6 +166,7 @@ class LeaderProcess:
             idle_in_transaction_timeout=self.options.config.renew_deadline,
             statement_timeout=self.options.statement_timeout,
             renew_term=leadership.renew_term,
+            beacon=leadership.beacon,
         )
         self.term = Term(ctx=ctx, jobs=self.jobs, recovery=registry.recovery_passes(), grace=self.options.grace)
         logger.info("%s: leading %s, epoch %d", self.options.identity, self.elector.lock.describe(), leadership.epoch)

@@ -20,6 +20,7 @@ class Namespace(IntEnum):
     WORKSPACE = 7101
     JOB = 7102
     LEADER_RECOVERY = 7103
+    LEADER_BEACON = 7104
 
 
 Key = tuple[int, int]
@@ -33,6 +34,19 @@ def workspace_key(workspace_id: int) -> Key:
 def job_key(job_name: str) -> Key:
     """Held for the duration of one tick of a background job."""
     return (Namespace.JOB, _int4(zlib.crc32(job_name.encode("utf-8"))))
+
+
+def beacon_key(lease: str, epoch: int, holder: str) -> Key:
+    """Held by ``holder``, leader of one term of ``lease``, on its beacon session (beacon.py).
+
+    The holder is part of the key: candidates racing for the same epoch light different beacons.
+    """
+    return (Namespace.LEADER_BEACON, _int4(zlib.crc32(("%s:%d:%s" % (lease, epoch, holder)).encode("utf-8"))))
+
+
+def pg_locks_key(key: Key) -> tuple[int, int]:
+    """``key`` as pg_locks shows it: (classid, objid), unsigned oids."""
+    return key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF
 
 
 def _int4(value: int) -> int:

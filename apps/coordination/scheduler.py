@@ -34,9 +34,9 @@ from django.utils import timezone
 
 from apps.coordination import metrics
 from apps.coordination.clock import SYSTEM_CLOCK, Clock
-from apps.coordination.fencing import StaleEpoch, StaleTimeline, Tick, raise_epoch
+from apps.coordination.fencing import BeaconLost, StaleEpoch, StaleTimeline, Tick, raise_epoch
 from apps.coordination.joblocks import JobLocks, process_job_locks
-from apps.coordination.lockkeys import Namespace
+from apps.coordination.lockkeys import Key, Namespace
 from apps.coordination.models import JobRun
 from apps.coordination.registry import JobFunc, JobSpec
 
@@ -60,6 +60,8 @@ class TermContext:
     # Every statement of a job or fence transaction is cancelled after this long (seconds).
     statement_timeout: float = 10.0
     locks: JobLocks = field(default_factory=process_job_locks)
+    # The term's beacon (pid of its session, key), checked by every fenced transaction.
+    beacon: tuple[int, Key] | None = None
 
     def tick(self, job: str) -> Tick:
         return Tick(
@@ -69,6 +71,7 @@ class TermContext:
             epoch=self.epoch,
             statement_timeout=self.statement_timeout,
             idle_in_transaction_timeout=self.idle_in_transaction_timeout,
+            beacon=self.beacon,
         )
 
 
@@ -115,6 +118,10 @@ def _tick_under_lock(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
     try:
         with tick.fenced():
             run = JobRun.objects.create(job=tick.job, holder=tick.holder, epoch=tick.epoch, started_at=timezone.now())
+    except BeaconLost:
+        # A standby may lead already: this tick was never attempted (no row, like not leading).
+        ctx.renew_term()
+        return None
     except StaleEpoch as exc:
         _fenced_out(exc, ctx)
         _record(tick, JobRun.Outcome.FENCED, error=str(exc))
