@@ -224,6 +224,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# Times to the second in the admin (iacplatform/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["iacplatform.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.timesince import timesince
 
 from apps.agents import actions as agent_actions
 from apps.agents.models import Agent, AgentPool
@@ -17,6 +21,29 @@ class AgentPoolAdmin(admin.ModelAdmin):
     list_filter = ("kind",)
     search_fields = ("name", "k8s_deployment")
     readonly_fields = ("desired_replicas", "scale_down_pending_since", "scaled_at", "created_at", "updated_at")
+
+    def save_model(self, request: HttpRequest, obj: AgentPool, form: Any, change: bool) -> None:
+        if not change:
+            # As `manage.py createagentpool`: a fresh token, stored only as its hash, shown once.
+            obj._new_token = obj.set_new_token()  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request: HttpRequest, obj: AgentPool, post_url_continue: str | None = None) -> HttpResponse:
+        token = getattr(obj, "_new_token", None)
+        if token is None:
+            return super().response_add(request, obj, post_url_continue)
+        # Rendered here rather than put in a message: messages travel in a cookie or the session.
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Agent pool %s created" % obj.name,
+            "pool": obj,
+            "token": token,
+            "opts": self.opts,
+            "changelist_url": reverse("admin:agents_agentpool_changelist"),
+        }
+        response = TemplateResponse(request, "admin/agents/agentpool/token.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class ConnectedPodFilter(admin.SimpleListFilter):
@@ -87,11 +114,14 @@ class AgentAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         agent_actions.delete_agents(list(queryset))
 
-    @admin.display(description="heartbeat age", ordering="last_heartbeat")
+    @admin.display(description="heartbeat age", ordering="-last_heartbeat")
     def heartbeat_age(self, obj: Agent) -> str:
+        # In seconds, as AGENT_OFFLINE_THRESHOLD is: "0 minutes" hid a heartbeat 50 s late.
         if obj.last_heartbeat is None:
             return "never"
-        return timesince(obj.last_heartbeat, timezone.now())
+        age = (timezone.now() - obj.last_heartbeat).total_seconds()
+        threshold = settings.AGENT_OFFLINE_THRESHOLD
+        return "%d s%s" % (age, " (past the %d s threshold)" % threshold if age > threshold else "")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
 from iacplatform.estimates import BoundedCountPaginator
 
 
+class NoAddAdmin(admin.ModelAdmin):
+    """Sessions, takeovers and drafts are made by the hub's actions (its API and sockets), which
+    keep the one-editor lock and notify the other side; a bare admin form would do neither."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
 @admin.register(EditingSession)
-class EditingSessionAdmin(admin.ModelAdmin):
+class EditingSessionAdmin(NoAddAdmin):
     # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
     paginator = BoundedCountPaginator
     show_full_result_count = False
@@ -28,7 +37,7 @@ class EditingSessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(TakeoverRequest)
-class TakeoverRequestAdmin(admin.ModelAdmin):
+class TakeoverRequestAdmin(NoAddAdmin):
     # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
     paginator = BoundedCountPaginator
     show_full_result_count = False
@@ -38,7 +47,7 @@ class TakeoverRequestAdmin(admin.ModelAdmin):
 
 
 @admin.register(Draft)
-class DraftAdmin(admin.ModelAdmin):
+class DraftAdmin(NoAddAdmin):
     # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
     paginator = BoundedCountPaginator
     show_full_result_count = False

@@ -29,3 +29,11 @@ class GroupMembershipAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_display = ("group", "channel", "expires")
     search_fields = ("group", "channel")
+
+    # Memberships are the consumers' (group_add / group_discard); a hand-made one would receive
+    # for a channel nobody reads.
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Model, Q, QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from apps.access import policy
-from apps.workspaces import states
+from apps.workspaces import actions, states
 from apps.workspaces.models import (
     Resource,
     StateLock,
@@ -66,6 +68,16 @@ class WorkspaceAdmin(admin.ModelAdmin):
         "updated_at",
     )
 
+    def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # As POST /api/v1/workspaces/: the creator gets the admin role on it.
+        _become(obj, actions.do_create_workspace(creator=request.user, **form.cleaned_data))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return policy.can_create_workspace(request.user) and super().has_add_permission(request)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
         conflicts = Count("state_versions", filter=Q(state_versions__status=StateVersion.Status.CONFLICT))
         return super().get_queryset(request).defer("current_state__state").annotate(conflicts=conflicts)
@@ -87,12 +99,26 @@ class TaskLogChunkInline(admin.TabularInline):
         return False
 
 
+def _become(obj: Model, created: Model) -> None:
+    """The admin goes on with its own unsaved ``obj`` (log entry, redirect) after an action
+    created the real row: make ``obj`` that row."""
+    for field in type(created)._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(created, field.attname))
+    obj._state.adding = False
+
+
+class TaskAddForm(forms.ModelForm):
+    class Meta:
+        model = Task
+        fields = ("workspace", "type", "timeout_seconds")
+
+
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
     # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
     paginator = BoundedCountPaginator
     show_full_result_count = False
-    list_display = ("id", "workspace", "type", "status", "agent", "attempt", "created_at", "started_at", "finished_at")
+    list_display = ("id", "workspace", "type", "status", "agent_id_", "attempt", "created_at", "duration")
     list_filter = ("status", "type")
     search_fields = ("workspace__name", "agent__agent_id")
     list_select_related = ("workspace", "agent")
@@ -114,6 +140,46 @@ class TaskAdmin(admin.ModelAdmin):
         "error",
     )
     inlines = [TaskLogChunkInline]
+
+    # Add: queue a run the way POST /api/v1/tasks/ does (actions.enqueue_task), nothing else.
+    def get_form(self, request: HttpRequest, obj: Task | None = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = TaskAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Task | None = None) -> Any:
+        return TaskAddForm.Meta.fields if obj is None else super().get_fields(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def get_inlines(self, request: HttpRequest, obj: Task | None) -> Any:
+        return [] if obj is None else self.inlines
+
+    def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        task = actions.enqueue_task(
+            workspace=obj.workspace, type=obj.type, created_by=request.user, timeout_seconds=obj.timeout_seconds
+        )
+        _become(obj, task)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A platform admin holds every workspace role, so may queue any type (the API's rule).
+        return policy.is_platform_admin(request.user) and super().has_add_permission(request)
+
+    @admin.display(description="agent", ordering="agent__agent_id")
+    def agent_id_(self, obj: Task) -> str:
+        # The id, not the agent's display name (which made the list scroll sideways).
+        return obj.agent.agent_id if obj.agent is not None else "-"
+
+    @admin.display(description="duration")
+    def duration(self, obj: Task) -> str:
+        if obj.started_at is None:
+            return "-"
+        end = obj.finished_at or timezone.now()
+        return "%.1f s" % (end - obj.started_at).total_seconds()
 
 
 @admin.register(StateVersion)
@@ -262,6 +328,8 @@ class ResourceModeFilter(admin.SimpleListFilter):
 
 @admin.register(Resource)
 class ResourceAdmin(admin.ModelAdmin):
+    """The CMDB index, written by cmdb_sync from state versions only."""
+
     # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
     paginator = BoundedCountPaginator
     show_full_result_count = False
@@ -281,6 +349,9 @@ class ResourceAdmin(admin.ModelAdmin):
         "state_serial",
         "updated_at",
     )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 def shown_value(variable: Variable) -> str:

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 from django.urls import path
-from rest_framework.routers import DefaultRouter
+from rest_framework.routers import SimpleRouter
 
 from apps.workspaces.backendviews import terraform_state
 from apps.workspaces.views import TaskViewSet, VariableViewSet, WorkspaceViewSet
 
-router = DefaultRouter()
+router = SimpleRouter()  # the API root is iacplatform.apiroot's
 router.register("workspaces", WorkspaceViewSet, basename="workspace")
 router.register("tasks", TaskViewSet, basename="task")
 router.register(r"workspaces/(?P<workspace_pk>[0-9]+)/variables", VariableViewSet, basename="workspace-variable")

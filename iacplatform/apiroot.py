@@ -1,0 +1,25 @@
+"""The API root (``/api/v1/``): one index of every REST endpoint family, whichever app serves it.
+Each app's router is a SimpleRouter (no root of its own), so the index is not just the first app's."""
+
+from __future__ import annotations
+
+from rest_framework.routers import APIRootView
+
+from apps.access.drf import ACTION_CHECKS
+
+
+class ApiRootView(APIRootView):
+    # Any active user: it lists links only; each endpoint applies its own rule.
+    access_rules = {"get": ACTION_CHECKS}
+    api_root_dict = {
+        "workspaces": "workspace-list",
+        "tasks": "task-list",
+        "agents": "agent-list",
+        "resources/search": "resource-search",
+        "hub/sessions": "hub:sessions",
+        "hub/takeovers": "hub:takeovers",
+        "hub/drafts": "hub:draft",
+        "schema": "schema",
+        "docs": "api-docs",
+        "redoc": "api-redoc",
+    }
