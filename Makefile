@@ -10,7 +10,7 @@ DEV_DATABASE ?= iacplatform
 SIG ?= TERM
 RUN_DIR := .data/run
 
-.PHONY: run stop manage kill-leader test lint format bench chaos migrate db clean
+.PHONY: run stop manage kill-leader chromium test lint format bench chaos migrate db clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,7 +66,16 @@ stop:
 	fi; rm -f $$pidfile
 	@if [ -x $(PY) ]; then $(PY) -m iacplatform.devdb --stop; fi
 
-test: $(STAMP)
+# The browser test (tests/integration/test_browser.py) drives Debian's headless Chromium; installed
+# here when missing (as root, or through sudo), so that a fresh machine runs it. It fails, never
+# skips, without it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the browser test"; \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks run on their own database (never the one `make run` uses).
