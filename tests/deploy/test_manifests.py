@@ -29,9 +29,11 @@ from tests.deploy.kustomize import (
 from tests.deploy.settings_source import effective
 from tests.processes import ROOT
 
-# The newest schemas kubernetes-validate ships; the manifests must also hold for the oldest
-# release they document as supported (docs/operations.md: preStop "sleep" needs 1.30).
-KUBERNETES_VERSIONS = [latest_version(), "1.30"]
+# The oldest Kubernetes the README and docs/operations.md promise: the web pods' preStop uses the
+# built-in `sleep` action, whose feature gate is on by default from 1.30 (alpha and off in 1.29).
+MINIMUM_KUBERNETES = "1.30"
+# The newest schemas kubernetes-validate ships, and the minimum: the manifests must hold for both.
+KUBERNETES_VERSIONS = [latest_version(), MINIMUM_KUBERNETES]
 # daphne's default --application-close-timeout: how long it waits for consumers after a disconnect.
 DAPHNE_APPLICATION_CLOSE_TIMEOUT = 10
 CONTAINER_RESOURCES = ("web", "leader", "agent", "migrate")
@@ -71,6 +73,21 @@ def test_every_rendered_resource_validates_strictly(kustomization: Path, version
             pytest.fail("%s %s: %s: %s" % (resource["kind"], resource["metadata"]["name"], path, exc.message))
         except SchemaNotFoundError as exc:
             pytest.fail(exc.message)
+
+
+def test_the_readme_and_the_runbook_state_the_minimum_kubernetes_version() -> None:
+    for doc in (ROOT / "README.md", ROOT / "docs" / "operations.md"):
+        assert "Kubernetes %s or newer" % MINIMUM_KUBERNETES in doc.read_text(), doc
+
+
+def test_the_manifests_need_the_minimum_they_state() -> None:
+    """Not a number picked at random: the web pods use preStop `sleep` (on by default from 1.30),
+    which an API server older than 1.29 does not even know (a v1.20 dry run refused it)."""
+    web = one(render(BASE), "Deployment", "iacplatform-web")
+    (container,) = [c for c in web["spec"]["template"]["spec"]["containers"] if c["name"] == "web"]
+    assert "sleep" in container["lifecycle"]["preStop"]
+    with pytest.raises(ValidationError, match="sleep"):
+        validate(web, "1.28")
 
 
 def test_the_validation_rejects_what_an_api_server_would() -> None:
