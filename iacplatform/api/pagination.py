@@ -3,6 +3,10 @@
 ``limit`` and ``offset`` are validated as the schema declares them (integers, ``1 <= limit <=
 API_MAX_PAGE_SIZE``, ``0 <= offset < 2**63``): anything else is a 400, so ``?limit=2**63`` never
 reaches PostgreSQL's bigint. An offset past the end answers an empty page without a query.
+
+``count`` never counts a whole million-row table (iacplatform/estimates.py): it is exact up to
+``offset + limit + 10,000`` rows (reading no more than the page at that offset reads anyway) and
+past that PostgreSQL's estimate, never less than that bound, so ``next`` is right on every page.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
+
+from iacplatform.estimates import CAP, bounded_count
 
 MAX_OFFSET = 2**63 - 1
 
@@ -39,7 +46,21 @@ class Pagination(LimitOffsetPagination):
             max_limit=self.max_limit,
         )
         query.is_valid(raise_exception=True)
+        self._window = self.get_offset(request) + (self.get_limit(request) or 0)
         return super().paginate_queryset(queryset, request, view)
+
+    def get_count(self, queryset: Any) -> int:
+        if isinstance(queryset, QuerySet):
+            # LIMIT cap + 1 must stay a bigint, even for the largest offset allowed.
+            return bounded_count(queryset, cap=min(getattr(self, "_window", 0) + CAP, MAX_OFFSET - 1))
+        return len(queryset)
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        response = super().get_paginated_response_schema(schema)
+        response["properties"]["count"]["description"] = (
+            "Exact up to offset + limit + %d results; beyond that PostgreSQL's estimate." % CAP
+        )
+        return response
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)

@@ -166,3 +166,21 @@ def test_createagentpool_prints_a_token_once_that_authenticates(capsys: pytest.C
         call_command("createagentpool", "builders")
     call_command("createagentpool", "builders", "--rotate")
     assert authenticate_pool(token) is None
+
+
+def test_list_counts_are_bounded_yet_every_page_links_to_the_next(
+    client: APIClient, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from iacplatform.api import pagination
+
+    Task.objects.bulk_create([Task(workspace=workspace, type="plan", status="succeeded") for _ in range(12)])
+    assert client.get("/api/v1/tasks/?limit=5").json()["count"] == 12  # exact below the bound
+    monkeypatch.setattr(pagination, "CAP", 2)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/api/v1/tasks/?limit=2&offset=6").json()
+    counts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT COUNT(")]
+    assert counts and all("LIMIT 11" in sql for sql in counts)  # offset + limit + CAP + 1 rows at most
+    assert len(page["results"]) == 2 and page["count"] >= 11 and page["next"] is not None
