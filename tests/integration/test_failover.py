@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
@@ -32,9 +33,9 @@ def cluster_url(primary: PgServer, standby: PgServer) -> str:
     return "postgresql://postgres@/%s?%s" % (DATABASE, urlencode(query))
 
 
-def on(server: PgServer, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+def on(server: PgServer, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(server.url(DATABASE), autocommit=True, connect_timeout=3) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 def eventually(predicate: Callable[[], object], timeout: float, what: str) -> object:
