@@ -190,7 +190,9 @@ class VariableSerializer(serializers.ModelSerializer[Variable]):
         trim_whitespace=False,
         max_length=MAX_VALUE_CHARS,
         required=False,
-        help_text="Write-only when sensitive: responses carry null and is_set instead.",
+        allow_null=True,
+        help_text="Write-only when sensitive: responses carry null and is_set instead. "
+        "Null or left out on a change: the value stays as it is.",
     )
     is_set = serializers.BooleanField(read_only=True)
 
@@ -214,6 +216,8 @@ class VariableSerializer(serializers.ModelSerializer[Variable]):
         pattern = VARIABLE_RE if category == Variable.Category.TERRAFORM else ENV_NAME_RE
         if not pattern.match(key):
             raise serializers.ValidationError({"key": "%r is not a valid %s variable name." % (key[:100], category)})
+        if attrs.get("value", "") is None:
+            del attrs["value"]
         if instance is None and "value" not in attrs:
             raise serializers.ValidationError({"value": "This field is required."})
         if "value" in attrs:

@@ -200,3 +200,15 @@ async def test_the_sensitive_value_reaches_the_agent_in_task_dispatch(agent_pool
     assert dispatch["variables"] == {"token": SECRET}
     assert dispatch["env"] == {"AWS_REGION": "eu-1"}
     await comm.disconnect()
+
+
+@pytest.mark.django_db
+def test_a_null_value_on_a_change_keeps_the_value_and_is_refused_on_create(
+    writer: APIClient, workspace: Workspace
+) -> None:
+    created = writer.post(url(workspace), {"key": "k", "value": SECRET, "sensitive": True}, format="json").json()
+    kept = writer.patch(url(workspace, created["id"]), {"value": None, "description": "d"}, format="json")
+    assert kept.status_code == 200, kept.content
+    assert for_dispatch(workspace.pk)[0] == {"k": SECRET}
+    refused = writer.post(url(workspace), {"key": "n", "value": None}, format="json")
+    assert refused.status_code == 400

@@ -1,0 +1,49 @@
+"""A real runagent's own credential: kept across restarts, replaced after a revocation."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from apps.agents import actions as agent_actions
+from apps.agents.models import Agent
+from tests.integration.agentkit import FAST_ENV, make_pool, start_agent, wait_connected, wait_for
+from tests.processes import ProcessGroup
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_restart_reuses_the_credential_and_a_revoked_agent_registers_again(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    pool, token = make_pool()
+    web = processes.daphne("web-1", env=FAST_ENV)
+    first = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path)
+    wait_connected(first, "web-1")
+    credential_file = tmp_path / "agent-1.credential"
+    issued = credential_file.read_text().strip()
+    registered_at = Agent.objects.get(agent_id="agent-1").registered_at
+
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    Agent.objects.filter(agent_id="agent-1").update(connected_pod=None)
+    again = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path)
+    wait_connected(again, "web-1")
+    # The same agent, connected with its credential: no new registration.
+    assert credential_file.read_text().strip() == issued
+    assert Agent.objects.get(agent_id="agent-1").registered_at == registered_at
+
+    agent_actions.revoke_agents([Agent.objects.get(agent_id="agent-1")])
+    # Its connection is closed, its credential refused at the handshake: it registers anew with
+    # the pool token and keeps the new credential.
+    wait_for(
+        "a new credential",
+        lambda: credential_file.read_text().strip() not in ("", issued),
+        30,
+        [again],
+    )
+    wait_for("registered again", lambda: Agent.objects.get(agent_id="agent-1").registered, 30, [again])
+    wait_connected(again, "web-1")
+    assert "refused its credential; registering again" in again.log()
