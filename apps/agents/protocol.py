@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from iacplatform import inputs
+
 # 3: the dispatch carries state_backend instead of the state (Terraform reads and writes it through
 # the platform's http backend); an agent of an earlier version would start Terraform from no state.
 PROTOCOL_VERSION = 3
@@ -74,6 +76,8 @@ class ProtocolError(Exception):
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _GROUP_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 INT32_MAX = 2**31 - 1
+# Deep enough for any Terraform state (nested blocks inside resources inside modules).
+FRAME_MAX_DEPTH = 64
 MAX_LOG_TEXT = 64 * 1024
 MAX_TASKS_LISTED = 256
 
@@ -113,9 +117,11 @@ def _str(max_len: int, *, pattern: re.Pattern[str] | None = None, choices: tuple
             raise ProtocolError(Code.INVALID_FIELD, "%s must be a string" % name, field=name)
         if len(value) > max_len:
             raise ProtocolError(Code.INVALID_FIELD, "%s is longer than %d characters" % (name, max_len), field=name)
-        if "\x00" in value:
-            # PostgreSQL text cannot hold NUL; refusing it here keeps a write from failing halfway.
-            raise ProtocolError(Code.INVALID_FIELD, "%s must not contain NUL characters" % name, field=name)
+        reason = inputs.bad_text(value)
+        if reason is not None:
+            # PostgreSQL text holds no NUL and psycopg cannot encode a lone surrogate: refusing
+            # them here keeps a write from failing halfway.
+            raise ProtocolError(Code.INVALID_FIELD, "%s: %s" % (name, reason), field=name)
         if pattern is not None and not pattern.match(value):
             raise ProtocolError(Code.INVALID_FIELD, "%s has an invalid format" % name, field=name)
         if choices and value not in choices:
@@ -217,16 +223,17 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not valid JSON" % name)
-
-
 def parse_frame(text: str) -> dict[str, Any]:
     """Decode and validate one agent→server text frame (see the module docstring)."""
     try:
-        frame = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ProtocolError(Code.INVALID_JSON, "the frame is not valid JSON") from None
+        frame = inputs.decode_json(text, max_depth=FRAME_MAX_DEPTH)
+    except inputs.Refused as exc:
+        if exc.path and isinstance(exc.path[0], str):
+            # A NUL or a lone surrogate in a field (PostgreSQL and psycopg could not store it):
+            # that field's fault, not the frame's syntax.
+            field = exc.path[0][:50]
+            raise ProtocolError(Code.INVALID_FIELD, "%s: %s" % (field, exc), field=field) from None
+        raise ProtocolError(Code.INVALID_JSON, "the frame is not valid JSON: %s" % exc) from None
     if not isinstance(frame, dict):
         raise ProtocolError(Code.INVALID_FRAME, "a frame must be a JSON object")
     kind = frame.get("type")

@@ -20,8 +20,8 @@ task's chunks in order, one connection per task).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -35,6 +35,7 @@ from apps.hub.events import session_group
 from apps.hub.models import EditingSession
 from apps.hub.permissions import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, EDIT, VIEW_LOGS, socket_refusal
 from apps.workspaces.models import Task, TaskLogChunk
+from iacplatform import inputs
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_SESSION_ENDED = 4410
 
 LOG_BATCH = 1000
+# Hub frames are flat objects; anything nested deeper is refused before it is parsed.
+FRAME_MAX_DEPTH = 8
+FROM_SEQ_RE = re.compile(r"^[0-9]{1,10}$")
+MAX_SEQ = 2**31 - 1
 
 
 class HubConsumer(AsyncJsonWebsocketConsumer):
@@ -52,9 +57,9 @@ class HubConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "error": "frames must be JSON text"})
             return
         try:
-            content = json.loads(text_data)
-        except ValueError:
-            await self.send_json({"type": "error", "error": "frame is not valid JSON"})
+            content = inputs.decode_json(text_data, max_depth=FRAME_MAX_DEPTH)
+        except inputs.Refused as exc:
+            await self.send_json({"type": "error", "error": "frame is not valid JSON: %s" % exc})
             return
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
             await self.send_json({"type": "error", "error": "frame must be an object with a string 'type'"})
@@ -172,7 +177,8 @@ class TaskLogConsumer(HubConsumer):
         self.task_id = self.scope["url_route"]["kwargs"]["task_id"]
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         raw = query.get("from_seq", ["0"])[-1]
-        if not raw.isdigit():
+        # ASCII digits only ("²".isdigit() is true, and int() refuses it), within the seq range.
+        if not FROM_SEQ_RE.match(raw) or int(raw) > MAX_SEQ:
             await self.refuse(CLOSE_BAD_REQUEST)
             return
         self.next_seq = int(raw)

@@ -80,6 +80,11 @@ def append_log(*, agent: Agent, task_id: int, attempt: int, seq: int, text: str)
         task = _owned(agent, task_id, attempt)
         if task is None or task.status in (Task.Status.PENDING, Task.Status.DISPATCHED):
             return Outcome.NOT_OWNED
+        if task.is_terminal:
+            # The log of a settled task is closed: a chunk the agent re-sends after reconnecting
+            # is acknowledged as before, a new one refused (the agent then stops the task).
+            stored = task.log_chunks.filter(seq=seq).exists()
+            return Outcome.DUPLICATE if stored else Outcome.NOT_OWNED
         with connection.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO workspaces_tasklogchunk (task_id, seq, text, created_at) VALUES (%s, %s, %s, now())"

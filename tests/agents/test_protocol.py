@@ -58,6 +58,10 @@ def test_valid_frames_parse_to_the_same_fields() -> None:
         (json.dumps({**LOG, "text": "x" * (64 * 1024 + 1)}), "invalid_field", "text"),
         (json.dumps({**LOG, "text": "nul\x00byte"}), "invalid_field", "text"),
         (json.dumps({**LOG, "text": ["a"]}), "invalid_field", "text"),
+        (json.dumps({**LOG, "text": "lone \ud800 surrogate"}), "invalid_field", "text"),
+        (json.dumps({**LOG, "text": "\udfff"}), "invalid_field", "text"),
+        ("[" * 5000, "invalid_json", None),
+        (json.dumps({**RESULT, "state": {"x": "\udc80"}}), "invalid_field", "state"),
         (json.dumps({**RESULT, "status": "pwned"}), "invalid_field", "status"),
         (json.dumps({**RESULT, "plan_summary": {"add": 1}}), "invalid_field", "plan_summary"),
         (

@@ -115,7 +115,7 @@ async def test_heartbeats_update_last_seen_and_bad_frames_get_errors(workspace: 
     await communicator.receive_json_from(timeout=5)
 
     await communicator.send_to(text_data="{not json")
-    assert (await communicator.receive_json_from(timeout=5))["error"] == "frame is not valid JSON"
+    assert (await communicator.receive_json_from(timeout=5))["error"].startswith("frame is not valid JSON")
     await communicator.send_json_to(["heartbeat"])
     assert "object" in (await communicator.receive_json_from(timeout=5))["error"]
     await communicator.send_json_to({"type": "takeover"})
@@ -129,6 +129,32 @@ async def test_heartbeats_update_last_seen_and_bad_frames_get_errors(workspace: 
     refreshed = await database_sync_to_async(EditingSession.objects.get)(pk=session.pk)
     assert refreshed.last_seen_at > session.last_seen_at
     assert ack["last_seen_at"] == refreshed.last_seen_at.isoformat()
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 5000,
+        '{"type": "heartbeat", "x": ' + "[" * 100 + "]" * 100 + "}",
+        '{"type": "heart\\u0000beat"}',
+        '{"type": "\\ud800"}',
+        "NaN",
+        '{"type": "heartbeat", "n": ' + "9" * 5000 + "}",
+        "\udc80",
+    ],
+)
+async def test_hostile_frames_get_an_error_frame_and_the_socket_keeps_serving(
+    workspace: Workspace, alice: User, frame: str
+) -> None:
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=5)
+    await communicator.send_to(text_data=frame)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+    await communicator.send_json_to({"type": "heartbeat"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "heartbeat.ack"
     await communicator.disconnect()
 
 
@@ -249,8 +275,12 @@ async def test_a_user_without_a_role_on_the_workspace_is_refused(task: Task) -> 
 
 async def test_unknown_tasks_and_bad_from_seq_get_their_codes(task: Task, viewer: User) -> None:
     assert await _closed_with(_communicator("/ws/tasks/%d/logs/" % (task.pk + 999), viewer)) == 4404
-    for bad in ("-1", "x", "1.5", ""):
+    for bad in ("-1", "x", "1.5", "", "%C2%B2", "\u00b2", "1" * 5000, str(2**31), "%00", "1%00"):
         assert await _closed_with(_communicator("/ws/tasks/%d/logs/?from_seq=%s" % (task.pk, bad), viewer)) == 4400
+    highest = _communicator("/ws/tasks/%d/logs/?from_seq=%d" % (task.pk, 2**31 - 1), viewer)
+    assert (await highest.connect())[0]
+    assert (await highest.receive_json_from(timeout=5))["type"] == "task.status"
+    await highest.disconnect()
 
 
 async def test_stored_log_from_the_asked_seq_then_live_chunks(task: Task, viewer: User) -> None:

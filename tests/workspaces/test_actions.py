@@ -226,3 +226,18 @@ def test_long_offline_agents_without_tasks_are_pruned(agent_pool: Pool, settings
     online_agent(agent_pool, "fresh")
     assert cleanup_agents() == (0, 1)
     assert list(Agent.objects.values_list("agent_id", flat=True)) == ["fresh"]
+
+
+def test_log_chunks_after_the_task_settled_are_refused_but_replays_acknowledged(
+    agent_pool: Pool, workspace: Workspace
+) -> None:
+    agent = online_agent(agent_pool, "a1")
+    task = actions.enqueue_task(workspace=workspace, type="plan")
+    assert reports.accept_task(agent=agent, task_id=task.pk, attempt=1)
+    ref: dict[str, Any] = {"agent": agent, "task_id": task.pk, "attempt": 1}
+    assert reports.append_log(**ref, seq=0, text="first") is reports.Outcome.OK
+    assert reports.record_result(**ref, report={"status": "succeeded"}) is reports.Outcome.OK
+    # A reconnecting agent re-sends what it has not had acknowledged: same answer as before.
+    assert reports.append_log(**ref, seq=0, text="first") is reports.Outcome.DUPLICATE
+    assert reports.append_log(**ref, seq=1, text="late") is reports.Outcome.NOT_OWNED
+    assert list(task.log_chunks.values_list("seq", flat=True)) == [0]
