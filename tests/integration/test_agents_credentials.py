@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_a_restart_reuses_the_credential_and_a_revoked_agent_registers_again(
     processes: ProcessGroup, tmp_path: Path
 ) -> None:
-    pool, token = make_pool()
+    _, token = make_pool()
     web = processes.daphne("web-1", env=FAST_ENV)
     first = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path)
     wait_connected(first, "web-1")
