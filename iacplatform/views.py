@@ -5,6 +5,8 @@ traffic it could not deliver)."""
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -15,6 +17,12 @@ from django.http import HttpRequest, JsonResponse
 
 from apps.pglayer.core import PostgresChannelLayer
 from iacplatform.pgerrors import NotificationLost
+
+logger = logging.getLogger(__name__)
+
+
+def unavailable(error: str) -> JsonResponse:
+    return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": error}, status=503)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -27,17 +35,20 @@ def readyz(request: HttpRequest) -> JsonResponse:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except DatabaseError as exc:
-        return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": str(exc)}, status=503)
+    except DatabaseError:
+        # The raw error names hosts, users and databases: it goes to the log, not to whoever asks.
+        logger.warning("readyz: database unavailable", exc_info=True)
+        return unavailable("database unavailable")
     body: dict[str, object] = {"status": "ok", "pod": settings.POD_NAME}
     layer = get_channel_layer()
     if isinstance(layer, PostgresChannelLayer):
         try:
             seconds = async_to_sync(layer.notify_round_trip)(settings.READYZ_NOTIFY_TIMEOUT)
         except NotificationLost as exc:
-            return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": str(exc)}, status=503)
-        except (TimeoutError, OSError, psycopg.Error) as exc:
-            error = "the channel layer cannot listen or notify: %s" % (str(exc) or type(exc).__name__)
-            return JsonResponse({"status": "unavailable", "pod": settings.POD_NAME, "error": error}, status=503)
+            logger.warning("readyz: %s", exc)
+            return unavailable("notifications lost")
+        except (TimeoutError, OSError, psycopg.Error):
+            logger.warning("readyz: the channel layer cannot listen or notify", exc_info=True)
+            return unavailable("channel layer unavailable")
         body["notify_round_trip_ms"] = round(seconds * 1000, 1)
     return JsonResponse(body)

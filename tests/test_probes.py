@@ -19,3 +19,22 @@ def test_healthz_needs_no_database() -> None:
     response = Client().get("/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_says_database_unavailable_and_logs_the_error_only_server_side(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError
+
+    from iacplatform import views
+
+    def refuse() -> None:
+        raise OperationalError('connection to "db.internal:5432" failed: password authentication failed for "app"')
+
+    monkeypatch.setattr(views.connection, "cursor", refuse)
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "pod": views.settings.POD_NAME, "error": "database unavailable"}
+    assert "db.internal" not in response.content.decode()
+    assert "password authentication failed" in caplog.text
