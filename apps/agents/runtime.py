@@ -33,6 +33,7 @@ from websockets.asyncio.client import ClientConnection
 
 from apps.agents.credentials import save_credential
 from apps.agents.protocol import PROTOCOL_VERSION
+from apps.agents.stateproxy import StateProxy
 from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun, http_origin
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ class AgentRuntime:
         self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
         self._replay_scheduled = False
         self._replay_attempt = 0
+        # Terraform's state backend address for tasks whose dispatch gives a path: this forwarder,
+        # which reaches whichever replica the agent can reach when each request is made.
+        self.state_proxy = StateProxy(self.state_origins)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -169,6 +173,7 @@ class AgentRuntime:
             delay = backoff_delay(attempt, cap=self.config.reconnect_max_delay, rng=self.rng)
             attempt += 1
             await self._pause(delay)
+        self.state_proxy.stop()
         logger.info("agent %s stopped", self.config.agent_id)
 
     async def _pause(self, delay: float) -> None:
@@ -253,6 +258,16 @@ class AgentRuntime:
             if self._past_deadline():
                 self.cancel_all()
             await self.send(self.heartbeat_frame())
+
+    def state_origins(self) -> list[str]:
+        """The replicas' http origins, the one connected to now first (read from the proxy's thread)."""
+        urls = [self.connected_url] if self.connected_url else []
+        origins: list[str] = []
+        for url in [*urls, *self.config.urls]:
+            origin = http_origin(url)
+            if origin not in origins:
+                origins.append(origin)
+        return origins
 
     # Frames
 
@@ -399,7 +414,7 @@ class AgentRuntime:
             work_root=self.config.work_dir,
             execution_log=self.execution_log,
             passthrough=self.config.terraform_env_passthrough,
-            backend_origin=http_origin(self.connected_url or self.config.urls[0]),
+            backend_origin=self.state_proxy.start(),
         )
         held.run = run
         if self._past_deadline():
