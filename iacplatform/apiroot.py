@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from rest_framework.routers import APIRootView
 
-from apps.access.drf import ACTION_CHECKS
+from apps.access.drf import AUTHENTICATED
 
 
 class ApiRootView(APIRootView):
     # Any active user: it lists links only; each endpoint applies its own rule.
-    access_rules = {"get": ACTION_CHECKS}
+    access_rules = {"get": AUTHENTICATED}
     api_root_dict = {
         "workspaces": "workspace-list",
         "tasks": "task-list",

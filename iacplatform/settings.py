@@ -399,7 +399,7 @@ REST_FRAMEWORK = {
     ],
     # apps/access: every view declares who may call it; a view without a rule refuses everybody.
     "DEFAULT_PERMISSION_CLASSES": ["apps.access.drf.WorkspaceRolePermission"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "apps.access.schema.AccessAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "iacplatform.api.pagination.Pagination",
     "PAGE_SIZE": API_PAGE_SIZE,
     "DEFAULT_PARSER_CLASSES": [

@@ -1,8 +1,10 @@
 """The REST side of apps/access/policy.py: one DRF permission class, the default of every view.
 
 A view declares ``access_rules``: for each action of a viewset (or HTTP method of a plain
-APIView) the role it needs on the object's workspace, a callable giving that role from the object,
-or one of the platform-wide rules below. An action without a rule is refused to everybody
+APIView) the role it needs on the object's workspace, a :class:`PerObject` rule giving that role
+from the object, an :class:`ActionChecks` (the action asks the policy itself, once it has loaded
+what the call is about), or one of the platform-wide rules below. The schema states each
+operation's rule as ``x-access`` (apps/access/schema.py). An action without a rule is refused to everybody
 (fail closed), and the schema matrix test (tests/access/test_matrix.py) fails for it.
 Lists and lookups are narrowed by the views' querysets (``visible_to``), so an object the caller
 may not read is a 404 before any rule is looked at.
@@ -11,6 +13,7 @@ may not read is a 404 before any rule is looked at.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rest_framework.exceptions import NotFound
@@ -28,11 +31,39 @@ from apps.access.models import Role
 PLATFORM_ADMIN = "platform_admin"
 # The access.create_workspace permission (or a platform admin).
 CREATE_WORKSPACE = "create_workspace"
-# Any active user here; the action itself asks policy.check once it has loaded the workspace the
-# call is about (hub sessions, takeovers and drafts reach it through the session or the body).
-ACTION_CHECKS = "action_checks"
+# Any active user: the call concerns no workspace (the API root).
+AUTHENTICATED = "authenticated"
 
-AccessRule = Role | str | Callable[[Any], Role]
+
+@dataclass(frozen=True)
+class PerObject:
+    """The role needed depends on the object (a task's type): ``role_of(obj)``."""
+
+    doc: str
+    role_of: Callable[[Any], Role]
+
+
+@dataclass(frozen=True)
+class ActionChecks:
+    """Any active user gets this far; the action itself asks the policy once it has loaded the
+    workspace the call is about (through a session, a request, or the body)."""
+
+    doc: str
+
+
+AccessRule = Role | str | PerObject | ActionChecks
+
+# The undescribed form, for views whose action asks the policy itself.
+ACTION_CHECKS = ActionChecks("checked by the action once it has loaded the workspace the call is about")
+
+
+def describe(rule: AccessRule) -> str:
+    if isinstance(rule, Role):
+        return "%s on the workspace" % rule.label
+    if isinstance(rule, PerObject | ActionChecks):
+        return rule.doc
+    return rule
+
 
 # OPTIONS describes the API (which the schema publishes anyway) to any active user.
 DESCRIBE = {"metadata", "options"}
@@ -71,15 +102,17 @@ class WorkspaceRolePermission(BasePermission):
         if rule == CREATE_WORKSPACE:
             self.message = "Creating workspaces needs the access.create_workspace permission."
             return policy.can_create_workspace(request.user)
-        return True  # a role: decided per object; ACTION_CHECKS: decided by the action
+        return True  # roles: decided per object; ActionChecks: by the action; AUTHENTICATED: nothing more
 
     def has_object_permission(self, request: Request, view: APIView, obj: Any) -> bool:
         rule = rule_for(request, view)
-        if isinstance(rule, str):
-            return True  # platform-wide rules were settled in has_permission
-        if rule is None:
-            return False
-        role = rule if isinstance(rule, Role) else rule(obj)
+        if isinstance(rule, Role):
+            role = rule
+        elif isinstance(rule, PerObject):
+            role = rule.role_of(obj)
+        else:
+            # Platform-wide rules were settled in has_permission; ActionChecks by the action.
+            return rule is not None
         workspace_id = getattr(obj, getattr(view, "workspace_attr", "workspace_id"))
         verdict = policy.check(request.user, workspace_id, role)
         if verdict is policy.Verdict.INVISIBLE:

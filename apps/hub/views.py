@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.access.drf import ACTION_CHECKS, AccessRule
+from apps.access.drf import AccessRule, ActionChecks
 from apps.hub import actions, drafts
 from apps.hub.serializers import (
     DraftKeySerializer,
@@ -43,7 +43,10 @@ class HubAPIView(APIView):
     Every call needs an active user; the workspace role is checked by the actions
     (apps/hub/permissions.py) once they have loaded the session or workspace the call is about."""
 
-    access_rules: dict[str, AccessRule] = {method: ACTION_CHECKS for method in ("get", "post", "put", "delete")}
+    access_rules: dict[str, AccessRule] = {
+        method: ActionChecks("write on the workspace (apps/hub/permissions.py)")
+        for method in ("get", "post", "put", "delete")
+    }
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, actions.HubError):
@@ -80,6 +83,8 @@ class SessionHeartbeatView(HubAPIView):
 
 
 class SessionCloseView(HubAPIView):
+    access_rules: dict[str, AccessRule] = {"post": ActionChecks("the session's owner (no role needed to give it up)")}
+
     @extend_schema(request=None, responses={200: EditingSessionSerializer, **ERRORS})
     def post(self, request: Request, session_id: UUID) -> Response:
         session = actions.do_close_session(user=request.user, session_id=session_id)
@@ -134,6 +139,10 @@ class TakeoverRespondView(HubAPIView):
 
 
 class TakeoverForceView(HubAPIView):
+    access_rules: dict[str, AccessRule] = {
+        "post": ActionChecks("admin on the workspace, or write and the hub.force_takeover permission")
+    }
+
     @extend_schema(request=TakeoverCreateSerializer, responses={201: TakeoverRequestSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         """Take the resource without asking; needs hub.force_takeover. The editor's session ends."""

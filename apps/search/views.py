@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.access import policy
-from apps.access.drf import ACTION_CHECKS, AccessRule
+from apps.access.drf import AccessRule, ActionChecks
 from apps.access.models import Role
 from apps.search import engine, search
 from apps.search.serializers import SearchAnswerSerializer, SearchQuerySerializer
@@ -28,7 +28,9 @@ def readable_workspace_ids(request: Request) -> list[int]:
 
 class ResourceSearchView(APIView):
     # Every active user; the results are narrowed to the workspaces they may read.
-    access_rules: dict[str, AccessRule] = {"get": ACTION_CHECKS}
+    access_rules: dict[str, AccessRule] = {
+        "get": ActionChecks("any active user; results only from workspaces they may read")
+    }
 
     @extend_schema(parameters=[SearchQuerySerializer], responses={200: SearchAnswerSerializer})
     def get(self, request: Request) -> Response:

@@ -10,7 +10,16 @@ from rest_framework import serializers
 
 from apps.access.serializers import VisibleWorkspaceField
 from apps.agents.models import AgentPool
-from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task, TaskLogChunk, Variable, Workspace
+from apps.workspaces.models import (
+    Resource,
+    StateLock,
+    StateTransition,
+    StateVersion,
+    Task,
+    TaskLogChunk,
+    Variable,
+    Workspace,
+)
 
 # Files land in a fresh directory on the agent: plain names only, never a path or the state file.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -302,3 +311,57 @@ class WorkspaceStateSerializer(serializers.Serializer[Any]):
     lock = StateLockSerializer(allow_null=True)
     locks = StateLockSerializer(many=True, help_text="The latest locks, newest first.")
     transitions = StateTransitionSerializer(many=True, help_text="The latest moves of the pointer, newest first.")
+
+
+class StateVersionListSerializer(StateVersionSerializer):
+    class Meta(StateVersionSerializer.Meta):
+        fields = ["workspace", *StateVersionSerializer.Meta.fields]
+        read_only_fields = fields
+
+
+class StateVersionFilterSerializer(serializers.Serializer[Any]):
+    workspace = serializers.IntegerField(min_value=1, required=False)
+    status = serializers.ChoiceField(choices=StateVersion.Status.choices, required=False)
+
+
+class ResourceSerializer(serializers.ModelSerializer[Resource]):
+    class Meta:
+        model = Resource
+        fields = [
+            "id",
+            "workspace",
+            "address",
+            "type",
+            "name",
+            "provider",
+            "module",
+            "mode",
+            "index_key",
+            "attributes",
+            "state_serial",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class ResourceFilterSerializer(serializers.Serializer[Any]):
+    workspace = serializers.IntegerField(min_value=1, required=False)
+    type = serializers.CharField(max_length=200, required=False)
+    mode = serializers.ChoiceField(choices=["managed", "data"], required=False)
+    address = serializers.CharField(
+        max_length=1000, required=False, help_text="resources whose address contains this text"
+    )
+
+    def validate_address(self, value: str) -> str:
+        _no_nul(value, "address")
+        return value
+
+    def validate_type(self, value: str) -> str:
+        _no_nul(value, "type")
+        return value
+
+    def lookups(self) -> dict[str, Any]:
+        data = dict(self.validated_data)
+        if "address" in data:
+            data["address__contains"] = data.pop("address")
+        return data

@@ -16,14 +16,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.access import policy
-from apps.access.drf import ACTION_CHECKS, CREATE_WORKSPACE, AccessRule
+from apps.access.drf import CREATE_WORKSPACE, AccessRule, ActionChecks, PerObject
 from apps.access.models import Role
 from apps.access.views import ACCESS_RULES, WorkspaceAccessActions
 from apps.workspaces import actions, states, variables
-from apps.workspaces.models import StateLock, StateVersion, Task, Variable, Workspace
+from apps.workspaces.models import Resource, StateLock, StateVersion, Task, Variable, Workspace
 from apps.workspaces.serializers import (
     LockSerializer,
     LogQuerySerializer,
+    ResourceFilterSerializer,
+    ResourceSerializer,
+    StateVersionFilterSerializer,
+    StateVersionListSerializer,
     StateVersionSerializer,
     TaskCreateSerializer,
     TaskFilterSerializer,
@@ -152,8 +156,8 @@ class VariableViewSet(viewsets.ModelViewSet[Variable]):
     serializer_class = VariableSerializer
     access_rules: dict[str, AccessRule] = {
         # No object yet: the view asks for the workspace in the URL (read, resp. write).
-        "list": ACTION_CHECKS,
-        "create": ACTION_CHECKS,
+        "list": ActionChecks("read on the workspace in the URL"),
+        "create": ActionChecks("write on the workspace in the URL"),
         "retrieve": Role.READ,
         "update": Role.WRITE,
         "partial_update": Role.WRITE,
@@ -218,6 +222,9 @@ def _role_to_handle(task: Task) -> Role:
     return policy.TASK_TYPE_ROLE[task.type]
 
 
+BY_TASK_TYPE = "plan on the workspace for plans and drift checks, write for applies"
+
+
 class TaskViewSet(
     mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Task]
 ):
@@ -227,8 +234,8 @@ class TaskViewSet(
         "retrieve": Role.READ,
         "log": Role.READ,
         # Queueing a plan or drift check needs plan, an apply write: known once the body is read.
-        "create": ACTION_CHECKS,
-        "cancel": _role_to_handle,
+        "create": ActionChecks(BY_TASK_TYPE + " (the workspace of the body)"),
+        "cancel": PerObject(BY_TASK_TYPE, _role_to_handle),
     }
 
     def get_queryset(self) -> QuerySet[Task]:
@@ -294,3 +301,43 @@ def _resolve(do: states.Resolver, workspace: Workspace, version_id: int, request
     except states.Refused as exc:
         # 404 (not this workspace's) or 409 (not a conflict)
         raise (NotFound(exc.message) if exc.status == 404 else Conflict(exc.message)) from exc
+
+
+class StateVersionViewSet(viewsets.ReadOnlyModelViewSet[StateVersion]):
+    """State versions of the workspaces the caller may read, without their content."""
+
+    serializer_class = StateVersionListSerializer
+    lookup_value_regex = "[0-9]+"
+    access_rules: dict[str, AccessRule] = {"list": Role.READ, "retrieve": Role.READ}
+
+    def get_queryset(self) -> QuerySet[StateVersion]:
+        qs = StateVersion.objects.visible_to(self.request.user).defer("state").order_by("workspace_id", "-serial")
+        if self.action != "list":
+            return qs
+        filters = StateVersionFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return qs.filter(**filters.validated_data)
+
+    @extend_schema(parameters=[StateVersionFilterSerializer])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+
+class ResourceViewSet(viewsets.ReadOnlyModelViewSet[Resource]):
+    """The CMDB: resources of the newest state of every workspace the caller may read."""
+
+    serializer_class = ResourceSerializer
+    lookup_value_regex = "[0-9]+"  # resources/search/ is the search (apps/search)
+    access_rules: dict[str, AccessRule] = {"list": Role.READ, "retrieve": Role.READ}
+
+    def get_queryset(self) -> QuerySet[Resource]:
+        qs = Resource.objects.visible_to(self.request.user).order_by("workspace_id", "address")
+        if self.action != "list":
+            return qs
+        filters = ResourceFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return qs.filter(**filters.lookups())
+
+    @extend_schema(parameters=[ResourceFilterSerializer])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)

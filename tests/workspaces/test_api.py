@@ -184,3 +184,21 @@ def test_list_counts_are_bounded_yet_every_page_links_to_the_next(
     counts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT COUNT(")]
     assert counts and all("LIMIT 11" in sql for sql in counts)  # offset + limit + CAP + 1 rows at most
     assert len(page["results"]) == 2 and page["count"] >= 11 and page["next"] is not None
+
+
+def test_cmdb_resources_and_state_versions_are_searchable(client: APIClient, workspace: Workspace) -> None:
+    from apps.workspaces.models import Resource, StateVersion
+
+    for address, type in (("aws_instance.web", "aws_instance"), ("module.net.aws_vpc.main", "aws_vpc")):
+        Resource.objects.create(workspace=workspace, address=address, type=type, name="x", state_serial=1)
+    StateVersion.objects.create(workspace=workspace, serial=1, lineage="L", state={"secret": "s3cr3t"})
+    found = client.get("/api/v1/resources/", {"type": "aws_vpc"}).json()["results"]
+    assert [r["address"] for r in found] == ["module.net.aws_vpc.main"]
+    found = client.get("/api/v1/resources/", {"address": "web", "workspace": workspace.pk}).json()["results"]
+    assert [r["address"] for r in found] == ["aws_instance.web"]
+    assert client.get("/api/v1/resources/", {"mode": "bogus"}).status_code == 400
+    assert client.get("/api/v1/resources/", {"address": "a\x00b"}).status_code == 400
+    versions = client.get("/api/v1/state-versions/", {"workspace": workspace.pk}).json()["results"]
+    assert [(v["workspace"], v["serial"]) for v in versions] == [(workspace.pk, 1)]
+    assert "s3cr3t" not in json.dumps(versions)  # listings never carry the state's content
+    assert client.get("/api/v1/state-versions/", {"status": "bogus"}).status_code == 400
