@@ -194,7 +194,7 @@ def test_cmdb_resources_and_state_versions_are_searchable(client: APIClient, wor
     StateVersion.objects.create(workspace=workspace, serial=1, lineage="L", state={"secret": "s3cr3t"})
     found = client.get("/api/v1/resources/", {"type": "aws_vpc"}).json()["results"]
     assert [r["address"] for r in found] == ["module.net.aws_vpc.main"]
-    found = client.get("/api/v1/resources/", {"address": "web", "workspace": workspace.pk}).json()["results"]
+    found = client.get("/api/v1/resources/", {"address": "web", "workspace": str(workspace.pk)}).json()["results"]
     assert [r["address"] for r in found] == ["aws_instance.web"]
     assert client.get("/api/v1/resources/", {"mode": "bogus"}).status_code == 400
     assert client.get("/api/v1/resources/", {"address": "a\x00b"}).status_code == 400
