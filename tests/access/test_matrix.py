@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 from apps.access.models import WorkspaceAccess
 from apps.agents.models import Agent, AgentPool
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
-from apps.workspaces.models import Resource, StateVersion, Task, TaskLogChunk, Workspace
+from apps.workspaces.models import Resource, StateVersion, Task, TaskLogChunk, Variable, Workspace
 from tests.access.fixtures import grant, make_user
 
 pytestmark = pytest.mark.django_db
@@ -58,6 +58,7 @@ class World:
     grant_id: int
     conflict: StateVersion
     resource: Resource
+    variable: Variable
     session: EditingSession | None = None  # my session (waiting while ``other`` edits)
     request: TakeoverRequest | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +90,7 @@ def build(principal: str) -> World:
     resource = Resource.objects.create(
         workspace=workspace, address=ADDR, type="aws_instance", name="web", state_serial=1
     )
+    variable = Variable.objects.create(workspace=workspace, key="region", value="eu-west-1")
     outsider = make_user("outsider")  # someone to grant a role to
     grant(workspace, "read", user=outsider)
     grant_id = WorkspaceAccess.objects.get(workspace=workspace, user=outsider).pk
@@ -102,6 +104,7 @@ def build(principal: str) -> World:
         grant_id=grant_id,
         conflict=conflict,
         resource=resource,
+        variable=variable,
     )
 
 
@@ -164,9 +167,10 @@ def locked_by_me(world: World) -> Call:
 @dataclass(frozen=True)
 class Row:
     """Who may call an operation: ``need`` (a role on the workspace, ``platform``, ``create``
-    for the create-workspace permission, ``owner`` for one's own hub session whatever the role),
-    the status when allowed, and the status for a user with no role (404: the workspace or the
-    object is invisible; 400: the workspace id in the body reads as missing; 200: a list, empty)."""
+    for the create-workspace permission, ``owner`` for one's own hub session whatever the role,
+    ``login`` for any active user), the status when allowed, and the status for a user with no
+    role (404: the workspace or the object is invisible; 400: the workspace id in the body reads
+    as missing; 200: a list, empty)."""
 
     need: str
     ok: int
@@ -185,6 +189,14 @@ def _task(w: World) -> dict[str, Any]:
 
 def _session(setup: Callable[[World], EditingSession]) -> Callable[[World], Call]:
     return lambda w: ({"session_id": setup(w).session_id}, None)
+
+
+def _var_ws(w: World) -> dict[str, Any]:
+    return {"workspace_pk": w.workspace.pk}
+
+
+def _var(w: World) -> dict[str, Any]:
+    return {"workspace_pk": w.workspace.pk, "id": w.variable.pk}
 
 
 def _full_workspace(w: World) -> dict[str, Any]:
@@ -224,6 +236,14 @@ ROWS: dict[str, Row] = {
     "state_versions_retrieve": Row("read", 200, lambda w: ({"id": w.conflict.pk}, None)),
     "resources_list": Row("read", 200, lambda w: ({}, None), invisible=200, listed="resource"),
     "resources_retrieve": Row("read", 200, lambda w: ({"id": w.resource.pk}, None)),
+    # Any active user searches; the results come only from workspaces they may read (tests/search).
+    "resources_search_retrieve": Row("login", 200, lambda w: ({}, {"q": "web", "mode": "fulltext"})),
+    "workspaces_variables_list": Row("read", 200, lambda w: (_var_ws(w), None)),
+    "workspaces_variables_create": Row("write", 201, lambda w: (_var_ws(w), {"key": "zone", "value": "a"})),
+    "workspaces_variables_retrieve": Row("read", 200, lambda w: (_var(w), None)),
+    "workspaces_variables_update": Row("write", 200, lambda w: (_var(w), {"key": "region", "value": "us-east-1"})),
+    "workspaces_variables_partial_update": Row("write", 200, lambda w: (_var(w), {"value": "us-east-2"})),
+    "workspaces_variables_destroy": Row("write", 204, lambda w: (_var(w), None)),
     "hub_sessions_create": Row(
         "write", 201, lambda w: ({}, {"workspace": w.workspace.pk, "resource_address": ADDR}), invisible=400
     ),
@@ -253,7 +273,7 @@ ROWS: dict[str, Row] = {
 def expected(row: Row, principal: str) -> int | tuple[int, ...]:
     if principal == "anonymous":
         return (401, 403)
-    if row.need == "owner":
+    if row.need in ("owner", "login"):
         return row.ok
     if row.need == "platform":
         return row.ok if principal == "platform" else 403
