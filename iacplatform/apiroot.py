@@ -15,6 +15,8 @@ class ApiRootView(APIRootView):
         "workspaces": "workspace-list",
         "tasks": "task-list",
         "agents": "agent-list",
+        "state-versions": "state-version-list",
+        "resources": "resource-list",
         "resources/search": "resource-search",
         "hub/sessions": "hub:sessions",
         "hub/takeovers": "hub:takeovers",

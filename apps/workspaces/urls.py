@@ -6,7 +6,6 @@ from rest_framework.routers import SimpleRouter
 from apps.workspaces.backendviews import terraform_state
 from apps.workspaces.views import ResourceViewSet, StateVersionViewSet, TaskViewSet, VariableViewSet, WorkspaceViewSet
 
-
 router = SimpleRouter()  # the API root is iacplatform.apiroot's
 router.register("workspaces", WorkspaceViewSet, basename="workspace")
 router.register("tasks", TaskViewSet, basename="task")
