@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.agents.actions import cleanup_agents
@@ -210,6 +211,12 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(agent_pool: Pool, workspac
     # Credentials: none, forged, expired, another task's (another workspace), a user's token.
     anonymous = Client().generic("GET", tf.path)
     assert (anonymous.status_code, anonymous["WWW-Authenticate"]) == (401, 'Basic realm="terraform-state"')
+    user = get_user_model().objects.create_superuser("root")
+    token = Token.objects.create(user=user).key
+    assert Client().generic("GET", tf.path, HTTP_AUTHORIZATION="Token " + token).status_code == 401
+    session = Client()
+    session.force_login(user)  # not even a platform admin's session: attempts only
+    assert session.generic("GET", tf.path).status_code == 401
     forged = Terraform({"address": tf.path, "username": "task-%d" % task.pk, "password": _password(tf) + "x"})
     assert forged.push(tfstate(6)).status_code == 401
     renamed = Terraform({"address": tf.path, "username": "task-999", "password": _password(tf)})
