@@ -177,7 +177,7 @@ def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) ->
     """Index the current state of one workspace; None when it is already in sync (or gone)."""
     with atomic():
         # The row lock (FOR NO KEY UPDATE: new tasks may still reference the workspace) orders
-        # this sync after any other of the same workspace; reading the newest serial under it
+        # this sync after any other of the same workspace; reading the current state under it
         # makes a repeated or late sync a no-op instead of a step back.
         workspace = (
             Workspace.objects.select_for_update(no_key=True)
