@@ -238,6 +238,11 @@ def seed(size: Size, *, now: datetime | None = None) -> dict[str, int]:
         },
         dict(p),
     )
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+    vacuum()
     return rows
+
+
+def vacuum() -> None:
+    """What autovacuum does between a cluster's busy hours: visibility map, statistics."""
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
