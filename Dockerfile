@@ -53,4 +53,10 @@ CMD ["python", "manage.py", "runagent"]
 # ---- web (the default target, last): daphne; the leader and migrate pods override the command.
 FROM app AS web
 EXPOSE 8000 9090
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers", "iacplatform.asgi:application"]
+# Frames: the application's AGENT_MAX_FRAME_BYTES (1 MiB) is the limit clients meet (close 4009);
+# daphne's own is twice that (autobahn drops the TCP connection past it). Timeouts: a request's
+# response within 60 s, a WebSocket handshake accepted within 5 s, dead peers found by pings.
+CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers", \
+     "--websocket-max-message-size", "2097152", "--websocket-max-frame-size", "2097152", \
+     "--http-timeout", "60", "--websocket_connect_timeout", "5", \
+     "--ping-interval", "20", "--ping-timeout", "30", "iacplatform.asgi:application"]

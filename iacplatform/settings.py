@@ -392,6 +392,17 @@ API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 64)
 API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500)
 
+# Per-connection frame rate (token bucket: burst, then rate per second; excess: error, close 4429)
+# and concurrent sockets per key on each replica (iacplatform/sockets.py).
+AGENT_FRAME_RATE = env_number("AGENT_FRAME_RATE", 100.0)
+AGENT_FRAME_BURST = env_number("AGENT_FRAME_BURST", 500.0)
+HUB_FRAME_RATE = env_number("HUB_FRAME_RATE", 5.0)
+HUB_FRAME_BURST = env_number("HUB_FRAME_BURST", 20.0)
+HUB_MAX_FRAME_BYTES = env_int("HUB_MAX_FRAME_BYTES", 64 * 1024)
+WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 50)
+WS_MAX_CONNECTIONS_PER_POOL = env_int("WS_MAX_CONNECTIONS_PER_POOL", 200)
+WS_MAX_CONNECTIONS_PER_SOURCE = env_int("WS_MAX_CONNECTIONS_PER_SOURCE", 200)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",

@@ -27,3 +27,13 @@ def close_channel_layers(django_db_setup: None) -> Iterator[None]:
 
     close_all_layers()
     close_process_job_locks()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_socket_caps() -> Iterator[None]:
+    # In-process consumers that a test leaves without a disconnect would hold their slots.
+    from iacplatform import sockets
+
+    sockets.caps.counts.clear()
+    yield
+    sockets.caps.counts.clear()

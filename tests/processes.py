@@ -25,6 +25,15 @@ from django.db import connection
 from tests.plugins.environment import SECRET_KEY as SUITE_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
+# As in the Procfile and the image: daphne's frame limit above the application's (see protocol.md).
+DAPHNE_OPTIONS = [
+    "--websocket-max-message-size",
+    "2097152",
+    "--websocket-max-frame-size",
+    "2097152",
+    "--http-timeout",
+    "60",
+]
 
 
 def test_database_url() -> str:
@@ -144,7 +153,17 @@ class ProcessGroup:
         port = free_port()
         proc = self.start(
             name,
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "iacplatform.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                *DAPHNE_OPTIONS,
+                "iacplatform.asgi:application",
+            ],
             role="web",
             port=port,
             env=env,

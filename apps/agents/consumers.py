@@ -35,6 +35,8 @@ from apps.agents.protocol import (
 )
 from apps.workspaces import actions as queue
 from apps.workspaces import reports
+from iacplatform import sockets
+from iacplatform.sockets import CLOSE_RATE_LIMITED, TokenBucket, client_address
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +66,31 @@ class AgentConsumer(AsyncWebsocketConsumer):
     conn: actions.Connection | None = None
     group: str | None = None
     hello_timer: asyncio.TimerHandle | None = None
+    cap_keys: list[str] = []
+    bucket: TokenBucket | None = None
+    cut_off = False
 
     async def connect(self) -> None:
+        source = "source:%s" % client_address(self.scope)
+        if sockets.caps.acquire({source: settings.WS_MAX_CONNECTIONS_PER_SOURCE}) is not None:
+            # Before the token is even looked up: a source opening sockets in a loop costs no query.
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
+        self.cap_keys = [source]
         token = bearer_token(self.scope)
         identity = await database_sync_to_async(actions.authenticate)(token) if token else None
         if identity is None:
             # Closing before accept makes daphne answer the handshake with HTTP 403.
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
+        pool_key = "pool:%d" % identity.pool.pk
+        if sockets.caps.acquire({pool_key: settings.WS_MAX_CONNECTIONS_PER_POOL}) is not None:
+            await self.accept()
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
+        self.cap_keys.append(pool_key)
         self.identity = identity
+        self.bucket = TokenBucket(rate=settings.AGENT_FRAME_RATE, burst=settings.AGENT_FRAME_BURST)
         await self.accept()
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(
@@ -84,6 +102,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_HELLO_TIMEOUT)
 
     async def disconnect(self, code: int) -> None:
+        sockets.caps.release(self.cap_keys)
+        self.cap_keys = []
         if self.hello_timer is not None:
             self.hello_timer.cancel()
         if self.group is not None:
@@ -95,6 +115,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(frame))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.cut_off:
+            return  # frames the flooder sent before the close took effect: dropped unread
+        if self.bucket is not None and not self.bucket.take():
+            self.cut_off = True
+            await self.send_frame(
+                ProtocolError(Code.RATE_LIMITED, "more than %g frames per second" % settings.AGENT_FRAME_RATE).frame()
+            )
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
         if text_data is None:
             await self.send_frame(ProtocolError(Code.BINARY_NOT_SUPPORTED, "frames are JSON text").frame())
             return

@@ -52,6 +52,7 @@ class Code:
     NOT_OWNED = "not_owned"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     FRAME_TOO_BIG = "frame_too_big"
+    RATE_LIMITED = "rate_limited"
     INTERNAL = "internal"
 
 

@@ -28,6 +28,7 @@ from uuid import UUID
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from apps.agents.protocol import task_group
 from apps.hub import actions
@@ -35,12 +36,14 @@ from apps.hub.events import session_group
 from apps.hub.models import EditingSession
 from apps.hub.permissions import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, EDIT, VIEW_LOGS, socket_refusal
 from apps.workspaces.models import Task, TaskLogChunk
-from iacplatform import inputs
+from iacplatform import inputs, sockets
+from iacplatform.sockets import CLOSE_RATE_LIMITED, TokenBucket, client_address
 
 logger = logging.getLogger(__name__)
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_SESSION_ENDED = 4410
+CLOSE_FRAME_TOO_BIG = 4009
 
 LOG_BATCH = 1000
 # Hub frames are flat objects; anything nested deeper is refused before it is parsed.
@@ -52,7 +55,42 @@ MAX_SEQ = 2**31 - 1
 class HubConsumer(AsyncJsonWebsocketConsumer):
     """Shared frame handling: malformed frames get an ``error`` frame, never a crash."""
 
+    cap_keys: list[str] = []
+    bucket: TokenBucket | None = None
+    cut_off = False
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        user = self.scope.get("user")
+        keys = {"source:%s" % client_address(self.scope): settings.WS_MAX_CONNECTIONS_PER_SOURCE}
+        if user is not None and user.is_authenticated:
+            keys["user:%d" % user.pk] = settings.WS_MAX_CONNECTIONS_PER_USER
+        if sockets.caps.acquire(keys) is not None:
+            await self.refuse(CLOSE_RATE_LIMITED)
+            return
+        self.cap_keys = list(keys)
+        self.bucket = TokenBucket(rate=settings.HUB_FRAME_RATE, burst=settings.HUB_FRAME_BURST)
+        await super().websocket_connect(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        sockets.caps.release(self.cap_keys)
+        self.cap_keys = []
+        await super().websocket_disconnect(message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if self.cut_off:
+            return  # sent before the close took effect: dropped unread
+        if self.bucket is not None and not self.bucket.take():
+            self.cut_off = True
+            await self.send_json({"type": "error", "error": "more than %g frames per second" % settings.HUB_FRAME_RATE})
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
+        if text_data is not None and len(text_data) > settings.HUB_MAX_FRAME_BYTES:
+            self.cut_off = True
+            await self.send_json(
+                {"type": "error", "error": "frames are limited to %d bytes" % settings.HUB_MAX_FRAME_BYTES}
+            )
+            await self.close(code=CLOSE_FRAME_TOO_BIG)
+            return
         if text_data is None:
             await self.send_json({"type": "error", "error": "frames must be JSON text"})
             return

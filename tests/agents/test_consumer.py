@@ -217,3 +217,31 @@ async def test_binary_frames_and_unsupported_versions_are_refused(agent_pool: Po
     assert (await recv(comm))["code"] == "unsupported_version"
     assert (await comm.receive_output(timeout=2)) == {"type": "websocket.close", "code": 4400}
     assert not await database_sync_to_async(Agent.objects.exists)()
+
+
+async def test_a_heartbeat_flood_is_cut_off_after_the_burst_with_4429(agent_pool: Pool, settings: Any) -> None:
+    settings.AGENT_FRAME_BURST = 5
+    settings.AGENT_FRAME_RATE = 0.001
+    comm = await connect_agent(agent_pool)  # hello is the first frame of the burst
+    for _ in range(10):
+        await send(comm, {"type": "heartbeat"})
+    error = await recv(comm)
+    assert error["type"] == "error" and error["code"] == "rate_limited", error
+    assert await comm.receive_output(timeout=2) == {"type": "websocket.close", "code": 4429}
+    agent = await database_sync_to_async(Agent.objects.get)(agent_id="agent-1")
+    assert agent.status == "online"  # the frames before the cut-off were served
+
+
+async def test_concurrent_connections_per_pool_are_capped(agent_pool: Pool, settings: Any) -> None:
+    settings.WS_MAX_CONNECTIONS_PER_POOL = 1
+    first = await connect_agent(agent_pool)
+    second = communicator(agent_pool.token)
+    connected, _ = await second.connect()
+    assert connected
+    assert await second.receive_output(timeout=2) == {"type": "websocket.close", "code": 4429}
+    await first.disconnect()
+    third = communicator(agent_pool.token)
+    assert (await third.connect())[0]
+    await send(third, hello("agent-2"))
+    assert (await recv(third))["type"] == "welcome"
+    await third.disconnect()

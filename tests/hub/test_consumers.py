@@ -406,3 +406,42 @@ async def test_the_log_socket_only_sends(task: Task, viewer: User) -> None:
     await communicator.send_json_to({"type": "task.log", "seq": 1, "text": "forged"})
     assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
     await communicator.disconnect()
+
+
+async def test_a_frame_flood_is_cut_off_with_4429(workspace: Workspace, alice: User, settings: Any) -> None:
+    settings.HUB_FRAME_BURST = 3
+    settings.HUB_FRAME_RATE = 0.001
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=5)
+    for _ in range(10):
+        await communicator.send_json_to({"type": "heartbeat"})
+    types = [(await communicator.receive_json_from(timeout=5))["type"] for _ in range(4)]
+    assert types == ["heartbeat.ack"] * 3 + ["error"]
+    assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4429}
+
+
+async def test_a_frame_above_the_hub_limit_closes_with_4009(workspace: Workspace, alice: User, settings: Any) -> None:
+    settings.HUB_MAX_FRAME_BYTES = 100
+    session = await _open(alice, workspace)
+    communicator = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=5)
+    await communicator.send_to(text_data='{"type": "heartbeat", "pad": "%s"}' % ("x" * 200))
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+    assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4009}
+
+
+async def test_concurrent_sockets_per_user_are_capped(workspace: Workspace, alice: User, settings: Any) -> None:
+    settings.WS_MAX_CONNECTIONS_PER_USER = 1
+    session = await _open(alice, workspace)
+    first = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await first.connect()
+    await first.receive_json_from(timeout=5)
+    assert await _closed_with(_communicator("/ws/sessions/%s/" % session.session_id, alice)) == 4429
+    await first.disconnect()
+    again = _communicator("/ws/sessions/%s/" % session.session_id, alice)
+    await again.connect()
+    assert (await again.receive_json_from(timeout=5))["type"] == "session.state"
+    await again.disconnect()
