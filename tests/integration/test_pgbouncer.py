@@ -27,7 +27,7 @@ from apps.coordination.overlaps import overlapping_ticks
 from apps.coordination.selfcheck import session_problems
 from apps.pglayer.core import PostgresChannelLayer
 from iacplatform.dburl import libpq_params
-from iacplatform.pgerrors import NotificationLost
+from iacplatform.pgerrors import NotificationLost, PermanentConnectionError
 from iacplatform.sessioncheck import session_path_problem
 from tests.integration.test_runleader import JOB, holder, leader_running_jobs, start_leader, wait_for
 from tests.pgbouncer import PgBouncer
@@ -201,3 +201,17 @@ def test_a_leaders_session_problems_name_a_lost_listen_and_a_job_lock_on_another
         assert session_problems(PostgresLeaseLock(name="unwatched"), locks) == [locks.foreign_holder]
     finally:
         locks.close()
+
+
+async def test_pgbouncers_refusal_of_a_startup_parameter_fails_at_once_with_its_message(pgbouncer: PgBouncer) -> None:
+    url = pgbouncer.url("session") + "?options=-c%20work_mem%3D8MB"
+    layer = PostgresChannelLayer(database=url, prefix="bopts", event_loop="own", expiry=30)
+    started = time.monotonic()
+    try:
+        with pytest.raises(PermanentConnectionError, match="unsupported startup parameter: options"):
+            await layer.send("test.options", {"type": "x"})
+        with pytest.raises(PermanentConnectionError, match="unsupported startup parameter: options"):
+            await layer.receive("test.options")
+    finally:
+        await layer.close()
+    assert time.monotonic() - started < 5  # not retried for the 30 s an outage would be
