@@ -24,6 +24,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--leaders", type=int, default=3)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--workspaces", type=int, default=20)
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="put PgBouncer in front: DATABASE_URL through transaction pooling, DATABASE_SESSION_URL session pooling",
+    )
     parser.add_argument("--log-level", default="WARNING", help="of the harness itself; the cluster logs to files")
     args = parser.parse_args(argv[1:])
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -34,7 +39,7 @@ def main(argv: list[str]) -> int:
 
     from chaos.cluster import Cluster
 
-    cluster = Cluster(workdir, webs=args.webs, leaders=args.leaders, agents=args.agents)
+    cluster = Cluster(workdir, webs=args.webs, leaders=args.leaders, agents=args.agents, pgbouncer=args.pgbouncer)
     print("chaos: seed %d, %d rounds, logs in %s" % (seed, args.rounds, cluster.logdir), flush=True)
     try:
         return run(cluster, seed=seed, rounds=args.rounds, workspaces=args.workspaces, log_level=args.log_level)
@@ -63,6 +68,9 @@ def run(cluster: object, *, seed: int, rounds: int, workspaces: int, log_level: 
     from chaos.runner import ELECTION_BOUND, TASK_BOUND, Runner, wait_for_leader, wait_until
 
     call_command("migrate", verbosity=0, interactive=False)
+    if cluster.pgbouncer:
+        cluster.start_pgbouncer()
+        print("chaos: the cluster reaches PostgreSQL through PgBouncer on port %d" % cluster.pgbouncer_port, flush=True)
     token = "iacp_chaos_%d" % seed
     cluster.token_file.write_text(token + "\n")
     workspace_ids = create_workspaces(count=workspaces, token=token)

@@ -83,8 +83,15 @@ class Member:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, *, webs: int = 2, leaders: int = 3, agents: int = 4) -> None:
+    def __init__(
+        self, workdir: Path, *, webs: int = 2, leaders: int = 3, agents: int = 4, pgbouncer: bool = False
+    ) -> None:
         self.workdir = workdir
+        # PgBouncer mode: every process's DATABASE_URL goes through transaction pooling and its
+        # DATABASE_SESSION_URL through session pooling (the harness itself talks to PostgreSQL).
+        self.pgbouncer = pgbouncer
+        self.pgbouncer_port = free_port()
+        self.pgbouncer_popen: subprocess.Popen[bytes] | None = None
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.pgdata = workdir / "pg"
@@ -105,6 +112,61 @@ class Cluster:
 
         self.db_url = ensure_server(self.pgdata, "chaos")
         return self.db_url
+
+    def start_pgbouncer(self) -> None:
+        """PgBouncer (the Debian package) in front of the cluster's database, two pool modes."""
+        import shutil
+
+        from iacplatform.dburl import libpq_params
+
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else "")
+        if not binary:
+            raise RuntimeError("chaos --pgbouncer needs PgBouncer: apt-get install pgbouncer")
+        params = libpq_params(self.db_url)
+        upstream = "host=%s port=%s dbname=%s user=%s" % (
+            params["host"],
+            params.get("port", 5432),
+            params["dbname"],
+            params.get("user", "postgres"),
+        )
+        root = self.workdir / "pgbouncer"
+        root.mkdir(exist_ok=True)
+        ini = root / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            "pooled = %(upstream)s pool_mode=transaction\n"
+            "session = %(upstream)s pool_mode=session pool_size=60\n"
+            "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %(port)d\nunix_socket_dir =\n"
+            "auth_type = any\nmax_client_conn = 1000\ndefault_pool_size = 20\nserver_login_retry = 1\n"
+            "logfile = %(root)s/pgbouncer.log\npidfile = %(root)s/pgbouncer.pid\n"
+            % {"upstream": upstream, "port": self.pgbouncer_port, "root": root}
+        )
+        user = None
+        if os.geteuid() == 0:  # PgBouncer refuses root; the server's own user reaches its socket
+            import pwd
+
+            entry = pwd.getpwnam("embedded_postgres")
+            for path in (root, ini):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            user = "embedded_postgres"
+        log = (self.logdir / "pgbouncer.stderr").open("ab")
+        self.pgbouncer_popen = subprocess.Popen(
+            [binary, str(ini)], user=user, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        import psycopg
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                psycopg.connect(self.pgbouncer_url("session"), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if self.pgbouncer_popen.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("pgbouncer did not start; see %s" % root) from None
+                time.sleep(0.1)
+
+    def pgbouncer_url(self, database: str) -> str:
+        return "postgresql://postgres@127.0.0.1:%d/%s" % (self.pgbouncer_port, database)
 
     def restart_database(self, *, down_for: float) -> float:
         """Stop PostgreSQL (fast: every session is cut), keep it down, start it; when it is back."""
@@ -144,15 +206,18 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL", "DATABASE_URL")}
         env.update(TIMINGS)
         env.update(
-            DATABASE_URL=self.db_url,
+            DATABASE_URL=self.pgbouncer_url("pooled") if self.pgbouncer else self.db_url,
             POD_NAME=member.name,
             PROCESS_ROLE=member.role,
             SECRET_KEY="chaos-secret-not-for-production",
             PYTHONUNBUFFERED="1",
             DJANGO_SETTINGS_MODULE="iacplatform.settings",
         )
+        if self.pgbouncer:
+            env["DATABASE_SESSION_URL"] = self.pgbouncer_url("session")
         if member.role == "agent":  # as in deploy/: agents get no database and no signing key
             del env["DATABASE_URL"], env["SECRET_KEY"]
+            env.pop("DATABASE_SESSION_URL", None)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         return env
 
@@ -254,6 +319,10 @@ class Cluster:
             if member.popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     member.popen.wait(10)
+        if self.pgbouncer_popen is not None and self.pgbouncer_popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgbouncer_popen.pid, signal.SIGKILL)
+            self.pgbouncer_popen.wait(10)
         self.stop_database()
 
     def execution_logs(self) -> list[Path]:

@@ -77,6 +77,7 @@ class PgBouncer:
             "auth_type = any\n"
             "max_client_conn = 500\n"
             "default_pool_size = 20\n"
+            "server_login_retry = 1\n"
             "logfile = %(log)s\n"
             "pidfile = %(root)s/pgbouncer.pid\n"
             % {"upstream": upstream, "port": self.port, "log": self.log, "root": self.root}
