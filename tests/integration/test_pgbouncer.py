@@ -121,7 +121,8 @@ def test_jobs_keep_ticking_across_a_handover_behind_pgbouncer_and_nobody_kills_p
     time.sleep(1.0)
     ticks = JobRun.objects.filter(job=JOB)
     assert ticks.filter(holder=first.name, outcome="ok").count() >= 10, "ticks kept running in the first term"
-    latest = list(ticks.filter(holder=second.name).order_by("-started_at").values_list("outcome", flat=True)[:5])
+    finished = ticks.filter(holder=second.name).exclude(outcome="running").order_by("-started_at")
+    latest = list(finished.values_list("outcome", flat=True)[:5])
     assert latest == ["ok"] * 5, "the second term's ticks are not skipped for a lock left on a pooled connection"
     assert overlapping_ticks() == 0
     # Nobody terminated a pooled server connection: no eviction happened at all, and PgBouncer saw
@@ -161,7 +162,7 @@ def test_readyz_fails_when_the_layers_notifications_do_not_come_back(pgbouncer: 
         else:
             channel_layers.backends["default"] = previous
     assert response.status_code == 503
-    assert "did not come back over its LISTEN connection" in response.json()["error"]
+    assert response.json()["error"] == "notifications lost"
 
 
 def test_a_leaders_session_problems_name_a_lost_listen_and_a_job_lock_on_another_session(
