@@ -27,7 +27,7 @@ def agent_cleanup(tick: Tick) -> None:
         offline, pruned = cleanup_agents()
     if offline or pruned:
         logger.info("agent_cleanup: %d agents offline, %d pruned", offline, pruned)
-        kick_pending()
+        kick_pending(stopping=tick.stopping)
 
 
 @job(name="agent_autoscaler", every=settings.JOB_AGENT_AUTOSCALER_EVERY)

@@ -40,9 +40,10 @@ primaries promoted independently onto the same timeline ID (a split brain of the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import connection, transaction
 
@@ -61,6 +62,15 @@ class StaleEpoch(Exception):
 
 class StaleTimeline(StaleEpoch):
     """The fence was raised on an older timeline: the database failed over since this term began."""
+
+
+class TermEnded(Exception):
+    """The tick's term is ending (SIGTERM, a lost lease): its next batch is not started.
+
+    Raised by ``fenced()`` before the transaction begins, so a job of many batches (one fenced
+    transaction per workspace or per batch) returns within one batch of the term's end instead of
+    holding up the release; what it had not committed is done by the next leader's tick.
+    """
 
 
 class BeaconLost(StaleEpoch):
@@ -191,9 +201,16 @@ class Tick:
     idle_in_transaction_timeout: float = 10.0
     # The term's beacon (pid of its session, key): fenced transactions check it is still held.
     beacon: tuple[int, Key] | None = None
+    # Set when the term ends: long jobs check ``stopping()`` between units of work.
+    stop: threading.Event | None = field(default=None, compare=False)
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     @contextmanager
     def fenced(self) -> Iterator[None]:
+        if self.stopping():
+            raise TermEnded("%s: the term of epoch %d is ending" % (self.job, self.epoch))
         with fenced_atomic(
             name=self.lease,
             epoch=self.epoch,

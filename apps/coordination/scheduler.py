@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from apps.coordination import metrics
 from apps.coordination.clock import SYSTEM_CLOCK, Clock
-from apps.coordination.fencing import BeaconLost, StaleEpoch, StaleTimeline, Tick, raise_epoch
+from apps.coordination.fencing import BeaconLost, StaleEpoch, StaleTimeline, TermEnded, Tick, raise_epoch
 from apps.coordination.joblocks import JobLocks, process_job_locks
 from apps.coordination.lockkeys import Key, Namespace
 from apps.coordination.models import JobRun
@@ -72,6 +72,7 @@ class TermContext:
             statement_timeout=self.statement_timeout,
             idle_in_transaction_timeout=self.idle_in_transaction_timeout,
             beacon=self.beacon,
+            stop=self.stop,
         )
 
 
@@ -122,6 +123,8 @@ def _tick_under_lock(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
         # A standby may lead already: this tick was never attempted (no row, like not leading).
         ctx.renew_term()
         return None
+    except TermEnded:
+        return None
     except StaleEpoch as exc:
         _fenced_out(exc, ctx)
         _record(tick, JobRun.Outcome.FENCED, error=str(exc))
@@ -129,6 +132,9 @@ def _tick_under_lock(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
     outcome, error = JobRun.Outcome.OK, ""
     try:
         spec.func(tick)
+    except TermEnded:
+        # Between two batches: what it committed stands, the rest is the next tick's.
+        error = "stopped early: the term ended"
     except StaleEpoch as exc:
         _fenced_out(exc, ctx)
         outcome, error = JobRun.Outcome.FENCED, str(exc)
@@ -186,6 +192,8 @@ def run_recovery(passes: list[JobFunc], ctx: TermContext) -> None:
         tick = ctx.tick("recovery:%s" % getattr(func, "__name__", "pass"))
         try:
             func(tick)
+        except TermEnded:
+            return
         except StaleEpoch as exc:
             logger.warning("recovery pass %s fenced: %s", tick.job, exc)
             return
@@ -236,6 +244,8 @@ class Term:
             self.jobs_started = True
             ctx.stop.wait()
             self.join()
+        except (TermEnded, BeaconLost):
+            return  # the term ended (or lost its beacon) before its jobs started: nothing to run
         finally:
             connection.close()
             if not self.stuck:

@@ -9,6 +9,7 @@ replica runs them on enqueue.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,9 +23,12 @@ from apps.workspaces.models import StateLock
 logger = logging.getLogger(__name__)
 
 
-def kick_pending() -> int:
+def kick_pending(*, stopping: Callable[[], bool] = lambda: False) -> int:
+    """Dispatch what can run now, one workspace at a time; returns early when ``stopping()``."""
     kicked = 0
     for workspace_id in actions.workspaces_to_kick():
+        if stopping():
+            break  # the term is ending: the next leader's tick (or recovery pass) kicks the rest
         if actions.schedule_workspace(workspace_id) is not None:
             kicked += 1
     return kicked
@@ -37,7 +41,7 @@ def pending_tasks(tick: Tick) -> None:
     """Re-dispatch tasks dispatched but not accepted in time; kick pending ones whose kick was lost."""
     with tick.fenced():
         requeued = actions.requeue_unaccepted(older_than=timedelta(seconds=settings.TASK_DISPATCH_ACCEPT_TIMEOUT))
-    kicked = kick_pending()
+    kicked = kick_pending(stopping=tick.stopping)
     if requeued or kicked:
         logger.info("pending_tasks: %d re-queued, %d dispatched", requeued, kicked)
 
@@ -67,7 +71,7 @@ def recover_tasks(tick: Tick) -> None:
     with tick.fenced():
         settled = actions.settle_orphaned_tasks(offline_for=offline_for)
         requeued = actions.requeue_unaccepted(older_than=timedelta(seconds=settings.TASK_DISPATCH_ACCEPT_TIMEOUT))
-    kicked = kick_pending()
+    kicked = kick_pending(stopping=tick.stopping)
     logger.info("recovery pass: %d tasks settled, %d re-queued, %d dispatched", settled, requeued, kicked)
 
 

@@ -182,3 +182,32 @@ def test_a_tick_closed_as_abandoned_by_a_successor_keeps_that_end_when_it_finish
     assert run_tick(JobSpec(name="j", every=1, func=successor_takes_over_meanwhile), ctx(epoch=1)) == "ok"
     run = JobRun.objects.get()
     assert (run.outcome, run.error) == ("error", "abandoned: its holder lost the lease")
+
+
+def test_a_long_tick_stops_at_its_next_fenced_batch_when_the_term_ends() -> None:
+    """SIGTERM under load: the release must not wait for a tick of many batches to run to its end."""
+    raise_epoch(name="lease", epoch=1, holder="me")
+    context = ctx(epoch=1)
+    batches: list[int] = []
+
+    def many_batches(tick: Tick) -> None:
+        for n in range(100):
+            with tick.fenced():
+                Fence.objects.filter(name="lease").update(holder_identity="batch %d" % n)
+            batches.append(n)
+            if n == 2:
+                context.stop.set()  # the term ends while the tick is in its third batch
+
+    assert run_tick(JobSpec(name="j", every=1, func=many_batches), context) == "ok"
+    assert batches == [0, 1, 2]
+    assert Fence.objects.get(name="lease").holder_identity == "batch 2"
+    run = JobRun.objects.get()
+    assert run.outcome == "ok" and "stopped" in run.error
+
+
+def test_a_tick_sees_its_terms_stop_event() -> None:
+    context = ctx(epoch=1)
+    tick = context.tick("j")
+    assert not tick.stopping()
+    context.stop.set()
+    assert tick.stopping()

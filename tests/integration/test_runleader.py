@@ -178,6 +178,25 @@ def test_a_leader_paused_past_its_lease_runs_no_tick_after_waking(processes: Pro
     assert "lost" in leader.log()
 
 
+def test_sigterm_during_a_long_tick_still_hands_over_within_one_second(processes: ProcessGroup) -> None:
+    """Under load a tick is in flight when SIGTERM comes: it stops at its next batch."""
+    env = {"LEADER_EXTRA_JOB_MODULES": "tests.coordination.testjobs,tests.coordination.longjobs"}
+    procs = start_leaders(processes, 2, env=env)
+    leader = leader_running_jobs(procs)
+    wait_for(
+        lambda: JobRun.objects.filter(job="test_batches", holder=leader.name, outcome="running").exists(),
+        20,
+        "a long tick in flight",
+    )
+    sigterm_and_first_successor_tick(leader)
+    assert leader.wait(10) == 0
+    stopped = (
+        JobRun.objects.filter(job="test_batches", holder=leader.name).exclude(outcome="running").latest("started_at")
+    )
+    assert stopped.outcome == "ok" and "stopped early" in stopped.error
+    assert overlapping_ticks() == 0
+
+
 def test_jobs_that_outlive_the_grace_period_make_the_process_exit_non_zero(processes: ProcessGroup) -> None:
     (leader,) = [start_leader(processes, "leader-0", env={"LEADER_EXTRA_JOB_MODULES": "tests.coordination.stuckjobs"})]
     wait_for(lambda: JobRun.objects.filter(job="test_stuck", outcome="running").exists(), 20, "the stuck tick")
