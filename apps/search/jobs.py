@@ -34,6 +34,7 @@ def embedding(tick: Tick) -> None:
     """Embed documents whose text changed since their last embedding, in bounded batches."""
     result = embedding_work.embed_pending(
         fenced=tick.fenced,
+        stopping=tick.stopping,
         batch_size=settings.EMBEDDING_BATCH_SIZE,
         max_batches=settings.EMBEDDING_MAX_BATCHES_PER_TICK,
         budget_seconds=settings.EMBEDDING_TICK_SECONDS,

@@ -183,10 +183,17 @@ def test_sigterm_during_a_long_tick_still_hands_over_within_one_second(processes
     env = {"LEADER_EXTRA_JOB_MODULES": "tests.coordination.testjobs,tests.coordination.longjobs"}
     procs = start_leaders(processes, 2, env=env)
     leader = leader_running_jobs(procs)
+    # The long tick in flight, and every other job past its first tick (a first tick may load
+    # something that no stop event can interrupt, e.g. the embedding model).
     wait_for(
-        lambda: JobRun.objects.filter(job="test_batches", holder=leader.name, outcome="running").exists(),
-        20,
-        "a long tick in flight",
+        lambda: (
+            JobRun.objects.filter(job="test_batches", holder=leader.name, outcome="running").exists()
+            and not JobRun.objects.filter(holder=leader.name, outcome="running")
+            .exclude(job__in=["test_batches", JOB])
+            .exists()
+        ),
+        30,
+        "a long tick in flight and the other jobs idle",
     )
     sigterm_and_first_successor_tick(leader)
     assert leader.wait(10) == 0
