@@ -403,6 +403,18 @@ WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 50)
 WS_MAX_CONNECTIONS_PER_POOL = env_int("WS_MAX_CONNECTIONS_PER_POOL", 200)
 WS_MAX_CONNECTIONS_PER_SOURCE = env_int("WS_MAX_CONNECTIONS_PER_SOURCE", 200)
 
+# REST throttling (iacplatform/api/throttling.py): DRF rates like "600/min"; empty disables.
+API_THROTTLE_USER_RATE = env_str("API_THROTTLE_USER_RATE", "1200/min") or None
+API_THROTTLE_ANON_RATE = env_str("API_THROTTLE_ANON_RATE", "120/min") or None
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "iacplatform_throttle_cache",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    },
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
@@ -419,6 +431,13 @@ REST_FRAMEWORK = {
         "iacplatform.api.parsers.MultiPartParser",
     ],
     "EXCEPTION_HANDLER": "iacplatform.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "iacplatform.api.throttling.UserRateThrottle",
+        "iacplatform.api.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"user": API_THROTTLE_USER_RATE, "anon": API_THROTTLE_ANON_RATE},
+    # The client address is REMOTE_ADDR as the edge set it, never a client-chosen header.
+    "NUM_PROXIES": 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "IaC Platform API",
