@@ -445,7 +445,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # role and previous_role share one enum (`manage.py check --deploy` warns otherwise).
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "apps.access.serializers.ROLE_NAMES"},
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "apps.access.serializers.ROLE_NAMES",
+        "StateVersionStatusEnum": "apps.workspaces.models.StateVersion.Status",
+    },
     # The API's contract is JSON: form and multipart bodies are still parsed (the browsable API,
     # tests), but not documented, so clients and fuzzers use JSON.
     "PARSER_WHITELIST": ["iacplatform.api.parsers.JSONParser"],
