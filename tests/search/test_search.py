@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -272,3 +275,16 @@ def test_clusterstatus_shows_the_search_section(cmdb_30: dict[str, Workspace], t
     assert data["documents_pending"] == 0
     assert data["model"].startswith("sentence-transformers/all-MiniLM-L6-v2@")
     assert "0 documents pending" in section.text(data)[0]
+
+
+@pytest.mark.parametrize(("setting", "registered"), [("auto", True), ("off", False)])
+def test_the_embedding_job_is_registered_only_with_the_model(setting: str, registered: bool) -> None:
+    code = (
+        "import django; django.setup(); from apps.coordination import registry; registry.autodiscover(); "
+        "print(sorted(j.name for j in registry.registered_jobs()))"
+    )
+    env = {**os.environ, "EMBEDDINGS": setting, "DJANGO_SETTINGS_MODULE": "iacplatform.settings"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    names = out.stdout.strip().splitlines()[-1]
+    assert "'search_index'" in names
+    assert ("'embedding'" in names) is registered
