@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 from django.db import connection
 from django.db.models import F
 
@@ -83,11 +84,18 @@ class VectorStore:
         """The ``limit`` best documents of these workspaces by cosine similarity, best first."""
         if not workspace_ids:
             return []
-        with connection.cursor() as cursor:
+        connection.ensure_connection()
+        raw = connection.connection
+        assert raw is not None
+        # Binary results: each vector arrives as its 1,536 raw bytes, not as 3,072 hex digits that
+        # psycopg would decode row by row.
+        # (A server-side-binding cursor: Django's default client-side cursors cannot ask for binary.)
+        with psycopg.Cursor(raw) as cursor:
             cursor.execute(
                 "SELECT resource_id, embedding FROM %s WHERE workspace_id = ANY(%%s) AND model = %%s "
                 "AND embedded_sha256 = text_sha256" % _table(),
                 [list(workspace_ids), self.model],
+                binary=True,
             )
             rows = cursor.fetchall()
         if not rows:
