@@ -36,6 +36,9 @@ from bench.report import Progress, Row, percentile
 BENCH = "hub_delivery"
 BACKENDS = [("postgres", "PostgreSQL layer (project)"), ("redis", "RedisChannelLayer"), ("redis_pubsub", "RedisPubSub")]
 REFERENCE = "redis_pubsub"
+# Where the replicas' channels-redis layers connect (settings' REDIS_URL and its default): bench.run
+# skips this benchmark, saying so, when no Redis answers there.
+REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 BASE_RATE = 200
 BASE_SECONDS = 5.0
 RAMP_SECONDS = 2.0
