@@ -20,6 +20,7 @@ from django.urls import re_path  # noqa: E402
 from apps.agents.routing import websocket_urlpatterns as agent_urlpatterns  # noqa: E402
 from apps.hub.routing import websocket_urlpatterns as hub_routes  # noqa: E402
 from iacplatform.sessioncheck import require_session_path  # noqa: E402
+from iacplatform.webmetrics import CountSockets  # noqa: E402
 
 if settings.PROCESS_ROLE == "web" and settings.CHANNEL_LAYER_BACKEND == "postgres":
     # The channel layer's LISTEN needs a session: refuse to serve through a transaction pooler
@@ -35,6 +36,6 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Agents send a bearer pool token and no Origin (they are not browsers): their route comes
         # first, outside the origin check; everything else is a browser socket.
-        "websocket": URLRouter([*agent_urlpatterns, re_path(r"^", browser_websockets)]),
+        "websocket": CountSockets(URLRouter([*agent_urlpatterns, re_path(r"^", browser_websockets)])),
     }
 )

@@ -91,6 +91,9 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = env_list(
     "SECURE_REDIRECT_EXEMPT", [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/v1/workspaces/\d+/terraform-state/$"]
 )
+# A web replica's /metrics (iacplatform/webmetrics.py) answers only `Authorization: Bearer <this>`;
+# empty: /metrics is off (404).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
@@ -151,6 +154,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "iacplatform.webmetrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "iacplatform.api.middleware.RefuseBadQueryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
