@@ -18,6 +18,7 @@ class ApiRootView(APIRootView):
         "state-versions": "state-version-list",
         "resources": "resource-list",
         "resources/search": "resource-search",
+        "tokens": "api-token-list",
         "hub/sessions": "hub:sessions",
         "hub/takeovers": "hub:takeovers",
         "hub/drafts": "hub:draft",

@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,8 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "rest_framework",
-    "rest_framework.authtoken",
+    # API tokens: hashed (SHA-512), with expiry, revocable (apps/access/tokens.py).
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.access",
@@ -341,6 +343,11 @@ HUB_TAKEOVER_REQUEST_TIMEOUT = env_number("HUB_TAKEOVER_REQUEST_TIMEOUT", 60.0)
 HUB_DRAFT_TTL = env_number("HUB_DRAFT_TTL", 7 * 24 * 3600.0)
 HUB_DRAFT_MAX_BYTES = env_int("HUB_DRAFT_MAX_BYTES", 1024 * 1024)
 
+# API tokens (apps/access/tokens.py, django-rest-knox): the longest life of a new token, seconds.
+API_TOKEN_TTL = env_int("API_TOKEN_TTL", 30 * 24 * 3600)
+if API_TOKEN_TTL < 60:
+    raise ImproperlyConfigured("API_TOKEN_TTL must be at least 60 seconds, got %d" % API_TOKEN_TTL)
+
 # Agents and the task queue (apps/agents, apps/workspaces). Durations in seconds.
 AGENT_HEARTBEAT_INTERVAL = env_number("AGENT_HEARTBEAT_INTERVAL", 10.0)
 AGENT_OFFLINE_THRESHOLD = env_number("AGENT_OFFLINE_THRESHOLD", 45.0)
@@ -422,7 +429,7 @@ CACHES = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
     ],
     # apps/access: every view declares who may call it; a view without a rule refuses everybody.
     "DEFAULT_PERMISSION_CLASSES": ["apps.access.drf.WorkspaceRolePermission"],
@@ -442,6 +449,13 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"user": API_THROTTLE_USER_RATE, "anon": API_THROTTLE_ANON_RATE},
     # The client address is REMOTE_ADDR as the edge set it, never a client-chosen header.
     "NUM_PROXIES": 0,
+}
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(seconds=API_TOKEN_TTL),
+    "AUTH_HEADER_PREFIX": "Token",
+    # Recognisable in a leaked log or a secret scanner: "iacu_" + 64 hex digits.
+    "TOKEN_PREFIX": "iacu_",
+    "AUTO_REFRESH": False,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "IaC Platform API",

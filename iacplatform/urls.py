@@ -36,4 +36,5 @@ urlpatterns = [
     path("api/v1/", include("apps.search.urls")),
     path("api/v1/", include("apps.workspaces.urls")),
     path("api/v1/", include("apps.agents.urls")),
+    path("api/v1/", include("apps.access.urls")),
 ]

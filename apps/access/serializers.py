@@ -78,3 +78,19 @@ class VisibleWorkspaceField(serializers.PrimaryKeyRelatedField[Workspace]):
     def get_queryset(self) -> Any:
         request = self.context.get("request")
         return Workspace.objects.visible_to(request.user if request is not None else None)
+
+
+class ApiTokenSerializer(serializers.Serializer[Any]):
+    token_key = serializers.CharField(read_only=True, help_text="the token's first characters, to tell it apart")
+    created = serializers.DateTimeField(read_only=True)
+    expiry = serializers.DateTimeField(read_only=True)
+
+
+class NewApiTokenSerializer(ApiTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="shown this once; only its hash is stored")
+
+
+class ApiTokenCreateSerializer(serializers.Serializer[Any]):
+    days = serializers.FloatField(
+        min_value=0.001, required=False, help_text="lifetime in days (default and maximum: API_TOKEN_TTL)"
+    )

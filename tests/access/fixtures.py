@@ -24,3 +24,10 @@ def grant(workspace: Any, role: Role | str, *, user: User | None = None, group: 
     if isinstance(role, str):
         role = Role.from_name(role)
     do_grant_role(actor=None, workspace=workspace, role=role, user=user, group=group)
+
+
+def api_token(user: User) -> str:
+    """A fresh API token of ``user`` (apps/access/tokens.py), raw."""
+    from apps.access.tokens import do_create_token
+
+    return do_create_token(user=user)[1]

@@ -22,6 +22,7 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from apps.access.models import WorkspaceAccess
+from apps.access.tokens import do_create_token
 from apps.agents.models import Agent, AgentPool
 from apps.hub.models import Draft, EditingSession, TakeoverRequest
 from apps.workspaces.models import Resource, StateVersion, Task, TaskLogChunk, Variable, Workspace
@@ -199,6 +200,11 @@ def _var(w: World) -> dict[str, Any]:
     return {"workspace_pk": w.workspace.pk, "id": w.variable.pk}
 
 
+def my_token(w: World) -> Call:
+    instance, _ = do_create_token(user=w.me)
+    return {"token_key": instance.token_key}, None
+
+
 def _full_workspace(w: World) -> dict[str, Any]:
     return {"name": "ws-m", "pool": "pool-m", "terraform_files": {"main.tf": ""}, "description": "put"}
 
@@ -235,6 +241,9 @@ ROWS: dict[str, Row] = {
     "state_versions_list": Row("read", 200, lambda w: ({}, None), invisible=200, listed="conflict"),
     "state_versions_retrieve": Row("read", 200, lambda w: ({"id": w.conflict.pk}, None)),
     "resources_list": Row("read", 200, lambda w: ({}, None), invisible=200, listed="resource"),
+    "tokens_list": Row("login", 200, lambda w: ({}, None)),
+    "tokens_create": Row("login", 201, lambda w: ({}, {"days": 1})),
+    "tokens_destroy": Row("login", 204, my_token),
     "resources_retrieve": Row("read", 200, lambda w: ({"id": w.resource.pk}, None)),
     # Any active user searches; the results come only from workspaces they may read (tests/search).
     "resources_search_retrieve": Row("login", 200, lambda w: ({}, {"q": "web", "mode": "fulltext"})),

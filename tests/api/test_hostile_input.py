@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.agents.models import Agent
 from apps.workspaces.models import Task, Workspace
+from tests.access.fixtures import api_token
 from tests.agents.fixtures import Pool
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +24,7 @@ LIST_ENDPOINTS = ["/api/v1/workspaces/", "/api/v1/tasks/", "/api/v1/agents/"]
 def client(db: None) -> APIClient:
     user = get_user_model().objects.create_superuser("root", password="pw-long-enough")
     api = APIClient(raise_request_exception=False)
-    api.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
+    api.credentials(HTTP_AUTHORIZATION="Token " + api_token(user))
     return api
 
 

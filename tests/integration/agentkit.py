@@ -63,11 +63,12 @@ exec "%s" "$@"
 
 def api_token() -> str:
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+
+    from apps.access.tokens import do_create_token
 
     # A platform admin: queues any task of any workspace.
     user, _ = get_user_model().objects.get_or_create(username="operator", defaults={"is_superuser": True})
-    return Token.objects.get_or_create(user=user)[0].key
+    return do_create_token(user=user)[1]
 
 
 def api(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from tests.access.fixtures import api_token
 from tests.processes import Proc
 
 
@@ -35,8 +35,7 @@ class Login:
         client = Client()
         client.force_login(user)
         cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
-        token, _ = Token.objects.get_or_create(user=user)
-        return cls(user=user, token=token.key, session_cookie=cookie)
+        return cls(user=user, token=api_token(user), session_cookie=cookie)
 
     def call(self, replica: Proc, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 
+from tests.access.fixtures import api_token
 from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(processes: Pr
     admin = users.create_superuser("st-admin", password="pw-long-enough")
     nobody = users.create_user("st-nobody", password="pw-long-enough")
     identities = {
-        "admin": AUTH % Token.objects.create(user=admin).key,
-        "no-roles": AUTH % Token.objects.create(user=nobody).key,
+        "admin": AUTH % api_token(admin),
+        "no-roles": AUTH % api_token(nobody),
         "anonymous": "",
     }
     # Throttling would turn a fuzzer's burst into 429s (documented, but it hides what it tests).

@@ -8,12 +8,11 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.agents.models import Agent
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
-from tests.access.fixtures import grant, make_user
+from tests.access.fixtures import api_token, grant, make_user
 from tests.agents.fixtures import OUTPUTS_ONLY, Pool
 
 pytestmark = pytest.mark.django_db
@@ -26,9 +25,9 @@ def alice(db: None) -> User:
 
 @pytest.fixture
 def client(alice: User) -> APIClient:
-    token = Token.objects.create(user=alice)
+    token = api_token(alice)
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION="Token " + token.key)
+    api.credentials(HTTP_AUTHORIZATION="Token " + token)
     return api
 
 

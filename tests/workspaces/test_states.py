@@ -12,7 +12,6 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.agents.actions import cleanup_agents
@@ -20,7 +19,7 @@ from apps.agents.models import Agent
 from apps.coordination.status import cluster_status
 from apps.workspaces import actions, reports, statebackend, states
 from apps.workspaces.models import StateTransition, StateVersion, Task, Workspace
-from tests.access.fixtures import grant
+from tests.access.fixtures import api_token, grant
 from tests.agents.fixtures import Pool
 from tests.workspaces.test_actions import online_agent
 
@@ -200,7 +199,7 @@ def _client(*, superuser: bool, name: str | None = None) -> APIClient:
     make = get_user_model().objects.create_superuser if superuser else get_user_model().objects.create_user
     user = make(name or ("root" if superuser else "alice"), password="pw-long-enough")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
+    client.credentials(HTTP_AUTHORIZATION="Token " + api_token(user))
     return client
 
 

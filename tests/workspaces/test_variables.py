@@ -13,14 +13,13 @@ from django.apps import apps as django_apps
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.workspaces import actions, encryption
 from apps.workspaces.encryption import UndecryptableValue
 from apps.workspaces.models import Variable, Workspace
 from apps.workspaces.variables import do_rotate_keys, for_dispatch
-from tests.access.fixtures import grant, make_user
+from tests.access.fixtures import api_token, grant, make_user
 from tests.agents.fixtures import Pool
 
 SECRET = "S3cr3t-DB-pass-9f1c"
@@ -29,7 +28,7 @@ KEY_A, KEY_B = Fernet.generate_key().decode(), Fernet.generate_key().decode()
 
 def api_as(user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
+    client.credentials(HTTP_AUTHORIZATION="Token " + api_token(user))
     return client
 
 
