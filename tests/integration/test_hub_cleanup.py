@@ -15,6 +15,7 @@ from apps.coordination.models import JobRun
 from apps.hub import actions
 from apps.hub.models import EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
+from tests.access.fixtures import grant
 from tests.integration.hubclient import Listener, Login
 from tests.processes import ProcessGroup, free_port, wait_http
 
@@ -29,6 +30,8 @@ def test_the_leader_expires_a_stale_editor_and_both_sockets_hear_it(processes: P
     workspace = Workspace.objects.create(name="cleanup-it", pool=pool)
     holder = Login.of(User.objects.create_user("holder", password="pw-holder-123"))
     waiter = Login.of(User.objects.create_user("waiter", password="pw-waiter-123"))
+    for login in (holder, waiter):  # editing needs the workspace's write role
+        grant(workspace, "write", user=login.user)
     editor = actions.do_open_session(user=holder.user, workspace=workspace, resource_address="a.b")
     waiting = actions.do_open_session(user=waiter.user, workspace=workspace, resource_address="a.b")
     request, _ = actions.do_request_takeover(user=waiter.user, session_id=waiting.session_id)
