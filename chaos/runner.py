@@ -223,4 +223,27 @@ class Runner:
                 "  %-30s %3d   %5.2f / %5.2f      %5.2f / %5.2f"
                 % (kind, len(rec), percentile(fo, 50), percentile(fo, 99), percentile(rec, 50), percentile(rec, 99))
             )
+        lines += ["", crash_failover_line(self.totals)]
         return "\n".join(lines)
+
+
+CRASH = "sigkill:leader"
+
+
+def crash_failover_line(totals: Totals, *, within: float = 1.0) -> str:
+    """The share of leader crashes (SIGKILL of the leader, alone in its round) taken over within
+    ``within`` seconds: the liveness beacon's promise (apps/coordination/beacon.py)."""
+    times = totals.failover.get(CRASH, [])
+    missed = [label for label, values in totals.violations.items() if label == "no_leader"]
+    fast = sum(1 for t in times if t < within)
+    if not times:
+        return "crash failover within %.0f s: no round killed the leader alone" % within
+    return "crash failover within %.0f s: %d/%d (%.0f%%), p50 %.2f s, p99 %.2f s%s" % (
+        within,
+        fast,
+        len(times),
+        100.0 * fast / len(times),
+        percentile(times, 50),
+        percentile(times, 99),
+        " (rounds without a leader are counted under no_leader)" if missed else "",
+    )

@@ -185,3 +185,15 @@ def test_a_current_state_going_backwards_is_found_and_moving_forward_is_not() ->
     )
     problems, _ = invariants.state_regressions(seen={})
     assert len(problems) == 1 and "goes backwards or skips the pointer" in problems[0], problems
+
+
+def test_the_summary_states_how_many_leader_crashes_were_taken_over_within_one_second() -> None:
+    from chaos.runner import CRASH, Totals, crash_failover_line
+
+    totals = Totals()
+    assert "no round killed the leader alone" in crash_failover_line(totals)
+    totals.failover[CRASH].extend([0.2, 0.3, 0.4, 2.5])
+    totals.failover["sigkill:standby"].append(9.0)  # not a leader crash
+    line = crash_failover_line(totals)
+    assert line.startswith("crash failover within 1 s: 3/4 (75%)")
+    assert "p99 2.4" in line
