@@ -494,5 +494,11 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # At DEBUG websockets logs every handshake header and frame: the agent's Authorization
+        # header (pool token or credential), its welcome (a new credential) and task.dispatch
+        # (sensitive variables). Never below INFO, whatever LOG_LEVEL says.
+        "websockets": {"level": "INFO"},
+    },
 }

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -23,6 +24,7 @@ from django.conf import settings
 
 from apps.agents import actions
 from apps.agents.protocol import (
+    CLOSE_CONFLICT,
     CLOSE_FRAME_TOO_BIG,
     CLOSE_HELLO_TIMEOUT,
     CLOSE_PROTOCOL,
@@ -211,6 +213,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
         )
         self.conn = conn
         self.group = agent_group(conn.agent.agent_id)
+        # One agent id, one live connection: older ones (a half-open socket, or a copy of the
+        # credential elsewhere) are told to go, before this one joins the group and hears it too.
+        await self.channel_layer.group_send(
+            self.group, {"type": "agent.superseded", "connected_at": conn.connected_at.isoformat()}
+        )
         await self.channel_layer.group_add(self.group, self.channel_name)
         welcome: dict[str, Any] = {
             "type": "welcome",
@@ -246,6 +253,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         await self.send_frame(ProtocolError(Code.REVOKED, "agent %s was revoked" % self.conn.agent.agent_id).frame())
         await self.close(code=CLOSE_UNAUTHORIZED)
+
+    async def agent_superseded(self, message: dict[str, Any]) -> None:
+        if self.conn is None:
+            return
+        try:
+            newer = datetime.fromisoformat(str(message["connected_at"]))
+        except (KeyError, ValueError):
+            return
+        if newer > self.conn.connected_at:
+            await self.send_frame(
+                ProtocolError(Code.SUPERSEDED, "agent %s connected again elsewhere" % self.conn.agent.agent_id).frame()
+            )
+            await self.close(code=CLOSE_CONFLICT)
 
     async def task_cancel(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(KeyError, TypeError, ValueError):

@@ -49,6 +49,7 @@ class Code:
     CREDENTIAL_REQUIRED = "credential_required"
     CREDENTIAL_MISMATCH = "credential_mismatch"
     REVOKED = "revoked"
+    SUPERSEDED = "superseded"
     NOT_OWNED = "not_owned"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     FRAME_TOO_BIG = "frame_too_big"

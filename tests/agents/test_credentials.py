@@ -145,3 +145,18 @@ def test_the_credential_file_is_written_whole_and_private(tmp_path: Path) -> Non
     assert load_credential(path) == "iacpa_two"
     assert path.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in path.parent.iterdir()) == ["credential"]
+
+
+async def test_a_newer_connection_of_the_same_agent_ends_the_older_one(agent_pool: Pool) -> None:
+    """One agent id, one live connection: a reconnect (the old socket half-open, say) wins."""
+    old = await connect_agent(agent_pool)
+    new = await connect_agent(agent_pool)
+    assert (await recv(old))["code"] == "superseded"
+    assert await old.receive_output(timeout=2) == {"type": "websocket.close", "code": 4409}
+    await old.disconnect()
+    row = await database_sync_to_async(agent)()
+    assert row.connected_pod is not None  # the old socket's end did not mark the agent offline
+    await send(new, {"type": "heartbeat"})
+    await send(new, {"type": "ping"})
+    assert (await recv(new))["code"] == "unknown_type"  # the new one still serves
+    await new.disconnect()

@@ -163,6 +163,15 @@ def wait_connected(agent: Proc, pod: str, timeout: float = 30) -> None:
     )
 
 
+def wait_credential(agent: Proc, tmp_path: Path, timeout: float = 30) -> str:
+    """The credential ``start_agent``'s agent keeps, once it has written it (the agent is online
+    a moment before: the server records the hello, then sends the welcome that carries it)."""
+    path = tmp_path / ("%s.credential" % agent.name)
+    return wait_for(
+        "%s's credential" % agent.name, lambda: path.read_text().strip() if path.exists() else None, timeout, [agent]
+    )
+
+
 def task_status(task_id: int) -> str:
     return Task.objects.values_list("status", flat=True).get(pk=task_id)
 

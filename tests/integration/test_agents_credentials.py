@@ -9,7 +9,7 @@ import pytest
 
 from apps.agents import actions as agent_actions
 from apps.agents.models import Agent
-from tests.integration.agentkit import FAST_ENV, make_pool, start_agent, wait_connected, wait_for
+from tests.integration.agentkit import FAST_ENV, make_pool, start_agent, wait_connected, wait_credential, wait_for
 from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
@@ -20,16 +20,18 @@ def test_a_restart_reuses_the_credential_and_a_revoked_agent_registers_again(
 ) -> None:
     _, token = make_pool()
     web = processes.daphne("web-1", env=FAST_ENV)
-    first = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path)
+    # At DEBUG too, no log line carries the pool token or the credential (websockets would).
+    debug = {"LOG_LEVEL": "DEBUG"}
+    first = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path, env=debug)
     wait_connected(first, "web-1")
     credential_file = tmp_path / "agent-1.credential"
-    issued = credential_file.read_text().strip()
+    issued = wait_credential(first, tmp_path)
     registered_at = Agent.objects.get(agent_id="agent-1").registered_at
 
     first.signal(signal.SIGKILL)
     first.wait(10)
     Agent.objects.filter(agent_id="agent-1").update(connected_pod=None)
-    again = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path)
+    again = start_agent(processes, "agent-1", urls=[web.ws_url], token=token, tmp_path=tmp_path, env=debug)
     wait_connected(again, "web-1")
     # The same agent, connected with its credential: no new registration.
     assert credential_file.read_text().strip() == issued
@@ -47,3 +49,10 @@ def test_a_restart_reuses_the_credential_and_a_revoked_agent_registers_again(
     wait_for("registered again", lambda: Agent.objects.get(agent_id="agent-1").registered, 30, [again])
     wait_connected(again, "web-1")
     assert "refused its credential; registering again" in again.log()
+    renewed = credential_file.read_text().strip()
+    # (The restarted agent's log: it connected with the credential, was refused, registered with
+    # the pool token and was sent a new credential.)
+    log = again.log()
+    assert " DEBUG " in log
+    for secret in (token, issued, renewed):
+        assert secret not in log

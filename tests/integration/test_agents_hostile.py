@@ -25,6 +25,7 @@ from tests.integration.agentkit import (
     start_agent,
     task_status,
     wait_connected,
+    wait_credential,
     wait_for,
     wait_terminal,
 )
@@ -185,8 +186,8 @@ def test_a_pool_token_cannot_speak_for_a_registered_agent(processes: ProcessGrou
         terraform_bin=slow_terraform(tmp_path),
     )
     wait_connected(agent, "web-1")
-    credential_file = tmp_path / "agent-1.credential"
-    assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
+    wait_credential(agent, tmp_path)
+    assert stat.S_IMODE((tmp_path / "agent-1.credential").stat().st_mode) == 0o600
     task_id = enqueue(web.url, workspace, "apply")
     wait_for("running", lambda: task_status(task_id) == "running", 30, [agent])
     watched = ("status", "connected_pod", "connected_at")

@@ -16,6 +16,7 @@ from tests.integration.agentkit import (
     make_workspace,
     start_agent,
     wait_connected,
+    wait_credential,
     wait_terminal,
 )
 from tests.processes import NOBODY, ProcessGroup
@@ -70,7 +71,7 @@ def test_terraform_reads_no_token_no_platform_secret_and_not_the_agents_environ(
         unprivileged=True,
     )
     wait_connected(agent, "web-1")
-    secrets["credential"] = (files / "agent-1.credential").read_text().strip()
+    secrets["credential"] = wait_credential(agent, files)
     assert secrets["credential"].startswith("iacpa_")
     task_id = enqueue(web.url, workspace, "plan")
     assert wait_terminal(task_id, 60, [agent, web]) == "succeeded", Task.objects.get(pk=task_id).error
