@@ -87,7 +87,7 @@ bench: $(STAMP)
 
 # Chaos runs its own embedded PostgreSQL under .data/chaos (it restarts it as one of its faults).
 chaos: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m chaos --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED)) $(if $(PGBOUNCER),--pgbouncer)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m chaos --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED)) $(if $(PGBOUNCER),--pgbouncer) $(if $(FAILOVER),--failover)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

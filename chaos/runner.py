@@ -135,7 +135,7 @@ class Runner:
 
     def round(self, number: int, *, load_for: float = 2.0) -> list[str]:
         rng = random.Random("%d:%d" % (self.seed, number))
-        chosen = faults.choose(rng)
+        chosen = faults.choose(rng, failover=self.cluster.failover)
         time.sleep(load_for)
         started = time.monotonic()
         done: list[faults.Injected] = []
