@@ -12,12 +12,20 @@ import os
 from pathlib import Path
 
 
+class ExposedCredential(Exception):
+    pass
+
+
 def load_credential(path: Path) -> str | None:
-    """The stored credential, or None when there is none yet."""
+    """The stored credential, or None when there is none yet. Refuses (as ssh does with a key) a
+    file that others than its owner may read or write: the credential may have leaked."""
     try:
+        mode = path.stat().st_mode
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
+    if mode & 0o077:
+        raise ExposedCredential("%s is accessible to others (mode %o); it must be 0600" % (path, mode & 0o777))
     return text or None
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,13 @@ from django.core.management import call_command
 from django.db import connection
 
 from apps.agents import actions as agent_actions
-from apps.agents.credentials import load_credential, save_credential
+from apps.agents.credentials import ExposedCredential, load_credential, save_credential
 from apps.agents.models import Agent
 from apps.workspaces import actions
 from apps.workspaces.models import Task, Workspace
 from tests.agents.fixtures import Pool
 from tests.agents.test_consumer import communicator, connect_agent, hello, recv, send
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,3 +164,24 @@ async def test_a_newer_connection_of_the_same_agent_ends_the_older_one(agent_poo
     await send(new, {"type": "ping"})
     assert (await recv(new))["code"] == "unknown_type"  # the new one still serves
     await new.disconnect()
+
+
+def test_a_credential_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "credential"
+    save_credential(path, "iacpa_one")
+    path.chmod(0o644)
+    with pytest.raises(ExposedCredential, match="must be 0600"):
+        load_credential(path)
+    # In a process of its own: runagent makes its process non-dumpable first.
+    argv = [sys.executable, "manage.py", "runagent", "--url", "ws://127.0.0.1:9/ws/agents/", "--credential-file"]
+    result = subprocess.run(
+        [*argv, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PROCESS_ROLE": "agent", "AGENT_TOKEN": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "must be 0600" in result.stderr

@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.agents.credentials import load_credential
+from apps.agents.credentials import ExposedCredential, load_credential
 from apps.agents.isolation import make_non_dumpable
 from apps.agents.protocol import AGENT_ID_RE, agent_group
 from apps.agents.runtime import AgentConfig, AgentRuntime
@@ -65,7 +65,7 @@ class Command(BaseCommand):
             self.check_outside_work_dir(credential_file, options["work_dir"])
             try:
                 credential = load_credential(credential_file)
-            except OSError as exc:
+            except (OSError, ExposedCredential) as exc:
                 raise CommandError("cannot read the credential file: %s" % exc) from exc
         if not token and credential is None:
             raise CommandError("no pool token: give --token-file or set AGENT_TOKEN (or a --credential-file)")
