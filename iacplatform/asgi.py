@@ -12,6 +12,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
 # Django must be set up before consumers (and their models) are imported.
 django_asgi_app: Any = get_asgi_application()
 
+from iacplatform import bodylimit  # noqa: E402
+
+# daphne imports this module in its own process: request bodies are bounded while they arrive.
+bodylimit.install()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
