@@ -56,7 +56,9 @@ EXPOSE 8000 9090
 # Frames: the application's AGENT_MAX_FRAME_BYTES (1 MiB) is the limit clients meet (close 4009);
 # daphne's own is twice that (autobahn drops the TCP connection past it). Timeouts: a request's
 # response within 60 s, a WebSocket handshake accepted within 5 s, dead peers found by pings.
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers", \
+# No --proxy-headers: it believes X-Forwarded-For from anyone; iacplatform/edge.py believes it
+# from TRUSTED_PROXIES only.
+CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", \
      "--websocket-max-message-size", "2097152", "--websocket-max-frame-size", "2097152", \
      "--http-timeout", "60", "--websocket_connect_timeout", "5", \
      "--ping-interval", "20", "--ping-timeout", "30", "iacplatform.asgi:application"]

@@ -5,6 +5,7 @@ apps/coordination/checks.py reject bad combinations."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import secrets
 import socket
@@ -413,6 +414,14 @@ HUB_MAX_FRAME_BYTES = env_int("HUB_MAX_FRAME_BYTES", 64 * 1024)
 WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 50)
 WS_MAX_CONNECTIONS_PER_POOL = env_int("WS_MAX_CONNECTIONS_PER_POOL", 200)
 WS_MAX_CONNECTIONS_PER_SOURCE = env_int("WS_MAX_CONNECTIONS_PER_SOURCE", 200)
+
+# X-Forwarded-For is believed only from these proxies (CIDRs; iacplatform/edge.py): empty trusts nobody.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _cidr in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured("TRUSTED_PROXIES: %r is not an address or a network" % _cidr) from None
 
 # REST throttling (iacplatform/api/throttling.py): DRF rates like "600/min"; empty disables.
 API_THROTTLE_USER_RATE = env_str("API_THROTTLE_USER_RATE", "1200/min") or None

@@ -1,0 +1,70 @@
+"""Who the client is: ``X-Forwarded-For`` believed only from the proxies in TRUSTED_PROXIES.
+
+daphne's ``--proxy-headers`` takes the header from anyone, so any client could pick the address
+its throttling, connection caps and logs are keyed on. This ASGI middleware (the outermost layer
+of iacplatform/asgi.py, for HTTP and WebSockets alike) rewrites ``scope["client"]`` only when the
+peer is a trusted proxy: it walks the header from the right, past trusted proxies, and takes the
+first address that is not one. Guarantees: a peer outside TRUSTED_PROXIES is its own address,
+whatever it sends. Does NOT: validate that a trusted proxy tells the truth (that is what trusting
+it means), or read ``Forwarded`` (RFC 7239; the ingress sends ``X-Forwarded-For``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(cidrs: Iterable[str]) -> list[Network]:
+    return [ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs if cidr.strip()]
+
+
+def _trusted(address: str, trusted: list[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def client_from(peer: str, forwarded_for: str | None, trusted: list[Network]) -> str:
+    """The client's address: the peer itself unless it is a trusted proxy, then the rightmost
+    address of X-Forwarded-For that is not a trusted proxy (or the leftmost, if all are)."""
+    if not forwarded_for or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop.strip("[]")))
+            except ValueError:
+                return peer  # garbage from behind the proxy: stay with what we know
+    return hops[0] if hops else peer
+
+
+class ForwardedFor:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.trusted: list[Network] | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("client"):
+            if self.trusted is None:
+                self.trusted = networks(settings.TRUSTED_PROXIES)
+            if self.trusted:
+                header = None
+                for name, value in scope.get("headers", []):
+                    if name.lower() == b"x-forwarded-for":
+                        header = value.decode("latin-1")
+                peer, port = scope["client"][0], scope["client"][1]
+                client = client_from(peer, header, self.trusted)
+                if client != peer:
+                    scope = {**scope, "client": [client, port]}
+        await self.app(scope, receive, send)

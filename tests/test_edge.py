@@ -1,0 +1,42 @@
+"""X-Forwarded-For is believed only from TRUSTED_PROXIES, for HTTP and WebSockets alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iacplatform.edge import ForwardedFor, client_from, networks
+
+TRUSTED = networks(["10.0.0.0/8", "fd00::/8"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "client"),
+    [
+        ("203.0.113.9", "1.2.3.4", "203.0.113.9"),  # an untrusted peer picks nothing
+        ("10.1.2.3", "198.51.100.7", "198.51.100.7"),
+        ("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9", "198.51.100.7"),  # spoofed left part ignored
+        ("10.1.2.3", None, "10.1.2.3"),
+        ("10.1.2.3", "not-an-ip", "10.1.2.3"),
+        ("fd00::1", "2001:db8::5", "2001:db8::5"),
+        ("10.1.2.3", "10.0.0.5, 10.0.0.6", "10.0.0.5"),
+    ],
+)
+def test_the_client_is_the_first_untrusted_hop_from_the_right(peer: str, header: str | None, client: str) -> None:
+    assert client_from(peer, header, TRUSTED) == client
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+async def test_the_middleware_rewrites_the_scope_only_for_trusted_peers(kind: str, settings: Any) -> None:
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["client"])
+
+    edge = ForwardedFor(app)
+    headers = [(b"x-forwarded-for", b"198.51.100.7")]
+    await edge({"type": kind, "client": ["10.0.0.2", 5000], "headers": headers}, None, None)
+    await edge({"type": kind, "client": ["203.0.113.9", 5000], "headers": headers}, None, None)
+    assert seen == [["198.51.100.7", 5000], ["203.0.113.9", 5000]]
