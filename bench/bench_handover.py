@@ -65,10 +65,12 @@ def _lock_classes() -> tuple[type, type]:
 
         def crash(self, *, end_sessions: bool) -> None:
             self.crashed.set()
-            self.inner.close()  # a dead process listens to nothing
             if end_sessions and self.beacons is not None:
                 for beacon in self.beacons:
-                    beacon.close()  # its sessions end, as PostgreSQL ends a dead process's
+                    beacon.close()  # its sessions end at once, as PostgreSQL ends a dead process's
+            # A dead process listens to nothing (stopping the listener thread takes up to 0.5 s:
+            # after the beacon, or it would delay what a real SIGKILL does at once).
+            self.inner.close()
 
         def _alive(self) -> None:
             if self.crashed.is_set():
