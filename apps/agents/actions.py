@@ -24,7 +24,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from apps.agents.models import Agent, AgentPool, hash_token
@@ -153,6 +155,40 @@ def revoke_agents(agents: list[Agent]) -> int:
     return count
 
 
+class PoolRefused(Exception):
+    """The pool cannot be created or rotated as asked; the message says why."""
+
+
+def do_create_or_rotate_pool(
+    *, name: str, capacity: int = 1, rotate: bool = False, revoke_agents_too: bool = False
+) -> tuple[AgentPool, str, int]:
+    """Create pool ``name`` or, with ``rotate``, give the existing one a new token (optionally
+    revoking its agents' credentials too). Returns the pool, its raw token (the only time it is
+    visible: only its hash is stored) and how many agents were revoked."""
+    if revoke_agents_too and not rotate:
+        raise PoolRefused("revoking the agents goes with rotating the token")
+    if capacity < 1:
+        raise PoolRefused("the capacity must be at least 1")
+    with transaction.atomic():
+        # The row lock serialises two rotations of one pool; a concurrent create of the same name
+        # loses on the unique index instead.
+        pool = AgentPool.objects.select_for_update().filter(name=name).first()
+        if pool is not None and not rotate:
+            raise PoolRefused("pool %r exists; rotate to give it a new token" % name)
+        pool = pool or AgentPool(name=name, agent_capacity=capacity)
+        token = pool.set_new_token()
+        try:
+            pool.full_clean(exclude=["token_hash"])
+            with transaction.atomic():
+                pool.save()
+        except IntegrityError as exc:
+            raise PoolRefused("cannot create pool %r: %s" % (name, exc)) from exc
+        except ValidationError as exc:
+            raise PoolRefused("invalid pool %r: %s" % (name, exc)) from exc
+        revoked = revoke_agents(list(pool.agents.exclude(credential_hash=""))) if revoke_agents_too else 0
+    return pool, token, revoked
+
+
 def delete_agents(agents: list[Agent]) -> int:
     """Delete agents (their credentials with them) and end their connections."""
     with transaction.atomic():
@@ -191,14 +227,14 @@ def cleanup_agents() -> tuple[int, int]:
             agent.status, agent.connected_pod = Agent.Status.OFFLINE, None
             agent.save(update_fields=["status", "connected_pod", "updated_at"])
         gone = Agent.objects.filter(status=Agent.Status.OFFLINE, last_heartbeat__lt=cutoff)
-        tasks = list(Task.objects.filter(agent__in=gone, status__in=Task.ACTIVE).select_for_update(skip_locked=True))
+        tasks = list(Task.objects.active().filter(agent__in=gone).select_for_update(skip_locked=True))
         for task in tasks:
             logger.warning("task %d lost its agent %s", task.pk, task.agent_id)
         settle_lost_tasks(tasks, reason="agent lost")
         prune_cutoff = now - timedelta(seconds=settings.AGENT_PRUNE_AFTER)
         pruned, _ = (
             Agent.objects.filter(status=Agent.Status.OFFLINE, last_heartbeat__lt=prune_cutoff)
-            .exclude(tasks__status__in=Task.ACTIVE)
+            .exclude(Exists(Task.objects.active().filter(agent=OuterRef("pk"))))
             .delete()
         )
     return len(silent), pruned

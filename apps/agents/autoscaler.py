@@ -64,7 +64,8 @@ def decide(*, pool: AgentPool, current: int, desired: int, now: datetime) -> tup
 def workload(pool_ids: list[int]) -> dict[int, tuple[int, int]]:
     """(queued, running) per pool: pending tasks and dispatched or running ones."""
     rows = (
-        Task.objects.filter(workspace__pool_id__in=pool_ids, status__in=[Task.Status.PENDING, *Task.ACTIVE])
+        Task.objects.unfinished()
+        .filter(workspace__pool_id__in=pool_ids)
         .values("workspace__pool_id")
         .annotate(
             queued=Count("pk", filter=Q(status=Task.Status.PENDING)),

@@ -105,7 +105,7 @@ def _dispatch_next(workspace_id: int) -> Task | None:
     workspace = Workspace.objects.filter(pk=workspace_id).only("pk", "locked", "pool_id").first()
     if workspace is None or workspace.locked:
         return None
-    if Task.objects.filter(workspace_id=workspace_id, status__in=Task.ACTIVE).exists():
+    if Task.objects.active().filter(workspace_id=workspace_id).exists():
         return None
     pending = Task.objects.filter(workspace_id=workspace_id, status=Task.Status.PENDING)
     if StateVersion.objects.filter(workspace_id=workspace_id, status=StateVersion.Status.CONFLICT).exists():
@@ -140,7 +140,8 @@ def _dispatch_next(workspace_id: int) -> Task | None:
 
 def _active_count() -> Coalesce:
     active = (
-        Task.objects.filter(agent=OuterRef("pk"), status__in=Task.ACTIVE)
+        Task.objects.active()
+        .filter(agent=OuterRef("pk"))
         .order_by()
         .values("agent")
         .annotate(n=Count("pk"))
@@ -158,10 +159,8 @@ def pick_agent(pool_id: int) -> Agent | None:
     # snapshot. Giving up after one batch left tasks pending until pending_tasks, seconds later.
     for _ in range(AGENT_PICK_ROUNDS):
         candidates = list(
-            Agent.objects.filter(
-                pool_id=pool_id, connected_pod__isnull=False, capacity__gt=0, last_heartbeat__gte=fresh
-            )
-            .exclude(status=Agent.Status.OFFLINE)
+            Agent.objects.online()
+            .filter(pool_id=pool_id, connected_pod__isnull=False, capacity__gt=0, last_heartbeat__gte=fresh)
             .exclude(pk__in=rejected)
             .annotate(active=_active_count())
             .filter(active__lt=F("capacity"))
@@ -173,7 +172,7 @@ def pick_agent(pool_id: int) -> Agent | None:
         for agent in candidates:
             # The count above is from the statement's snapshot; a dispatcher that held this row may
             # have committed since. Recounting now, while we hold the row, sees every committed dispatch.
-            if Task.objects.filter(agent=agent, status__in=Task.ACTIVE).count() < agent.capacity:
+            if Task.objects.active().filter(agent=agent).count() < agent.capacity:
                 return agent
             rejected.append(agent.pk)
     return None
@@ -258,7 +257,7 @@ def workspaces_to_kick(*, pool_id: int | None = None, limit: int = 500) -> list[
     # every round (nor allowed to fill the limit ahead of workspaces that can run).
     qs = (
         Workspace.objects.filter(locked=False, tasks__status=Task.Status.PENDING)
-        .exclude(Q(tasks__status__in=Task.ACTIVE))
+        .exclude(Exists(Task.objects.active().filter(workspace=OuterRef("pk"))))
         .filter(~Exists(held) | Exists(runnable))
     )
     if pool_id is not None:
@@ -295,7 +294,7 @@ def enqueue_due_drift_checks(*, limit: int = 200) -> int:
         due = list(
             Workspace.objects.filter(drift_check_enabled=True, locked=False)
             .filter(Q(drift_next_check_at__isnull=True) | Q(drift_next_check_at__lte=now))
-            .exclude(tasks__status__in=[Task.Status.PENDING, *Task.ACTIVE])
+            .exclude(Exists(Task.objects.unfinished().filter(workspace=OuterRef("pk"))))
             .select_for_update(skip_locked=True)
             .order_by("pk")[:limit]
         )
@@ -311,7 +310,7 @@ def settle_orphaned_tasks(*, offline_for: timedelta) -> int:
     cutoff = timezone.now() - offline_for
     with transaction.atomic():
         tasks = list(
-            Task.objects.filter(status__in=Task.ACTIVE)
+            Task.objects.active()
             .filter(Q(agent__isnull=True) | Q(agent__last_heartbeat__lt=cutoff))
             .select_for_update(skip_locked=True, of=("self",))
         )

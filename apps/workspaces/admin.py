@@ -118,10 +118,21 @@ class TaskAdmin(admin.ModelAdmin):
     # Tables that grow with history: counts read at most 10,000 rows (iacplatform/estimates.py).
     paginator = BoundedCountPaginator
     show_full_result_count = False
-    list_display = ("id", "workspace", "type", "status", "agent_id_", "attempt", "created_at", "duration")
+    # created_by: who queued it (empty for the leader's jobs, e.g. drift checks).
+    list_display = (
+        "id",
+        "workspace",
+        "type",
+        "status",
+        "agent_id_",
+        "attempt",
+        "created_by",
+        "created_at",
+        "duration",
+    )
     list_filter = ("status", "type")
-    search_fields = ("workspace__name", "agent__agent_id")
-    list_select_related = ("workspace", "agent")
+    search_fields = ("workspace__name", "agent__agent_id", "created_by__username")
+    list_select_related = ("workspace", "agent", "created_by")
     # The queue and the agents own a task's lifecycle; operators read it and cancel through the API.
     readonly_fields = (
         "workspace",

@@ -75,6 +75,10 @@ class TaskQuerySet(VisibleQuerySet["Task"]):
     def pending(self) -> TaskQuerySet:
         return self.filter(status=Task.Status.PENDING)
 
+    def unfinished(self) -> TaskQuerySet:
+        """Pending, dispatched or running: queued work and work in progress."""
+        return self.filter(status__in=[Task.Status.PENDING, *Task.ACTIVE])
+
 
 class Task(models.Model):
     class Type(models.TextChoices):

@@ -22,12 +22,7 @@ CONFLICTS_SHOWN = 50
 
 @status_section(name="tasks", title="Tasks", order=20)
 def tasks() -> dict[str, Any]:
-    active = (
-        Task.objects.filter(status__in=[Task.Status.PENDING, *Task.ACTIVE])
-        .values("status")
-        .annotate(count=Count("id"))
-        .order_by("status")
-    )
+    active = Task.objects.unfinished().values("status").annotate(count=Count("id")).order_by("status")
     since = timezone.now() - FINISHED_WINDOW
     finished = (
         Task.objects.filter(status__in=Task.TERMINAL, created_at__gte=since)

@@ -2,12 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import IntegrityError, transaction
 
 from apps.agents import actions
-from apps.agents.models import AgentPool
 
 
 class Command(BaseCommand):
@@ -25,25 +22,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, name: str, capacity: int, rotate: bool, revoke_agents: bool, **options: Any) -> None:
-        if revoke_agents and not rotate:
-            raise CommandError("--revoke-agents goes with --rotate")
-        if capacity < 1:
-            raise CommandError("--capacity must be at least 1")
-        with transaction.atomic():
-            pool = AgentPool.objects.select_for_update().filter(name=name).first()
-            if pool is not None and not rotate:
-                raise CommandError("pool %r exists; use --rotate to give it a new token" % name)
-            pool = pool or AgentPool(name=name, agent_capacity=capacity)
-            token = pool.set_new_token()
-            try:
-                pool.full_clean(exclude=["token_hash"])
-                pool.save()
-            except IntegrityError as exc:
-                raise CommandError("cannot create pool %r: %s" % (name, exc)) from exc
-            except ValidationError as exc:
-                raise CommandError("invalid pool %r: %s" % (name, exc)) from exc
-            if revoke_agents:
-                revoked = actions.revoke_agents(list(pool.agents.exclude(credential_hash="")))
-                self.stderr.write("Revoked the credentials of %d agents." % revoked)
-        self.stderr.write("Pool %r ready. Its token (shown once, stored only as a hash):" % name)
+        try:
+            pool, token, revoked = actions.do_create_or_rotate_pool(
+                name=name, capacity=capacity, rotate=rotate, revoke_agents_too=revoke_agents
+            )
+        except actions.PoolRefused as exc:
+            raise CommandError(str(exc)) from exc
+        if revoke_agents:
+            self.stderr.write("Revoked the credentials of %d agents." % revoked)
+        self.stderr.write("Pool %r ready. Its token (shown once, stored only as a hash):" % pool.name)
         self.stdout.write(token)
