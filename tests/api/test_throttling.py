@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from tests.access.fixtures import api_token
 
 pytestmark = pytest.mark.django_db
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.django_db
 def client_of(name: str) -> APIClient:
     user = get_user_model().objects.create_user(name, password="pw-long-enough")
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
+    api.credentials(HTTP_AUTHORIZATION="Token " + api_token(user))
     return api
 
 

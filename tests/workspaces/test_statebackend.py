@@ -13,13 +13,13 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.agents.actions import cleanup_agents
 from apps.agents.models import Agent
 from apps.workspaces import actions, reports, statebackend
 from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task, Workspace
+from tests.access.fixtures import api_token
 from tests.agents.fixtures import Pool
 from tests.workspaces.test_actions import online_agent
 from tests.workspaces.test_states import tfstate
@@ -212,7 +212,7 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(agent_pool: Pool, workspac
     anonymous = Client().generic("GET", tf.path)
     assert (anonymous.status_code, anonymous["WWW-Authenticate"]) == (401, 'Basic realm="terraform-state"')
     user = get_user_model().objects.create_superuser("root")
-    token = Token.objects.create(user=user).key
+    token = api_token(user)
     assert Client().generic("GET", tf.path, HTTP_AUTHORIZATION="Token " + token).status_code == 401
     session = Client()
     session.force_login(user)  # not even a platform admin's session: attempts only
