@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from apps.agents.terraform import BACKEND_OVERRIDE, backend_override
 from apps.workspaces import statebackend
-from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task, TaskLogChunk
+from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task
 from tests.integration.agentkit import (
     FAST_ENV,
     OUTPUTS_TF,
@@ -167,9 +167,6 @@ def test_a_terraform_resumed_after_its_attempt_was_settled_writes_no_state(
     base = enqueue(web.url, workspace, "apply")  # so that A starts from a state
     assert wait_terminal(base, 60, [frozen]) == "succeeded"
 
-    def a_log() -> str:
-        return "".join(TaskLogChunk.objects.filter(task_id=first).values_list("text", flat=True))
-
     with gate() as (gate_url, opened):
         workspace.terraform_files = {"main.tf": GATED_TF % gate_url}
         workspace.save(update_fields=["terraform_files"])
@@ -202,18 +199,15 @@ def test_a_terraform_resumed_after_its_attempt_was_settled_writes_no_state(
         current = workspace.current_state
         assert current is not None and current.task_id == second
         assert current.state["outputs"]["greeting"]["value"] == "bye world"
-        # A's Terraform resumes: its state write and its unlock are refused (the replica's access
-        # log), and Terraform says so in A's log (which the resumed agent delivers after it reconnects).
+        # A's Terraform resumes: its state write and its unlock are refused, as the replica's access
+        # log shows (A's own log is closed: the task was settled, so the agent's chunks are refused
+        # and the agent stops the task, which Terraform answers by persisting and unlocking anyway).
 
         def refused() -> list[str]:
             return [line for line in web.log().splitlines() if "terraform-state" in line and '" 409 ' in line]
 
         wait_for("A's refused unlock", lambda: any('"UNLOCK ' in line for line in refused()), 60, [frozen])
         assert any('"POST ' in line for line in refused()), refused()
-        wait_for("A's log of it", lambda: "Error releasing the state lock" in a_log(), 120, [frozen])
-    log = " ".join(a_log().split())
-    assert "Failed to save state" in log and "HTTP error: 409" in log, log[-3000:]
-    assert "Error releasing the state lock Error message: Unexpected HTTP response code 409" in log, log[-3000:]
     # Nothing regressed: B's state is current; A's is kept as a conflict, which holds applies.
     workspace.refresh_from_db()
     assert workspace.current_state == current
