@@ -216,3 +216,23 @@ async def test_pgbouncers_refusal_of_a_startup_parameter_fails_at_once_with_its_
     finally:
         await layer.close()
     assert time.monotonic() - started < 5  # not retried for the 30 s an outage would be
+
+
+def test_application_name_stays_true_per_client_through_the_transaction_pooler(pgbouncer: PgBouncer) -> None:
+    # PgBouncer tracks application_name per client and sets it on whichever server connection runs
+    # the client's transaction: pg_stat_activity names the right pod while the transaction runs.
+    with (
+        psycopg.connect(pgbouncer.url("pooled"), application_name="web-a:web", autocommit=True) as a,
+        psycopg.connect(pgbouncer.url("pooled"), application_name="web-b:web", autocommit=True) as b,
+    ):
+        backends: dict[str, set[int]] = {"web-a:web": set(), "web-b:web": set()}
+        for _ in range(3):
+            for conn, name in ((a, "web-a:web"), (b, "web-b:web")):
+                row = conn.execute(
+                    "SELECT current_setting('application_name'), application_name, pg_backend_pid()"
+                    " FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                ).fetchone()
+                assert row is not None and row[:2] == (name, name)
+                backends[name].add(row[2])
+    # The two clients ran on the same server connection: the name really moved with the client.
+    assert backends["web-a:web"] & backends["web-b:web"]
