@@ -79,10 +79,16 @@ def retrying(fn: Callable[[], T], *, timeout: float = 30.0) -> T:
 
 
 def lease_state() -> tuple[str, datetime | None]:
+    holder, renewed, _ = lease_times()
+    return holder, renewed
+
+
+def lease_times() -> tuple[str, datetime | None, datetime | None]:
+    """(holder, renewTime, acquireTime) of the lease as stored now."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT holder_identity, renew_time FROM coordination_lease ORDER BY id LIMIT 1")
+        cursor.execute("SELECT holder_identity, renew_time, acquire_time FROM coordination_lease ORDER BY id LIMIT 1")
         row = cursor.fetchone()
-    return (row[0], row[1]) if row else ("", None)
+    return (row[0], row[1], row[2]) if row else ("", None, None)
 
 
 def wait_for_leader(cluster: Cluster, *, since: float, timeout: float) -> float | None:
@@ -91,9 +97,14 @@ def wait_for_leader(cluster: Cluster, *, since: float, timeout: float) -> float 
     since_dt = datetime.fromtimestamp(since, UTC)
     while time.monotonic() < deadline:
         with contextlib.suppress(OperationalError, InterfaceError):
-            holder, renewed = lease_state()
+            holder, renewed, acquired = lease_times()
             live = {m.name for m in cluster.by_role("leader") if m.alive() and not m.stopped}
             if holder in live and renewed is not None and renewed > since_dt:
+                # A new term started after the fault: its acquireTime is when it took over. (The
+                # renewTime seen now is merely the latest renew: polling starts only after the
+                # harness has restarted the processes that died, which takes seconds.)
+                if acquired is not None and acquired > since_dt:
+                    return max(0.0, acquired.timestamp() - since)
                 return max(0.0, renewed.timestamp() - since)
         with contextlib.suppress(Exception):
             connection.close() if not connection.is_usable() else None
