@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
 from django.db import connection
@@ -37,14 +37,30 @@ DAPHNE_OPTIONS = [
 
 
 def test_database_url() -> str:
-    """The URL of the database the suite runs on (pytest-django's test database)."""
+    """The URL of the database the suite runs on (pytest-django's test database).
+
+    Hosts and ports go in the query (``?host=h1,h2&port=p1,p2``), with every other libpq option
+    of the suite's URL (e.g. ``target_session_attrs``): a multi-host DATABASE_URL stays one.
+    """
     s = connection.settings_dict
-    host = s.get("HOST") or s.get("OPTIONS", {}).get("host") or ""
     auth = quote(s["USER"] or "", safe="")
     if s.get("PASSWORD"):
         auth += ":" + quote(s["PASSWORD"], safe="")
-    port = ":%s" % s["PORT"] if s.get("PORT") else ""
-    return "postgresql://%s@%s%s/%s" % (auth, quote(host, safe=""), port, s["NAME"])
+    options = {
+        key: str(value)
+        for key, value in s.get("OPTIONS", {}).items()
+        if key not in _NOT_LIBPQ and isinstance(value, str | int) and not isinstance(value, bool)
+    }
+    query = {**options, "host": s.get("HOST") or options.get("host", ""), "port": str(s.get("PORT") or "")}
+    return "postgresql://%s@/%s?%s" % (
+        auth,
+        quote(s["NAME"], safe=""),
+        urlencode({k: v for k, v in query.items() if v}, quote_via=quote),
+    )
+
+
+# Django's own OPTIONS, and the process's name (each process sets its own).
+_NOT_LIBPQ = ("isolation_level", "server_side_binding", "pool", "assume_role", "prepare_threshold", "application_name")
 
 
 def free_port() -> int:
