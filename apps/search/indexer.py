@@ -1,12 +1,13 @@
 """Keeps ``SearchDocument`` texts in step with the CMDB (the ``search_index`` job).
 
-A workspace is due when the CMDB serial or the name its documents were built from differs from
-the workspace's (``SearchIndexState``), or when it has resources but was never indexed. For each
-due workspace, one transaction (fenced by the caller) locks the workspace row as ``cmdb_sync``
-does, so it sees exactly one synced serial, rebuilds the texts of its resources and writes only
-those whose text changed (so only they are re-embedded); documents of vanished resources go with
-their resource (ON DELETE CASCADE). Guarantees: idempotent; bounded work per call
-(``max_workspaces``). Does NOT: embed (apps/search/embedding.py) or read states.
+A workspace is due when it is in ``SearchIndexQueue``: ``cmdb_sync`` marks it in the transaction
+that changed its resources (the ``resources_changed`` signal), and so does every save of the
+workspace (a rename changes its texts). For each due workspace, one transaction (fenced by the
+caller) locks the workspace row as ``cmdb_sync`` does, so it sees exactly one synced serial,
+rebuilds the texts of its resources, writes only those whose text changed (so only they are
+re-embedded) and takes the workspace off the queue; documents of vanished resources go with their
+resource (ON DELETE CASCADE). Guarantees: idempotent; bounded work per call (``limit``
+workspaces), O(due) to find. Does NOT: embed (apps/search/embedding.py) or read states.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
 
-from apps.search.models import SearchDocument, SearchIndexState
+from apps.search.models import SearchDocument, SearchIndexQueue
 from apps.search.text import resource_text, text_sha256
 from apps.workspaces.models import Resource, Workspace
 from apps.workspaces.variables import redaction_values
@@ -33,17 +33,18 @@ def workspace_secrets(workspace: Workspace) -> list[str]:
     return redaction_values(workspace.pk)
 
 
+def mark(workspace_id: int) -> None:
+    """Queue a workspace for re-indexing, in the caller's transaction (idempotent)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO %s (workspace_id, queued_at) VALUES (%%s, now()) ON CONFLICT DO NOTHING"
+            % connection.ops.quote_name(SearchIndexQueue._meta.db_table),
+            [workspace_id],
+        )
+
+
 def due_workspaces(limit: int) -> list[int]:
-    never = Q(search_index_state__isnull=True) & (Q(cmdb_synced_serial__isnull=False) | Q(resources__isnull=False))
-    changed = Q(search_index_state__isnull=False) & (
-        ~Q(search_index_state__name=F("name"))
-        | Q(search_index_state__serial__isnull=True, cmdb_synced_serial__isnull=False)
-        | Q(search_index_state__serial__isnull=False, cmdb_synced_serial__isnull=True)
-        | ~Q(search_index_state__serial=F("cmdb_synced_serial"))
-    )
-    return list(
-        Workspace.objects.filter(never | changed).order_by("pk").values_list("pk", flat=True).distinct()[:limit]
-    )
+    return list(SearchIndexQueue.objects.order_by("workspace_id").values_list("workspace_id", flat=True)[:limit])
 
 
 def index_workspace(
@@ -53,6 +54,7 @@ def index_workspace(
     with atomic():
         workspace = Workspace.objects.select_for_update(no_key=True).filter(pk=workspace_id).first()
         if workspace is None:
+            SearchIndexQueue.objects.filter(workspace_id=workspace_id).delete()
             return 0
         hidden = list(secrets(workspace))
         existing = dict(
@@ -78,7 +80,6 @@ def index_workspace(
             (to_update if resource.pk in existing else to_create).append(document)
         SearchDocument.objects.bulk_create(to_create, batch_size=500)
         SearchDocument.objects.bulk_update(to_update, ["text", "text_sha256"], batch_size=500)
-        SearchIndexState.objects.update_or_create(
-            workspace_id=workspace_id, defaults={"serial": workspace.cmdb_synced_serial, "name": workspace.name}
-        )
+        # Under the workspace row lock: a change that marks it again waits for this commit.
+        SearchIndexQueue.objects.filter(workspace_id=workspace_id).delete()
     return len(to_create) + len(to_update)

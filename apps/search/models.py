@@ -5,8 +5,8 @@
 (the full-text fallback), ``embedding`` the model's vector of the text whose hash is
 ``embedded_sha256``, made by ``model``. A document needs (re-)embedding exactly when
 ``embedded_sha256 <> text_sha256`` (a partial index keeps finding them O(pending)).
-``SearchIndexState`` records, per workspace, the CMDB serial and name its documents were built
-from, so the indexer visits only workspaces that changed. ``EmbeddingModelState`` names the model
+``SearchIndexQueue`` holds the workspaces whose texts must be rebuilt, so the indexer's work is
+O(changed workspaces), never a scan of all of them. ``EmbeddingModelState`` names the model
 the stored vectors were made with, so a model change re-embeds everything once.
 """
 
@@ -48,16 +48,17 @@ class SearchDocument(models.Model):
         return "search document of resource %d" % self.resource_id
 
 
-class SearchIndexState(models.Model):
+class SearchIndexQueue(models.Model):
+    """Workspaces whose search texts must be rebuilt: marked in the same transaction as the change
+    (a CMDB sync, a workspace saved), taken off by the indexer's transaction that rebuilt them."""
+
     workspace = models.OneToOneField(
-        "workspaces.Workspace", on_delete=models.CASCADE, primary_key=True, related_name="search_index_state"
+        "workspaces.Workspace", on_delete=models.CASCADE, primary_key=True, related_name="+"
     )
-    serial = models.IntegerField(null=True)
-    name = models.CharField(max_length=100)
-    indexed_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
-        return "%s indexed at serial %s" % (self.name, self.serial)
+        return "workspace %d queued for search indexing" % self.workspace_id
 
 
 class EmbeddingModelState(models.Model):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
+from django.dispatch import Signal
 
 from apps.workspaces.models import Resource, StateVersion, Workspace
 
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 REDACTED = "(sensitive)"
 _LIMITS = {"address": 1000, "type": 200, "name": 200, "provider": 300, "module": 700, "mode": 10}
+
+
+# Sent inside sync_workspace's transaction whenever a workspace's Resource rows changed.
+resources_changed = Signal()
 
 
 class StateFormatError(ValueError):
@@ -228,6 +233,9 @@ def sync_workspace(workspace_id: int, *, atomic: Atomic = transaction.atomic) ->
             cmdb_synced_serial=serial, cmdb_synced_state_id=workspace.current_state_id
         )
         result.created, result.updated = len(to_create), len(to_update)
+        # Inside the transaction: whatever indexes the rows further (CMDB search) records its
+        # work in the same commit, so it can never miss a change.
+        resources_changed.send(sender=Resource, workspace_id=workspace_id)
     return result
 
 

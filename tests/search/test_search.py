@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,13 +10,14 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.db import connection, transaction
 from django.db.models import F
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from apps.coordination.fencing import StaleEpoch, Tick, raise_epoch
 from apps.search import embedding, indexer, jobs
-from apps.search.models import EmbeddingModelState, SearchDocument
+from apps.search.models import EmbeddingModelState, SearchDocument, SearchIndexQueue
 from apps.search.text import resource_text
 from apps.workspaces import cmdb
 from apps.workspaces.models import Resource, StateVersion, Workspace
@@ -186,14 +188,40 @@ def test_a_model_change_re_embeds_every_vector(cmdb_30: dict[str, Workspace], ti
 def test_a_renamed_workspace_is_indexed_again(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
     jobs.search_index(tick)
     assert indexer.due_workspaces(10) == []
-    Workspace.objects.filter(name="platform").update(name="platform-eu")
-    assert indexer.due_workspaces(10) == [cmdb_30["platform"].pk]
+    platform = cmdb_30["platform"]
+    platform.name = "platform-eu"
+    platform.save()
+    assert indexer.due_workspaces(10) == [platform.pk]
     jobs.search_index(tick)
     assert indexer.due_workspaces(10) == []
-    assert (
-        SearchDocument.objects.filter(workspace=cmdb_30["platform"], text__contains="workspace platform-eu").count()
-        == 10
-    )
+    renamed = SearchDocument.objects.filter(workspace=platform, text__contains="workspace platform-eu")
+    assert renamed.count() == 10
+
+
+def test_a_cmdb_sync_queues_its_workspace_in_the_same_transaction(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    jobs.search_index(tick)
+    web = cmdb_30["web-prod"]
+    version = StateVersion.objects.create(workspace=web, serial=2, state=cmdb30.state(cmdb30.WEB[:5], serial=2))
+    Workspace.objects.filter(pk=web.pk).update(current_state=version)
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        cmdb.sync_workspace(web.pk)
+        raise RuntimeError("rolled back: neither the rows nor the mark may stay")
+    assert Resource.objects.filter(workspace=web).count() == 10
+    assert indexer.due_workspaces(10) == []
+    cmdb.sync_workspace(web.pk)
+    assert indexer.due_workspaces(10) == [web.pk]
+    jobs.search_index(tick)
+    assert SearchDocument.objects.filter(workspace=web).count() == 5
+
+
+def test_finding_due_workspaces_is_o_due(cmdb_30: dict[str, Workspace], tick: Tick) -> None:
+    jobs.search_index(tick)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "EXPLAIN " + str(SearchIndexQueue.objects.order_by("workspace_id").values("workspace_id")[:200].query)
+        )
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "workspaces_workspace" not in plan and "workspaces_resource" not in plan
 
 
 def test_full_text_search_is_the_fallback_over_the_same_texts(
