@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "rest_framework",
+    "axes",
     # API tokens: hashed (SHA-512), with expiry, revocable (apps/access/tokens.py).
     "knox",
     "drf_spectacular",
@@ -167,6 +168,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns its lockout into the 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "iacplatform.urls"
@@ -422,6 +425,21 @@ for _cidr in TRUSTED_PROXIES:
         ipaddress.ip_network(_cidr, strict=False)
     except ValueError:
         raise ImproperlyConfigured("TRUSTED_PROXIES: %r is not an address or a network" % _cidr) from None
+
+# Login attempts (django-axes, counted in the database, so across replicas): after
+# LOGIN_FAILURE_LIMIT failures for one username from one address, that pair is locked out for
+# LOGIN_LOCKOUT_MINUTES (429); a success resets the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_LOCKOUT_MINUTES = env_number("LOGIN_LOCKOUT_MINUTES", 15.0)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
 
 # REST throttling (iacplatform/api/throttling.py): DRF rates like "600/min"; empty disables.
 API_THROTTLE_USER_RATE = env_str("API_THROTTLE_USER_RATE", "1200/min") or None

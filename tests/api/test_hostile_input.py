@@ -194,8 +194,8 @@ def test_nul_anywhere_in_a_query_string_is_a_400(client: APIClient, query: str) 
 
 
 def test_nul_in_an_admin_query_is_a_400(db: None) -> None:
-    get_user_model().objects.create_superuser("admin", password="pw-long-enough")
+    admin = get_user_model().objects.create_superuser("admin", password="pw-long-enough")
     browser = Client(raise_request_exception=False)
-    browser.login(username="admin", password="pw-long-enough")
+    browser.force_login(admin)
     assert browser.get("/admin/workspaces/workspace/?q=a%00b").status_code == 400
     assert browser.get("/admin/workspaces/workspace/?q=ab").status_code == 200

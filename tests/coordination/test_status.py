@@ -83,9 +83,10 @@ def test_clusterstatus_text_flags_overlaps_and_survives_an_unreachable_backend(s
 
 
 def test_admin_shows_advisory_locks_decoded_and_the_lease_with_recent_terms() -> None:
-    User.objects.create_superuser("admin", "a@example.com", "pw-for-tests-only")
+    admin = User.objects.create_superuser("admin", "a@example.com", "pw-for-tests-only")
     client = Client()
-    client.login(username="admin", password="pw-for-tests-only")
+    # force_login: django-axes needs a request in authenticate(), which Client.login does not pass.
+    client.force_login(admin)
     lease = Lease.objects.create(name="iacplatform-leader", holder_identity="leader-1", lease_transitions=2)
     JobRun.objects.create(job="j", holder="leader-1", epoch=2, started_at=timezone.now(), outcome="ok")
     with holding(job_key("pending_tasks")):
