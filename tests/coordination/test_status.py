@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from apps.coordination.lockkeys import Namespace, job_key, workspace_key
 from apps.coordination.models import AdvisoryLock, JobRun, Lease
+from apps.coordination.registry import autodiscover
 from apps.coordination.status import cluster_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,6 +32,8 @@ def holding(*keys: tuple[int, int]) -> psycopg.Connection[tuple[object, ...]]:
 
 
 def test_the_view_decodes_job_and_workspace_locks_with_their_session() -> None:
+    # Names come from the registered jobs; run alone, nothing has imported the apps' jobs yet.
+    autodiscover()
     with holding(job_key("cmdb_sync"), workspace_key(42)) as conn:
         pid = conn.info.backend_pid
         locks = {lock.name: lock for lock in AdvisoryLock.objects.filter(pid=pid)}
