@@ -56,6 +56,18 @@ def tasks_not_terminal(*, created_before: datetime) -> list[str]:
     return ["task %d (workspace %d, %s) still %s since %s" % row for row in rows]
 
 
+def advisory_lock_holders() -> list[str]:
+    """The advisory locks granted now, as ``classid/objid by application_name (state)``: names the
+    holders when the count is above the baseline."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT l.classid, l.objid, a.application_name, a.state FROM pg_locks l"
+            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+            " ORDER BY l.classid, l.objid"
+        )
+        return ["%s/%s by %s (%s)" % row for row in cursor.fetchall()]
+
+
 def advisory_locks_held() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")

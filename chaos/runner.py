@@ -215,7 +215,8 @@ class Runner:
         held = invariants.advisory_locks_held()
         if held <= self.lock_baseline:
             return []
-        return ["%d advisory locks held, baseline %d" % (held, self.lock_baseline)]
+        holders = invariants.advisory_lock_holders()
+        return ["%d advisory locks held, baseline %d: %s" % (held, self.lock_baseline, "; ".join(holders))]
 
     def summary(self) -> str:
         lines = ["", "chaos: %d rounds, seed %d" % (self.totals.rounds, self.seed), "", "invariant violations:"]
