@@ -59,7 +59,7 @@ class ElectorCollector(Collector):
         yield gauge("iacplatform_leader_is_leader", "1 while this process leads.", 1.0 if elector.is_leader() else 0.0)
         yield gauge(
             "iacplatform_leader_epoch",
-            "Epoch (leaseTransitions) of the current term, -1 if none.",
+            "Fencing epoch of the current term (timeline << 32 + count), -1 if none.",
             elector.epoch if elector.epoch is not None else -1,
         )
         yield gauge(
