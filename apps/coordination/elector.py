@@ -274,6 +274,12 @@ class LeaderElector:
             self._succeeded()
             return False
         old = current.record
+        if not ours and not self.state.leading:
+            # An acquiring write whose answer was lost did not land (the record is not ours): its
+            # beacon must not stay lit, or it would sit in pg_locks for as long as we are standby.
+            self._unanswered_epoch = None
+            for epoch in list(self._beacon_pids):
+                self._put_out(epoch)
         if not ours and old.holder_identity and not self._observed_expired():
             self._succeeded()
             return False

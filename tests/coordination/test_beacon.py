@@ -205,3 +205,19 @@ def test_a_leader_whose_beacon_is_cut_stops_leading_at_once_and_starts_a_fresh_t
     second = a.started[1][1]
     assert second.epoch > first.epoch
     assert second.beacon is not None and second.beacon[0] != pid
+
+
+def test_the_beacon_of_an_acquisition_that_did_not_land_is_put_out() -> None:
+    """A write that got no answer keeps its beacon lit until the next read shows it did not land."""
+    beacon = Beacon(lease="lease", identity="b", on_lost=lambda: None)
+    elector = LeaderElector(lock=PostgresLeaseLock(name="lease"), identity="b", config=DEFAULTS, beacon=beacon)
+    holder = LeaderElector(lock=PostgresLeaseLock(name="lease"), identity="a", config=DEFAULTS)
+    try:
+        assert holder.try_acquire_or_renew()
+        elector._light(99)  # as if an acquiring write for epoch 99 had gone out unanswered
+        elector._unanswered_epoch = 99
+        assert len(beacon_pids()) == 1
+        assert not elector.try_acquire_or_renew()  # the record is a's: that write never landed
+        assert beacon_pids() == []
+    finally:
+        beacon.close()
