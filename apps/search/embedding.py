@@ -56,7 +56,7 @@ def embed_pending(
             if result.reset < batch_size * max_batches:
                 EmbeddingModelState.objects.update_or_create(pk=1, defaults={"model": key})
                 if state is not None:
-                    logger.info("embedding: model changed from %s to %s; old vectors re-embedded", state.model, key)
+                    logger.info("embedding: model %s replaced by %s; old vectors pending again", state.model, key)
     while result.batches < max_batches and not stopping():
         batch = store.pending(batch_size)
         if not batch:

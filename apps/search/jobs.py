@@ -21,10 +21,12 @@ logger = logging.getLogger(__name__)
 
 @job(name="search_index", every=settings.JOB_SEARCH_INDEX_EVERY)
 def search_index(tick: Tick) -> None:
-    """Rebuild the search texts of workspaces whose CMDB serial or name changed."""
+    """Rebuild the search texts of the queued workspaces (their resources changed, or they were saved)."""
     changed = 0
     due = indexer.due_workspaces(settings.SEARCH_INDEX_WORKSPACES_PER_TICK)
     for workspace_id in due:
+        if tick.stopping():  # the term is ending: the rest stays queued for the next leader
+            break
         changed += indexer.index_workspace(workspace_id, atomic=tick.fenced)
     if changed:
         logger.info("search_index: %d texts changed in %d workspaces", changed, len(due))
