@@ -409,14 +409,16 @@ API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500)
 
 # Per-connection frame rate (token bucket: burst, then rate per second; excess: error, close 4429)
 # and concurrent sockets per key on each replica (iacplatform/sockets.py).
-AGENT_FRAME_RATE = env_number("AGENT_FRAME_RATE", 100.0)
-AGENT_FRAME_BURST = env_number("AGENT_FRAME_BURST", 500.0)
+AGENT_FRAME_RATE = env_number("AGENT_FRAME_RATE", 200.0)
+AGENT_FRAME_BURST = env_number("AGENT_FRAME_BURST", 5000.0)
 HUB_FRAME_RATE = env_number("HUB_FRAME_RATE", 5.0)
 HUB_FRAME_BURST = env_number("HUB_FRAME_BURST", 20.0)
 HUB_MAX_FRAME_BYTES = env_int("HUB_MAX_FRAME_BYTES", 64 * 1024)
 WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 50)
 WS_MAX_CONNECTIONS_PER_POOL = env_int("WS_MAX_CONNECTIONS_PER_POOL", 200)
 WS_MAX_CONNECTIONS_PER_SOURCE = env_int("WS_MAX_CONNECTIONS_PER_SOURCE", 200)
+WS_CONNECT_RATE_PER_SOURCE = env_number("WS_CONNECT_RATE_PER_SOURCE", 5.0)
+WS_CONNECT_BURST_PER_SOURCE = env_number("WS_CONNECT_BURST_PER_SOURCE", 50.0)
 
 # X-Forwarded-For is believed only from these proxies (CIDRs; iacplatform/edge.py): empty trusts nobody.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])

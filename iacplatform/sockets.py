@@ -7,6 +7,8 @@ consumer that sees it refused sends an error and closes (``CLOSE_RATE_LIMITED``)
 client is cut off after ``burst`` frames instead of stalling the replica's event loop.
 :class:`ConnectionCaps` counts this process's open sockets per key: :meth:`acquire` refuses past
 the limit, :meth:`release` gives the slot back (consumers release in ``disconnect``).
+:class:`ConnectRate` bounds how fast one source address may open sockets, so a client cut off
+with 4429 cannot turn into a reconnect storm (each handshake costs a token lookup).
 Does NOT: count across replicas (each replica has its own caps; a client spread over N replicas
 gets N times the cap, which still bounds what it costs each one), or survive a restart (the
 count starts at zero with the process, like its sockets).
@@ -62,9 +64,29 @@ class ConnectionCaps:
                 self.counts.pop(key, None)
 
 
+class ConnectRate:
+    """New connections per source address: a token bucket each (at most ``max_sources`` kept; the
+    oldest are forgotten first, which only ever errs towards admitting)."""
+
+    def __init__(self, *, max_sources: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.buckets: dict[str, TokenBucket] = {}
+        self.max_sources = max_sources
+        self.clock = clock
+
+    def allow(self, source: str, *, rate: float, burst: float) -> bool:
+        bucket = self.buckets.pop(source, None)
+        if bucket is None:
+            bucket = TokenBucket(rate=rate, burst=burst, clock=self.clock)
+            while len(self.buckets) >= self.max_sources:
+                del self.buckets[next(iter(self.buckets))]
+        self.buckets[source] = bucket  # most recently seen last
+        return bucket.take()
+
+
 # One per process: every consumer of this replica runs on daphne's one event loop, so the
 # counters need no lock.
 caps = ConnectionCaps()
+connect_rate = ConnectRate()
 
 
 def client_address(scope: dict[str, object]) -> str:

@@ -35,5 +35,7 @@ def _fresh_socket_caps() -> Iterator[None]:
     from iacplatform import sockets
 
     sockets.caps.counts.clear()
+    sockets.connect_rate.buckets.clear()
     yield
     sockets.caps.counts.clear()
+    sockets.connect_rate.buckets.clear()

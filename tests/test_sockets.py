@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iacplatform.sockets import ConnectionCaps, TokenBucket
+from iacplatform.sockets import ConnectionCaps, ConnectRate, TokenBucket
 
 
 class Clock:
@@ -36,3 +36,14 @@ def test_caps_refuse_past_the_limit_of_any_key_and_take_nothing_then() -> None:
     for keys in (["user:1", "ip:a"], ["user:1", "ip:a"], ["user:2", "ip:a"]):
         caps.release(keys)
     assert caps.counts == {}
+
+
+def test_connect_rate_is_per_source_and_bounded_in_memory() -> None:
+    clock = Clock()
+    rate = ConnectRate(max_sources=2, clock=clock)
+    assert [rate.allow("a", rate=1, burst=2) for _ in range(3)] == [True, True, False]
+    assert rate.allow("b", rate=1, burst=2)
+    assert rate.allow("c", rate=1, burst=2)  # forgets "a", the least recently seen
+    assert set(rate.buckets) == {"b", "c"}
+    clock.now += 1.5
+    assert rate.allow("c", rate=1, burst=2) and rate.allow("c", rate=1, burst=2)

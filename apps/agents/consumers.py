@@ -73,7 +73,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
     cut_off = False
 
     async def connect(self) -> None:
-        source = "source:%s" % client_address(self.scope)
+        address = client_address(self.scope)
+        source = "source:%s" % address
+        if not sockets.connect_rate.allow(
+            address, rate=settings.WS_CONNECT_RATE_PER_SOURCE, burst=settings.WS_CONNECT_BURST_PER_SOURCE
+        ):
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
         if sockets.caps.acquire({source: settings.WS_MAX_CONNECTIONS_PER_SOURCE}) is not None:
             # Before the token is even looked up: a source opening sockets in a loop costs no query.
             await self.close(code=CLOSE_RATE_LIMITED)

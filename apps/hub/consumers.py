@@ -60,8 +60,14 @@ class HubConsumer(AsyncJsonWebsocketConsumer):
     cut_off = False
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
+        address = client_address(self.scope)
+        if not sockets.connect_rate.allow(
+            address, rate=settings.WS_CONNECT_RATE_PER_SOURCE, burst=settings.WS_CONNECT_BURST_PER_SOURCE
+        ):
+            await self.refuse(CLOSE_RATE_LIMITED)
+            return
         user = self.scope.get("user")
-        keys = {"source:%s" % client_address(self.scope): settings.WS_MAX_CONNECTIONS_PER_SOURCE}
+        keys = {"source:%s" % address: settings.WS_MAX_CONNECTIONS_PER_SOURCE}
         if user is not None and user.is_authenticated:
             keys["user:%d" % user.pk] = settings.WS_MAX_CONNECTIONS_PER_USER
         if sockets.caps.acquire(keys) is not None:
