@@ -12,6 +12,7 @@ it means), or read ``Forwarded`` (RFC 7239; the ingress sends ``X-Forwarded-For`
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -67,4 +68,27 @@ class ForwardedFor:
                 client = client_from(peer, header, self.trusted)
                 if client != peer:
                     scope = {**scope, "client": [client, port]}
+        await self.app(scope, receive, send)
+
+
+class Liveness:
+    """``GET /healthz`` answered on the event loop, before Django.
+
+    Django runs sync views and the sync-only WhiteNoise middleware on one shared thread, the same
+    one every consumer's database call queues on: a socket flood used to hold the liveness probe
+    for seconds behind it (and the kubelet would kill a replica that is merely busy). Liveness
+    means "the event loop turns", so it is answered here; the Django view of the same path stays
+    for runserver and the test client. /readyz, which does I/O, stays in Django.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/healthz" and scope.get("method") in ("GET", "HEAD"):
+            body = json.dumps({"status": "ok", "pod": settings.POD_NAME}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+            return
         await self.app(scope, receive, send)

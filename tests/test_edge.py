@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from iacplatform.edge import ForwardedFor, client_from, networks
+from iacplatform.edge import ForwardedFor, Liveness, client_from, networks
 
 TRUSTED = networks(["10.0.0.0/8", "fd00::/8"])
 
@@ -40,3 +40,19 @@ async def test_the_middleware_rewrites_the_scope_only_for_trusted_peers(kind: st
     await edge({"type": kind, "client": ["10.0.0.2", 5000], "headers": headers}, None, None)
     await edge({"type": kind, "client": ["203.0.113.9", 5000], "headers": headers}, None, None)
     assert seen == [["198.51.100.7", 5000], ["203.0.113.9", 5000]]
+
+
+async def test_healthz_is_answered_on_the_event_loop_without_django(settings: Any) -> None:
+    async def django(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("reached Django")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await Liveness(django)({"type": "http", "path": "/healthz", "method": "GET"}, None, send)
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b'{"status": "ok", "pod": "%s"}' % settings.POD_NAME.encode()
+    with pytest.raises(AssertionError, match="reached Django"):
+        await Liveness(django)({"type": "http", "path": "/readyz", "method": "GET"}, None, send)

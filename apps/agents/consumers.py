@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,9 @@ from iacplatform import sockets
 from iacplatform.sockets import CLOSE_RATE_LIMITED, TokenBucket, client_address
 
 logger = logging.getLogger(__name__)
+
+# Seconds within which a repeated heartbeat (same draining flag) is answered without a write.
+HEARTBEAT_COALESCE = 1.0
 
 UNAUTHORIZED_CODES = (Code.CREDENTIAL_REQUIRED, Code.CREDENTIAL_MISMATCH, Code.REVOKED)
 
@@ -71,6 +75,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
     cap_keys: list[str] = []
     bucket: TokenBucket | None = None
     cut_off = False
+    last_heartbeat = -HEARTBEAT_COALESCE
+    last_draining: bool | None = None
 
     async def connect(self) -> None:
         address = client_address(self.scope)
@@ -168,8 +174,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(Code.HELLO_REQUIRED, "send hello first")
         conn = self.conn
         if kind == "heartbeat":
+            draining = frame.get("draining", False)
+            now = time.monotonic()
+            if draining == self.last_draining and now - self.last_heartbeat < HEARTBEAT_COALESCE:
+                # Agents beat every AGENT_HEARTBEAT_INTERVAL seconds; beats closer together than
+                # this carry nothing new, and a flood of them must not cost a write each.
+                return
+            self.last_heartbeat, self.last_draining = now, draining
             if not await database_sync_to_async(actions.do_heartbeat)(
-                conn=conn, pod=settings.POD_NAME, draining=frame.get("draining", False)
+                conn=conn, pod=settings.POD_NAME, draining=draining
             ):
                 raise ProtocolError(
                     Code.REVOKED, "agent %s was deleted or its credential revoked" % conn.agent.agent_id

@@ -245,3 +245,28 @@ async def test_concurrent_connections_per_pool_are_capped(agent_pool: Pool, sett
     await send(third, hello("agent-2"))
     assert (await recv(third))["type"] == "welcome"
     await third.disconnect()
+
+
+async def test_heartbeats_closer_than_a_second_cost_no_write_unless_draining_changes(
+    agent_pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.agents import actions as agent_actions
+
+    calls: list[bool] = []
+    original = agent_actions.do_heartbeat
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(kwargs["draining"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(agent_actions, "do_heartbeat", counting)
+    comm = await connect_agent(agent_pool)
+    for _ in range(20):
+        await send(comm, {"type": "heartbeat"})
+    await send(comm, {"type": "heartbeat", "draining": True})
+    await send(comm, {"type": "ping"})  # answered after every frame before it was handled
+    assert (await recv(comm))["code"] == "unknown_type"
+    assert calls == [False, True]
+    agent = await database_sync_to_async(Agent.objects.get)(agent_id="agent-1")
+    assert agent.capacity == 0
+    await comm.disconnect()
