@@ -100,10 +100,13 @@ def test_socket_kinds_are_bounded() -> None:
 @pytest.mark.slow
 def test_a_daphne_replica_serves_its_metrics(processes: ProcessGroup) -> None:
     web = processes.daphne("web-m", env={"METRICS_TOKEN": "tok-123"})
+    # /healthz is answered before Django (iacplatform/asgi.py), so it is no view; /readyz is.
+    with urllib.request.urlopen(web.url + "/readyz", timeout=5) as response:  # noqa: S310 - local test URL
+        assert response.status == 200
     request = urllib.request.Request(web.url + "/metrics", headers={"Authorization": "Bearer tok-123"})  # noqa: S310
     with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - local test URL
         body = response.read().decode()
-    assert 'view="healthz"' in body  # the fixture's readiness poll
+    assert 'view="readyz"' in body
     assert "channel_layer_group_send_full_total" in body
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(web.url + "/metrics", timeout=5)  # noqa: S310 - local test URL
