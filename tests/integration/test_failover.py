@@ -4,7 +4,6 @@ hosts in order; target_session_attrs=read-write skips the standby until it is pr
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import urllib.error
@@ -15,13 +14,11 @@ from urllib.parse import urlencode
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from iacplatform.sessiondb import django_connection_params
 from tests.integration.test_runleader import JOB, start_leader
-from tests.pgcluster import PgCluster, PgServer, pg_bin
+from tests.pgcluster import PgCluster, PgServer
 from tests.pgcluster import pgcluster as pgcluster
-from tests.processes import ProcessGroup
+from tests.processes import ProcessGroup, migrate_database
 
 pytestmark = pytest.mark.slow
 
@@ -68,44 +65,12 @@ OVERLAPS = (
 )
 
 
-def copy_schema(server: PgServer) -> None:
-    """The suite's migrated schema (and migration history) into ``server``: faster than migrating."""
-    params = django_connection_params()
-    dump = subprocess.run(
-        [pg_bin("pg_dump"), "--schema-only", "--no-owner", "--no-privileges", make_conninfo("", **params)],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    history = subprocess.run(
-        [
-            pg_bin("pg_dump"),
-            "--data-only",
-            "--table=django_migrations",
-            "--table=django_content_type",
-            "--table=auth_permission",
-            make_conninfo("", **params),
-        ],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    for sql in (dump, history):
-        subprocess.run(
-            [pg_bin("psql"), "-q", "-v", "ON_ERROR_STOP=1", server.url(DATABASE)],
-            input=sql,
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
-
-
 def test_leaders_listeners_and_web_recover_on_the_promoted_standby(
     processes: ProcessGroup, pgcluster: PgCluster
 ) -> None:
     primary = pgcluster.server("primary")
     primary.execute("CREATE DATABASE %s" % DATABASE)
-    copy_schema(primary)
+    migrate_database(primary.url(DATABASE))
     standby = pgcluster.standby("standby", primary)
     url = cluster_url(primary, standby)
     env = {"DATABASE_URL": url}
