@@ -7,13 +7,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
-from apps.coordination.models import Lease
+from tests.integration.test_runleader import holder, wait_for
 from tests.processes import ROOT, ProcessGroup, free_port
 
 pytestmark = pytest.mark.slow
@@ -22,20 +21,6 @@ pytestmark = pytest.mark.slow
 def procfile_lines(*names: str) -> list[str]:
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
     return [line for line in lines if line.split(":", 1)[0] in names]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("not within %.0f s: %s" % (timeout, what))
-
-
-def holder() -> str:
-    return Lease.objects.filter(name="iacplatform-leader").values_list("holder_identity", flat=True).first() or ""
 
 
 def pid_in(path: Path) -> int | None:
