@@ -32,7 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.report import Progress, Row, percentile
+from bench.report import Progress, Row
+from harness.stats import percentile
 
 BENCH = "channel_layer"
 LAYERS = [

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from apps.agents.protocol import PROTOCOL_VERSION
-from bench.report import Progress, Row, percentile
+from bench.report import Progress, Row
+from harness.stats import percentile
 
 BENCH = "dispatch"
 ROOT = Path(__file__).resolve().parent.parent

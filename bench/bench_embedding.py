@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.report import Progress, Row, percentile
+from bench.report import Progress, Row
+from harness.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "bench-search"

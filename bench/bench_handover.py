@@ -40,7 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report import Progress, Row, percentile
+from bench.report import Progress, Row
+from harness.stats import percentile
 
 BENCH = "handover"
 ROUNDS = 20

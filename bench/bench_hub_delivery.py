@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import Progress, Row, percentile
+from bench.report import Progress, Row
+from harness.stats import percentile
 
 BENCH = "hub_delivery"
 BACKENDS = [("postgres", "PostgreSQL layer (project)"), ("redis", "RedisChannelLayer"), ("redis_pubsub", "RedisPubSub")]

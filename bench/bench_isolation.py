@@ -29,7 +29,8 @@ import uuid
 from pathlib import Path
 
 from apps.agents.protocol import PROTOCOL_VERSION
-from bench.report import Progress, Row, percentile
+from bench.report import Progress, Row
+from harness.stats import percentile
 
 MEASURE_SECONDS = 8.0
 INTERVAL = 0.05

@@ -7,7 +7,6 @@ Ratios, not absolute numbers, are what the goals are judged by: these machines a
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,23 +36,6 @@ class Row:
         data = asdict(self)
         data["ratio"] = self.ratio
         return data
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation; the bench's one definition."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * q / 100.0
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 class Progress:

@@ -28,9 +28,9 @@ from typing import TypeVar
 from django.db import OperationalError, close_old_connections, connection
 from django.db.utils import InterfaceError
 
-from bench.report import percentile
 from chaos import faults, invariants
 from chaos.cluster import LEASE_DURATION, RETRY_PERIOD, Cluster
+from harness.stats import percentile
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,16 +1,6 @@
 from __future__ import annotations
 
-import math
-
-from bench.report import Row, markdown, percentile
-
-
-def test_percentile_interpolates_and_handles_edges() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.5
-    assert percentile(values, 99) == 99.01
-    assert percentile([3.0], 99) == 3.0
-    assert math.isnan(percentile([], 50))
+from bench.report import Row, markdown
 
 
 def test_ratio_and_table_show_the_reference_of_the_same_run() -> None:
