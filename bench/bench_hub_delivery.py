@@ -242,13 +242,13 @@ def run(progress: Progress, backends: list[tuple[str, str]] | None = None) -> li
     django.setup()
     from django.conf import settings
 
-    from tests.processes import ProcessGroup
+    from harness.processes import ProcessGroup
 
     session_id, cookie = _fixture()
     results: dict[str, list[Level]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         for backend, name in backends or BACKENDS:
-            group = ProcessGroup(Path(tmp), os.environ["DATABASE_URL"])
+            group = ProcessGroup(Path(tmp), os.environ["DATABASE_URL"], secret_key=settings.SECRET_KEY)
             extra = {"CHANNEL_LAYER_BACKEND": backend, "SECRET_KEY": settings.SECRET_KEY, "LOG_LEVEL": "WARNING"}
             sender: Sender | None = None
             try:

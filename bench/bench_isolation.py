@@ -183,12 +183,12 @@ def run(progress: Progress) -> list[Row]:
     django.setup()
     from django.conf import settings
 
-    from tests.processes import ProcessGroup
+    from harness.processes import ProcessGroup
 
     fx = _fixture()
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp:
-        group = ProcessGroup(Path(tmp), os.environ["DATABASE_URL"])
+        group = ProcessGroup(Path(tmp), os.environ["DATABASE_URL"], secret_key=settings.SECRET_KEY)
         fixture_file = Path(tmp) / "fixture.json"
         fixture_file.write_text(json.dumps(fx))
         env = {"SECRET_KEY": settings.SECRET_KEY, "LOG_LEVEL": "ERROR", "ALLOWED_HOSTS": "127.0.0.1,localhost"}

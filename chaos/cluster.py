@@ -14,20 +14,17 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.processes import Proc, daphne_argv, free_port, kill_all, launch, process_env, wait_http
 from tests.pgcluster import PgServer  # throwaway servers: initdb, basebackup, promote
 
 logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Short timings so a round takes seconds; the same code paths as production's defaults.
 TIMINGS = {
@@ -54,12 +51,6 @@ RETRY_PERIOD = float(TIMINGS["LEADER_ELECTION_RETRY_PERIOD"])
 AGENT_OFFLINE_THRESHOLD = float(TIMINGS["AGENT_OFFLINE_THRESHOLD"])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Member:
     """One replica: a role, a stable name (its POD_NAME), and its current incarnation."""
@@ -67,18 +58,18 @@ class Member:
     role: str  # web | leader | agent
     name: str
     port: int = 0  # web and leader (health) port; agents have none
-    popen: subprocess.Popen[bytes] | None = None
+    proc: Proc | None = None  # the current incarnation's process
     incarnation: int = 0
     stopped: bool = False  # SIGSTOPped right now
     execution_logs: list[Path] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
+        assert self.proc is not None
+        return self.proc.pid
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.proc is not None and self.proc.alive()
 
     @property
     def agent_id(self) -> str:
@@ -283,28 +274,21 @@ class Cluster:
         return [m.name for m in self.by_role("web") if m.alive() and not m.stopped]
 
     def env(self, member: Member) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL", "DATABASE_URL")}
-        env.update(TIMINGS)
-        env.update(
-            DATABASE_URL=self.pgbouncer_url("pooled") if self.pgbouncer else self.db_url,
-            POD_NAME=member.name,
-            PROCESS_ROLE=member.role,
-            SECRET_KEY="chaos-secret-not-for-production",
-            PYTHONUNBUFFERED="1",
-            DJANGO_SETTINGS_MODULE="iacplatform.settings",
+        extra = dict(TIMINGS)
+        if self.pgbouncer and member.role != "agent":  # agents get no database (process_env)
+            extra["DATABASE_SESSION_URL"] = self.pgbouncer_url("session")
+        return process_env(
+            pod=member.name,
+            role=member.role,
+            db_url=self.pgbouncer_url("pooled") if self.pgbouncer else self.db_url,
+            secret_key="chaos-secret-not-for-production",
+            extra=extra,
         )
-        if self.pgbouncer:
-            env["DATABASE_SESSION_URL"] = self.pgbouncer_url("session")
-        if member.role == "agent":  # as in deploy/: agents get no database and no signing key
-            del env["DATABASE_URL"], env["SECRET_KEY"]
-            env.pop("DATABASE_SESSION_URL", None)
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        return env
 
     def argv(self, member: Member) -> list[str]:
         python = sys.executable
         if member.role == "web":
-            return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(member.port), "iacplatform.asgi:application"]
+            return daphne_argv(member.port)
         if member.role == "leader":
             return [python, "manage.py", "runleader", "--http-addr", "127.0.0.1:%d" % member.port]
         log = self.workdir / "exec" / ("%s.jsonl" % member.agent_id)
@@ -323,44 +307,30 @@ class Cluster:
     def start(self, member: Member) -> None:
         member.incarnation += 1
         member.stopped = False
-        log = (self.logdir / ("%s.log" % member.name)).open("ab")
-        log.write(b"\n===== incarnation %d =====\n" % member.incarnation)
-        member.popen = subprocess.Popen(
-            self.argv(member),
-            cwd=ROOT,
-            env=self.env(member),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        log_path = self.logdir / ("%s.log" % member.name)
+        with log_path.open("ab") as log:
+            log.write(b"\n===== incarnation %d =====\n" % member.incarnation)
+        argv = self.argv(member)
+        member.proc = launch(
+            member.name, argv, env=self.env(member), log_path=log_path, port=member.port or None, append=True
         )
 
     def start_all(self) -> None:
         for member in self.by_role("web"):
             self.start(member)
         for member in self.by_role("web"):
-            self.wait_http(member, "/healthz")
+            assert member.proc is not None
+            wait_http(member.proc, "/healthz")
         for member in self.by_role("leader") + self.by_role("agent"):
             self.start(member)
-
-    def wait_http(self, member: Member, path: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not member.alive():
-                raise RuntimeError("%s exited while starting; see %s" % (member.name, self.logdir))
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen("http://127.0.0.1:%d%s" % (member.port, path), timeout=1):  # noqa: S310
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("%s did not answer %s within %ss" % (member.name, path, timeout))
 
     def signal(self, member: Member, sig: int) -> None:
         if not member.alive():
             return
         if sig == signal.SIGKILL and member.role == "agent":
             self.agent_deaths[(member.agent_id, member.pid)] = time.time()
-        # The whole process group: an agent's Terraform child shares its fate, as in a pod.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(member.pid, sig)
+        assert member.proc is not None
+        member.proc.signal_group(sig)  # an agent's Terraform child shares its fate, as in a pod
         if sig == signal.SIGSTOP:
             member.stopped = True
         elif sig == signal.SIGCONT:
@@ -369,36 +339,28 @@ class Cluster:
     def terminate(self, member: Member, *, grace: float) -> None:
         """SIGTERM, then SIGKILL past ``grace`` (as the kubelet does)."""
         self.signal(member, signal.SIGTERM)
-        assert member.popen is not None
+        assert member.proc is not None
         try:
-            member.popen.wait(grace)
+            member.proc.wait(grace)
         except subprocess.TimeoutExpired:
             self.signal(member, signal.SIGKILL)
-            member.popen.wait(10)
+            member.proc.wait(10)
 
     def kill(self, member: Member) -> None:
         self.signal(member, signal.SIGKILL)
-        if member.popen is not None:
-            member.popen.wait(10)
+        if member.proc is not None:
+            member.proc.wait(10)
 
     def restart_dead(self) -> list[str]:
         restarted = []
         for member in self.members:
-            if member.popen is not None and not member.alive():
+            if member.proc is not None and not member.alive():
                 self.start(member)
                 restarted.append(member.name)
         return restarted
 
     def close(self) -> None:
-        for member in self.members:
-            if member.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(member.pid, signal.SIGCONT)
-                    os.killpg(member.pid, signal.SIGKILL)
-        for member in self.members:
-            if member.popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    member.popen.wait(10)
+        kill_all(member.proc for member in self.members if member.proc is not None)
         if self.pgbouncer_popen is not None and self.pgbouncer_popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgbouncer_popen.pid, signal.SIGKILL)

@@ -30,6 +30,8 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from tests.plugins.environment import SECRET_KEY as SUITE_SECRET_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_USER = "embedded_postgres"
 DATABASE = "iacplatform"
@@ -104,9 +106,12 @@ class Pair:
         self._start(self.primary)
         with self.primary.connect("postgres") as conn:
             conn.execute("CREATE DATABASE %s" % DATABASE)
-        from tests.processes import migrate_database
+        from harness.processes import migrate_database
 
-        migrate_database("postgresql://postgres@%s/%s" % (quote(str(self.primary.socket_dir), safe=""), DATABASE))
+        migrate_database(
+            "postgresql://postgres@%s/%s" % (quote(str(self.primary.socket_dir), safe=""), DATABASE),
+            secret_key=SUITE_SECRET_KEY,
+        )
         self._run(
             "pg_basebackup", "-D", str(self.standby.pgdata), "-h", str(self.primary.socket_dir), "-U", "postgres",
             "-R", "-X", "stream", "--checkpoint=fast", "--no-sync",

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from harness.processes import ROOT
 from iacplatform.dburl import DatabaseURLError, django_database
-from tests.processes import ROOT
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from harness.processes import ROOT
 from iacplatform.devdb import DATA_DIR, ensure_server, stop_servers
-from tests.processes import ROOT
 
 DATABASE = "iacplatform_make_manage_test"
 

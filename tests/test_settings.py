@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 
 def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:

@@ -8,14 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.processes import ROOT
 from tests.plugins.environment import SECRET_KEY
-from tests.processes import ROOT
 
 PROBE = """
 import json, os, pathlib, tempfile
 import tests.plugins.environment
-from tests.processes import ProcessGroup
-group = ProcessGroup(pathlib.Path(tempfile.gettempdir()), os.environ["DATABASE_URL"])
+from harness.processes import ProcessGroup
+group = ProcessGroup(
+    pathlib.Path(tempfile.gettempdir()), os.environ["DATABASE_URL"], secret_key=tests.plugins.environment.SECRET_KEY
+)
 print(json.dumps({"suite": dict(os.environ), "web": group.env("web-1", "web"), "agent": group.env("agent-1", "agent")}))
 """
 

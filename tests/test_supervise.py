@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.processes import ROOT
 from iacplatform.supervise import FIRST_DELAY, MAX_DELAY, STABLE_AFTER, Supervisor, restart_delay
-from tests.processes import ROOT
 
 # Appends "ready <pid>" to the file named by argv[1] once it handles SIGTERM, then "term <pid>" for
 # each SIGTERM it hears, and exits 0.

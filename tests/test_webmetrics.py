@@ -12,8 +12,8 @@ import pytest
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
+from harness.processes import ProcessGroup
 from iacplatform.webmetrics import CountSockets, socket_kind
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.django_db
 

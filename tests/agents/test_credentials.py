@@ -19,9 +19,9 @@ from apps.agents.credentials import ExposedCredential, load_credential, save_cre
 from apps.agents.models import Agent
 from apps.workspaces import actions
 from apps.workspaces.models import Task, Workspace
+from harness.processes import ROOT
 from tests.agents.fixtures import Pool
 from tests.agents.test_consumer import communicator, connect_agent, hello, recv, send
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dockerfile
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

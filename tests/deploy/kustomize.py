@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"

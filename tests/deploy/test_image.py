@@ -16,6 +16,7 @@ import pytest
 from daphne.cli import CommandLineInterface
 from django.core.management import CommandError, get_commands, load_command_class
 
+from harness.processes import ROOT
 from tests.deploy.dockerimage import (
     DOCKERFILE,
     DOCKERIGNORE,
@@ -28,7 +29,6 @@ from tests.deploy.dockerimage import (
     parse,
 )
 from tests.deploy.kustomize import KUSTOMIZATIONS, Container, containers, render
-from tests.processes import ROOT
 
 # What the python:3.11-slim images have on PATH besides Python: a POSIX shell and coreutils.
 BASE_IMAGE_EXECUTABLES = {"python", "python3", "sh", "sleep"}

@@ -12,6 +12,7 @@ import pytest
 from django.core.management import get_commands, load_command_class
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, latest_version
 
+from harness.processes import ROOT
 from tests.deploy.kustomize import (
     BASE,
     DEPLOY,
@@ -27,7 +28,6 @@ from tests.deploy.kustomize import (
     workloads,
 )
 from tests.deploy.settings_source import effective
-from tests.processes import ROOT
 
 # The oldest Kubernetes the README and docs/operations.md promise: the web pods' preStop uses the
 # built-in `sleep` action, whose feature gate is on by default from 1.30 (alpha and off in 1.29).

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.processes import ROOT
 from tests.deploy.kubecalls import (
     Grant,
     Operation,
@@ -23,7 +24,6 @@ from tests.deploy.kubecalls import (
 )
 from tests.deploy.kustomize import KUSTOMIZATIONS, containers, find, one, workloads
 from tests.deploy.kustomize import render as render_kustomization
-from tests.processes import ROOT
 
 APPS = ROOT / "apps"
 

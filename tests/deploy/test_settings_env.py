@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from harness.processes import ROOT
 from tests.deploy.kustomize import KUSTOMIZATIONS, Container, EnvSource, containers, environment, render
 from tests.deploy.settings_source import project_settings, settings_variables
-from tests.processes import ROOT
 
 # The platform's own Secret: the database and Django's signing key.
 PLATFORM_SECRET = "iacplatform"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from apps.hub.checks import check_hub_settings
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 
 def test_hub_settings_pass_the_checks_by_default() -> None:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from apps.agents.models import Agent, AgentPool
 from apps.workspaces.models import Task, Workspace
-from tests.processes import Proc, ProcessGroup
+from harness.processes import Proc, ProcessGroup
 
 T = TypeVar("T")
 

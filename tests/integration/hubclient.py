@@ -20,8 +20,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from harness.processes import Proc
 from tests.access.fixtures import api_token
-from tests.processes import Proc
 
 
 @dataclass

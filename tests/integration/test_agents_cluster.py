@@ -13,6 +13,7 @@ import pytest
 from apps.agents.models import Agent
 from apps.workspaces.models import Task, TaskLogChunk
 from chaos.invariants import applies_executed_twice, overlapping_executions, read_executions
+from harness.processes import Proc, ProcessGroup
 from tests.integration.agentkit import (
     FAST_ENV,
     enqueue,
@@ -25,7 +26,6 @@ from tests.integration.agentkit import (
     wait_for,
     wait_terminal,
 )
-from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 
 from apps.agents import actions as agent_actions
 from apps.agents.models import Agent
+from harness.processes import ProcessGroup
 from tests.integration.agentkit import FAST_ENV, make_pool, start_agent, wait_connected, wait_credential, wait_for
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ import websockets
 from apps.agents.models import Agent
 from apps.agents.protocol import PROTOCOL_VERSION
 from apps.workspaces.models import StateVersion, Task, TaskLogChunk, Workspace
+from harness.processes import ProcessGroup
 from tests.integration.agentkit import (
     FAST_ENV,
     enqueue,
@@ -29,11 +30,10 @@ from tests.integration.agentkit import (
     wait_for,
     wait_terminal,
 )
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 
-# The default AGENT_MAX_FRAME_BYTES; daphne runs with twice that (tests/processes.py, as deployed).
+# The default AGENT_MAX_FRAME_BYTES; daphne runs with twice that (harness/processes.py, as deployed).
 MAX_FRAME = 1024 * 1024
 DAPHNE_MAX_FRAME = 2 * MAX_FRAME
 INTRUDER_HELLO = {"type": "hello", "protocol": PROTOCOL_VERSION, "agent_id": "intruder", "capacity": 1}

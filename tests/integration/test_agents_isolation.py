@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from apps.workspaces.models import Task, TaskLogChunk, Variable
+from harness.processes import NOBODY, ProcessGroup
 from tests.integration.agentkit import (
     FAST_ENV,
     enqueue,
@@ -19,7 +20,6 @@ from tests.integration.agentkit import (
     wait_credential,
     wait_terminal,
 )
-from tests.processes import NOBODY, ProcessGroup
 
 pytestmark = pytest.mark.slow
 

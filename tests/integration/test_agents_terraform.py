@@ -9,6 +9,7 @@ import pytest
 
 from apps.agents.models import Agent
 from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task, TaskLogChunk, Workspace
+from harness.processes import Proc, ProcessGroup
 from tests.integration.agentkit import (
     FAST_ENV,
     api,
@@ -23,7 +24,6 @@ from tests.integration.agentkit import (
     wait_for,
     wait_terminal,
 )
-from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
 

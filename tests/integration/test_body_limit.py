@@ -9,7 +9,7 @@ import socket
 import psutil
 import pytest
 
-from tests.processes import ProcessGroup
+from harness.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,9 @@ from django.test import RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
+from harness.processes import ProcessGroup
 from tests.browser import Page, chromium
-from tests.processes import ProcessGroup
-from tests.processes import test_database_url as database_url
+from tests.fixtures import suite_database_url as database_url
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import pytest
 import websockets
 
 from apps.pglayer.core import PostgresChannelLayer
+from harness.processes import ROOT, ProcessGroup, free_port, wait_http
 from tests.pglayer.conftest import count, rows_left
-from tests.processes import ROOT, ProcessGroup, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 

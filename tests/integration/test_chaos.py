@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
+from harness.processes import ROOT
 from tests.pgbouncer import pgbouncer_binary
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.slow
 

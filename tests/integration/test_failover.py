@@ -15,10 +15,11 @@ from urllib.parse import urlencode
 import psycopg
 import pytest
 
+from harness.processes import ProcessGroup, migrate_database
 from tests.integration.test_runleader import JOB, start_leader
 from tests.pgcluster import PgCluster, PgServer
 from tests.pgcluster import pgcluster as pgcluster
-from tests.processes import ProcessGroup, migrate_database
+from tests.plugins.environment import SECRET_KEY as SUITE_SECRET_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ def test_leaders_listeners_and_web_recover_on_the_promoted_standby(
 ) -> None:
     primary = pgcluster.server("primary")
     primary.execute("CREATE DATABASE %s" % DATABASE)
-    migrate_database(primary.url(DATABASE))
+    migrate_database(primary.url(DATABASE), secret_key=SUITE_SECRET_KEY)
     standby = pgcluster.standby("standby", primary)
     url = cluster_url(primary, standby)
     env = {"DATABASE_URL": url}

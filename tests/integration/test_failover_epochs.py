@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from apps.coordination.fencing import EPOCH_SHIFT
+from harness.processes import ProcessGroup
 from tests.fakekube import FakeKube
 from tests.integration.test_runleader import JOB, start_leader, wait_for
 from tests.pgpair import Pair, Server
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from apps.coordination.models import JobRun
 from apps.hub import actions
 from apps.hub.models import EditingSession, TakeoverRequest
 from apps.workspaces.models import Workspace
+from harness.processes import ProcessGroup, free_port, wait_http
 from tests.access.fixtures import grant
 from tests.integration.hubclient import Listener, Login
-from tests.processes import ProcessGroup, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 

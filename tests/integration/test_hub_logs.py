@@ -20,6 +20,7 @@ from django.db import connection, transaction
 
 from apps.agents.models import AgentPool
 from apps.workspaces.models import Task, TaskLogChunk, Workspace
+from harness.processes import ProcessGroup
 from tests.access.fixtures import grant
 from tests.integration.agentkit import (
     FAST_ENV,
@@ -31,7 +32,6 @@ from tests.integration.agentkit import (
     wait_terminal,
 )
 from tests.integration.hubclient import Listener, Login
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

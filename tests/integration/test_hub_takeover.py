@@ -10,9 +10,9 @@ from django.contrib.auth.models import User
 
 from apps.agents.models import AgentPool
 from apps.workspaces.models import Task, Workspace
+from harness.processes import ProcessGroup
 from tests.access.fixtures import grant, make_user
 from tests.integration.hubclient import Listener, Login, closed_with
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

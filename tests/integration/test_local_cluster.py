@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.processes import ROOT, ProcessGroup, free_port
 from tests.integration.test_runleader import holder, wait_for
-from tests.processes import ROOT, ProcessGroup, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,12 @@ from pytest_django import DjangoDbBlocker
 
 from apps.coordination.models import JobRun
 from apps.pglayer.core import PostgresChannelLayer
+from harness.processes import ProcessGroup
 from iacplatform.dburl import django_database
 from tests.integration.test_runleader import holder, start_leader, wait_for
 from tests.pgcluster import PgCluster, PgServer
 from tests.pgcluster import pgcluster as pgcluster
 from tests.pglayer.conftest import query
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

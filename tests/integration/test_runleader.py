@@ -13,7 +13,7 @@ import pytest
 
 from apps.coordination.models import JobRun, Lease
 from apps.coordination.overlaps import overlapping_tick_pairs, overlapping_ticks
-from tests.processes import Proc, ProcessGroup, free_port, wait_http
+from harness.processes import Proc, ProcessGroup, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 

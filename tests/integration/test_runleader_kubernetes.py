@@ -12,6 +12,7 @@ import pytest
 from apps.coordination.leaselock.kubernetes import EPOCH_ANNOTATION
 from apps.coordination.models import JobRun
 from apps.coordination.overlaps import overlapping_ticks
+from harness.processes import Proc, ProcessGroup
 from tests.fakekube import FakeKube
 from tests.integration.test_runleader import (
     DEADLINE,
@@ -23,7 +24,6 @@ from tests.integration.test_runleader import (
     start_leaders,
     wait_for,
 )
-from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
 

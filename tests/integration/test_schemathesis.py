@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
+from harness.processes import ProcessGroup
 from tests.access.fixtures import api_token
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from django.db.models import F
 from apps.agents.models import AgentPool
 from apps.search.models import SearchDocument
 from apps.workspaces.models import Resource
+from harness.processes import ProcessGroup
 from tests.integration.test_runleader import holder, start_leaders, wait_for
-from tests.processes import ProcessGroup
 from tests.search import cmdb30
 
 pytestmark = pytest.mark.slow

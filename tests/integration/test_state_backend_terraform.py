@@ -21,6 +21,7 @@ from django.utils import timezone
 from apps.agents.terraform import BACKEND_OVERRIDE, backend_override
 from apps.workspaces import statebackend
 from apps.workspaces.models import StateLock, StateTransition, StateVersion, Task
+from harness.processes import ProcessGroup
 from tests.integration.agentkit import (
     FAST_ENV,
     OUTPUTS_TF,
@@ -34,7 +35,6 @@ from tests.integration.agentkit import (
     wait_for,
     wait_terminal,
 )
-from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from tests.processes import ProcessGroup
+from harness.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
 
