@@ -21,6 +21,7 @@ from apps.coordination.lockkeys import Namespace
 from apps.coordination.models import Fence, JobRun
 from apps.coordination.registry import JobSpec
 from apps.coordination.scheduler import TermContext, run_tick
+from tests.fakeclock import FakeClock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -207,17 +208,29 @@ def test_a_leader_whose_beacon_is_cut_stops_leading_at_once_and_starts_a_fresh_t
     assert second.beacon is not None and second.beacon[0] != pid
 
 
-def test_the_beacon_of_an_acquisition_that_did_not_land_is_put_out() -> None:
-    """A write that got no answer keeps its beacon lit until the next read shows it did not land."""
+def test_a_standbys_acquiring_write_that_did_not_land_leaves_no_beacon_lit() -> None:
+    """Chaos seed 18 (FAILOVER=1: a restart right after a failover left standbys' beacons held by
+    idle sessions). A standby lights its beacon before its acquiring write; the write fails without
+    an answer (here: cancelled by its statement_timeout while the leader's renew holds the row, in
+    chaos: the connection lost to a restart), so it may have landed. The next read shows the record
+    is the leader's: the standby must put that beacon out, not keep it for as long as it stands by."""
+    clock = FakeClock()
+    fast = ElectionConfig(lease_duration=3, renew_deadline=2, retry_period=0.5)  # 0.5 s per statement
     beacon = Beacon(lease="lease", identity="b", on_lost=lambda: None)
-    elector = LeaderElector(lock=PostgresLeaseLock(name="lease"), identity="b", config=DEFAULTS, beacon=beacon)
-    holder = LeaderElector(lock=PostgresLeaseLock(name="lease"), identity="a", config=DEFAULTS)
+    standby = LeaderElector(lock=PostgresLeaseLock(name="lease"), identity="b", config=fast, clock=clock, beacon=beacon)
+    leader = LeaderElector(lock=PostgresLeaseLock(name="lease"), identity="a", config=fast)
     try:
-        assert holder.try_acquire_or_renew()
-        elector._light(99)  # as if an acquiring write for epoch 99 had gone out unanswered
-        elector._unanswered_epoch = 99
-        assert len(beacon_pids()) == 1
-        assert not elector.try_acquire_or_renew()  # the record is a's: that write never landed
-        assert beacon_pids() == []
+        assert leader.try_acquire_or_renew()
+        assert not standby.try_acquire_or_renew()  # observes a's term
+        clock.advance(fast.lease_duration + 1)  # a's renews are not seen: expired for b
+        with psycopg.connect(**connection.get_connection_params()) as renewing:
+            renewing.execute("SELECT 1 FROM coordination_lease WHERE name = 'lease' FOR UPDATE")
+            assert not standby.try_acquire_or_renew()  # its UPDATE waits on the row, then is cancelled
+            assert standby.state.last_error is not None and standby.state.last_error.applied_unknown
+            assert len(beacon_pids()) == 1  # lit before the write, kept: the write may have landed
+        assert leader.try_acquire_or_renew()  # a's renew goes through: the record stays a's
+        assert not standby.try_acquire_or_renew()
+        assert standby.holder() == "a"
+        assert beacon_pids() == [], "b stands by with the beacon of a term that never began"
     finally:
         beacon.close()
