@@ -19,6 +19,8 @@ from pathlib import Path
 
 from django.db import connection
 
+from apps.coordination.lockkeys import Namespace, beacon_key, pg_locks_key
+
 TERMINAL = ("succeeded", "failed", "errored", "cancelled", "timed_out")
 
 
@@ -66,6 +68,46 @@ def advisory_lock_holders() -> list[str]:
             " ORDER BY l.classid, l.objid"
         )
         return ["%s/%s by %s (%s)" % row for row in cursor.fetchall()]
+
+
+def election_lock_strays(*, lease: str, live_leaders: Iterable[str]) -> list[str]:
+    """Beacon and job locks held by a session that is not the live leader's, or a beacon that is
+    not its current term's: a standby's beacon left lit, a previous term's kept, a job lock on a
+    session no leader owns.
+
+    Owners are told by ``application_name`` (``<pod>:<role>/<purpose>``, sessiondb.py): the lease's
+    holder must be among ``live_leaders`` and the session's name must start with ``<holder>:``.
+    Sampled: during a handover a tick of the old term or a candidate's beacon lit before its write
+    shows up for a moment, so the caller waits for it to settle.
+    """
+    live = set(live_leaders)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT holder_identity, epoch FROM coordination_lease WHERE name = %s", [lease])
+        row = cursor.fetchone()
+        holder, epoch = (row[0], row[1]) if row else ("", None)
+        cursor.execute(
+            "SELECT l.classid::bigint, l.objid::bigint, l.pid, a.application_name, a.state FROM pg_locks l"
+            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid::bigint = ANY(%s)"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY l.classid, l.objid, l.pid",
+            [[int(Namespace.JOB), int(Namespace.LEADER_BEACON)]],
+        )
+        locks = cursor.fetchall()
+    leader = holder if holder and holder in live else None
+    term_beacon = pg_locks_key(beacon_key(lease, epoch, holder)) if leader and epoch is not None else None
+    strays = []
+    for classid, objid, pid, name, state in locks:
+        kind = "beacon" if classid == Namespace.LEADER_BEACON else "job"
+        owned = leader is not None and (name or "").startswith(leader + ":")
+        if kind == "beacon" and (classid, objid) != term_beacon:
+            owned = False
+        if not owned:
+            strays.append(
+                "%s lock %s/%s held by %s (pid %s, %s); lease holder %r epoch %s%s"
+                % (kind, classid, objid, name, pid, state, holder, epoch, "" if leader or not holder else " (not live)")
+            )
+    return strays
 
 
 def advisory_locks_held() -> int:

@@ -6,13 +6,14 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
 
 from apps.agents.models import Agent, AgentPool
-from apps.coordination.lockkeys import workspace_key
-from apps.coordination.models import JobRun
+from apps.coordination.lockkeys import beacon_key, job_key, workspace_key
+from apps.coordination.models import JobRun, Lease
 from apps.workspaces.models import Task, Workspace
 from chaos import invariants
 
@@ -66,6 +67,42 @@ def test_advisory_locks_are_counted() -> None:
         assert invariants.advisory_locks_held() == before + 1
         cursor.execute("SELECT pg_advisory_unlock(%s, %s)", list(workspace_key(1)))
     assert invariants.advisory_locks_held() == before
+
+
+@pytest.mark.django_db
+def test_election_locks_held_by_sessions_that_are_not_the_live_leaders_are_found() -> None:
+    """Chaos seed 18 (FAILOVER=1) left standbys' beacons lit on idle sessions: a count above the
+    baseline shows that only while the leader also holds its own, this check names them always."""
+    Lease.objects.create(name="chaos-lease", holder_identity="leader-1", epoch=5)
+    held = [
+        ("leader-1:leader/beacon", beacon_key("chaos-lease", 5, "leader-1")),  # the term's own beacon
+        ("leader-1:leader/job-locks", job_key("drift_check")),  # a tick of the leader
+        ("leader-2:leader/beacon", beacon_key("chaos-lease", 6, "leader-2")),  # a standby's, left lit
+        ("leader-1:leader/beacon", beacon_key("chaos-lease", 4, "leader-1")),  # the leader's previous term's
+        ("leader-3:leader/job-locks", job_key("cmdb_sync")),  # a job lock of a non-leader
+        ("web-1:web", workspace_key(1)),  # not an election lock: counted by advisory_locks_held only
+    ]
+    sessions = []
+    try:
+        for name, key in held:
+            session = psycopg.connect(
+                **{**connection.get_connection_params(), "application_name": name}, autocommit=True
+            )
+            sessions.append(session)
+            session.execute("SELECT pg_advisory_lock(%s, %s)", list(key))
+        strays = invariants.election_lock_strays(lease="chaos-lease", live_leaders=["leader-1", "leader-2"])
+        assert len(strays) == 3, strays
+        assert any("leader-2:leader/beacon" in s for s in strays)
+        assert any("leader-3:leader/job-locks" in s for s in strays)
+        assert sum("leader-1:leader/beacon" in s for s in strays) == 1  # epoch 4's, not epoch 5's
+        # The holder's process is gone: none of its locks is a live leader's.
+        assert len(invariants.election_lock_strays(lease="chaos-lease", live_leaders=["leader-2"])) == 5
+        for session in sessions[2:5]:
+            session.execute("SELECT pg_advisory_unlock_all()")
+        assert invariants.election_lock_strays(lease="chaos-lease", live_leaders=["leader-1"]) == []
+    finally:
+        for session in sessions:
+            session.close()
 
 
 @pytest.mark.django_db
