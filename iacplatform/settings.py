@@ -369,6 +369,18 @@ TERRAFORM_STATE_CREDENTIAL_SLACK = env_number("TERRAFORM_STATE_CREDENTIAL_SLACK"
 # Released Terraform state locks are history: kept this long, then deleted by state_lock_retention.
 STATE_LOCK_RETENTION_DAYS = env_number("STATE_LOCK_RETENTION_DAYS", 30.0)
 JOB_STATE_LOCK_RETENTION_EVERY = env_number("JOB_STATE_LOCK_RETENTION_EVERY", 3600.0)
+# Task logs, state versions and state transitions (apps/workspaces/retention.py). A finished
+# task's log chunks are deleted this many days after it finished (the task keeps a marker).
+TASK_LOG_RETENTION_DAYS = env_number("TASK_LOG_RETENTION_DAYS", 30.0)
+JOB_TASK_LOG_RETENTION_EVERY = env_number("JOB_TASK_LOG_RETENTION_EVERY", 300.0)
+# A state version is deleted only when it is older than STATE_VERSION_RETENTION_DAYS and not
+# among its workspace's newest STATE_VERSIONS_KEEP, and never the current state or a conflict.
+STATE_VERSIONS_KEEP = env_int("STATE_VERSIONS_KEEP", 100)
+STATE_VERSION_RETENTION_DAYS = env_number("STATE_VERSION_RETENTION_DAYS", 30.0)
+JOB_STATE_VERSION_RETENTION_EVERY = env_number("JOB_STATE_VERSION_RETENTION_EVERY", 300.0)
+# Audit rows of the current-state pointer's moves.
+STATE_TRANSITION_RETENTION_DAYS = env_number("STATE_TRANSITION_RETENTION_DAYS", 365.0)
+JOB_STATE_TRANSITION_RETENTION_EVERY = env_number("JOB_STATE_TRANSITION_RETENTION_EVERY", 3600.0)
 # How often the leader runs each queue/agent job.
 JOB_PENDING_TASKS_EVERY = env_number("JOB_PENDING_TASKS_EVERY", 10.0)
 JOB_TASK_TIMEOUT_EVERY = env_number("JOB_TASK_TIMEOUT_EVERY", 30.0)

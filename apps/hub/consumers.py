@@ -235,6 +235,11 @@ class TaskLogConsumer(HubConsumer):
         # The status is read before the log, so it is never newer than the chunks sent with it.
         status = await database_sync_to_async(self._status)()
         await self._send_stored()
+        # Read after the stored chunks (the marker commits with the first chunks deleted): a log
+        # deleted by retention is said to be, not sent as an empty or shortened one.
+        pruned = await database_sync_to_async(self._pruned)()
+        if pruned is not None:
+            await self.send_json({"type": "task.log.pruned", "task_id": self.task_id, **pruned})
         await self.send_json({"type": "task.status", "task_id": self.task_id, "status": status})
 
     def _refusal(self) -> int | None:
@@ -246,9 +251,19 @@ class TaskLogConsumer(HubConsumer):
     def _status(self) -> str:
         return Task.objects.filter(pk=self.task_id).values_list("status", flat=True).get()
 
+    def _pruned(self) -> dict[str, Any] | None:
+        row = (
+            Task.objects.filter(pk=self.task_id, log_pruned_at__isnull=False)
+            .values_list("log_pruned_at", "log_pruned_chunks", "log_pruned_bytes")
+            .first()
+        )
+        if row is None or row[0] is None:
+            return None
+        return {"pruned_at": row[0].isoformat(), "chunks": row[1], "bytes": row[2]}
+
     def _stored(self, from_seq: int) -> list[tuple[int, str]]:
         return list(
-            TaskLogChunk.objects.filter(task_id=self.task_id, seq__gte=from_seq)
+            TaskLogChunk.objects.filter(task_id=self.task_id, seq__gte=from_seq, task__log_pruned_at__isnull=True)
             .order_by("seq")
             .values_list("seq", "text")[:LOG_BATCH]
         )

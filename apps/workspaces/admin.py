@@ -149,6 +149,10 @@ class TaskAdmin(admin.ModelAdmin):
         "exit_code",
         "plan_summary",
         "error",
+        # Set when task_log_retention deleted the log (the chunks below are then gone).
+        "log_pruned_at",
+        "log_pruned_chunks",
+        "log_pruned_bytes",
     )
     inlines = [TaskLogChunkInline]
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.coordination.fencing import Tick
 from apps.coordination.registry import job, on_leadership_acquired
-from apps.workspaces import actions, cmdb
+from apps.workspaces import actions, cmdb, retention
 from apps.workspaces.models import StateLock
 
 logger = logging.getLogger(__name__)
@@ -122,3 +122,56 @@ def state_lock_retention(tick: Tick) -> None:
             break
     if deleted:
         logger.info("state_lock_retention: %d released locks deleted", deleted)
+
+
+@job(name="task_log_retention", every=settings.JOB_TASK_LOG_RETENTION_EVERY)
+def task_log_retention(tick: Tick) -> None:
+    """Delete the logs of tasks finished more than TASK_LOG_RETENTION_DAYS ago (the task keeps a
+    marker), in fenced batches of chunks (apps/workspaces/retention.py)."""
+    cutoff = timezone.now() - timedelta(days=settings.TASK_LOG_RETENTION_DAYS)
+    done = retention.prune_task_logs(cutoff=cutoff, atomic=tick.fenced, should_stop=tick.stopping)
+    if done.rows:
+        logger.info(
+            "task_log_retention (%s, epoch %d): %d log chunks of %d tasks deleted in %d batches",
+            tick.holder,
+            tick.epoch,
+            done.rows,
+            done.items,
+            done.batches,
+        )
+
+
+@job(name="state_version_retention", every=settings.JOB_STATE_VERSION_RETENTION_EVERY)
+def state_version_retention(tick: Tick) -> None:
+    """Delete state versions older than STATE_VERSION_RETENTION_DAYS beyond each workspace's
+    newest STATE_VERSIONS_KEEP (never the current state or a conflict), in fenced batches."""
+    done = retention.prune_state_versions(
+        keep=settings.STATE_VERSIONS_KEEP,
+        window=timedelta(days=settings.STATE_VERSION_RETENTION_DAYS),
+        atomic=tick.fenced,
+        should_stop=tick.stopping,
+    )
+    if done.rows:
+        logger.info(
+            "state_version_retention (%s, epoch %d): %d state versions of %d workspaces deleted in %d batches",
+            tick.holder,
+            tick.epoch,
+            done.rows,
+            done.items,
+            done.batches,
+        )
+
+
+@job(name="state_transition_retention", every=settings.JOB_STATE_TRANSITION_RETENTION_EVERY)
+def state_transition_retention(tick: Tick) -> None:
+    """Delete state transitions (audit rows) older than STATE_TRANSITION_RETENTION_DAYS, in fenced batches."""
+    cutoff = timezone.now() - timedelta(days=settings.STATE_TRANSITION_RETENTION_DAYS)
+    done = retention.prune_state_transitions(cutoff=cutoff, atomic=tick.fenced, should_stop=tick.stopping)
+    if done.rows:
+        logger.info(
+            "state_transition_retention (%s, epoch %d): %d transitions deleted in %d batches",
+            tick.holder,
+            tick.epoch,
+            done.rows,
+            done.batches,
+        )

@@ -51,13 +51,24 @@ class Workspace(models.Model):
     current_state = models.ForeignKey(
         "StateVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # When state_version_retention should next look at this workspace's versions (NULL: nothing
+    # to prune until a state write or a resolved conflict sets it; apps/workspaces/retention.py).
+    state_prune_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = WorkspaceQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["drift_check_enabled", "drift_next_check_at"])]
+        indexes = [
+            models.Index(fields=["drift_check_enabled", "drift_next_check_at"]),
+            # state_version_retention reads the due workspaces here: the rest are not in it.
+            models.Index(
+                fields=["state_prune_at", "id"],
+                condition=Q(state_prune_at__isnull=False),
+                name="workspace_state_prune_due",
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(drift_check_interval_minutes__gte=1), name="workspace_drift_interval_positive"
@@ -117,6 +128,14 @@ class Task(models.Model):
     # {"add": n, "change": n, "destroy": n} from the plan.
     plan_summary = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # Log retention (apps/workspaces/retention.py): set in the transaction that deletes the first
+    # of the task's chunks; from then on the API and the log socket answer "pruned", never a
+    # partial or empty log. The counts sum what was deleted; ``log_prune_complete`` is set once no
+    # chunk is left (also for a task that never had one: it is not marked pruned then).
+    log_pruned_at = models.DateTimeField(null=True, blank=True, editable=False)
+    log_pruned_chunks = models.PositiveIntegerField(default=0, editable=False)
+    log_pruned_bytes = models.PositiveBigIntegerField(default=0, editable=False)
+    log_prune_complete = models.BooleanField(default=False, editable=False)
 
     objects = TaskQuerySet.as_manager()
 
@@ -140,6 +159,13 @@ class Task(models.Model):
             # read from the index instead of sorting every task ever run.
             models.Index(fields=["created_at", "id"], name="task_created_order"),
             models.Index(fields=["workspace", "created_at", "id"], name="task_workspace_created_order"),
+            # task_log_retention reads the oldest finished tasks whose log is not yet gone here;
+            # a task leaves the index once its log is pruned.
+            models.Index(
+                fields=["finished_at", "id"],
+                condition=Q(log_prune_complete=False, finished_at__isnull=False),
+                name="task_log_retained",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -209,7 +235,10 @@ class StateVersion(models.Model):
 
 
 class StateTransition(models.Model):
-    """Every move of a workspace's current-state pointer: who or which task, from, to, when."""
+    """Every move of a workspace's current-state pointer: who or which task, from, to, when.
+
+    An audit row: it carries the serials and lineages it moved between, so it still reads right
+    after state_version_retention deleted a version it pointed to (the link is then NULL)."""
 
     class Kind(models.TextChoices):
         TERRAFORM = "terraform"  # a state write of the task's current attempt
@@ -231,7 +260,11 @@ class StateTransition(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        indexes = [models.Index(fields=["workspace", "created_at"])]
+        indexes = [
+            models.Index(fields=["workspace", "created_at"]),
+            # state_transition_retention deletes the oldest rows (of every workspace) from here.
+            models.Index(fields=["created_at", "id"], name="state_transition_created"),
+        ]
         ordering = ["workspace", "created_at", "pk"]
 
     def __str__(self) -> str:

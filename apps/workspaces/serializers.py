@@ -267,6 +267,7 @@ class TaskSerializer(serializers.ModelSerializer[Task]):
             "exit_code",
             "plan_summary",
             "error",
+            "log_pruned_at",
         ]
         read_only_fields = fields
 
@@ -303,6 +304,12 @@ class TaskLogSerializer(serializers.Serializer[Any]):
     status = serializers.CharField()
     chunks = LogChunkSerializer(many=True)
     complete = serializers.BooleanField(help_text="The task has finished and every chunk up to now is included.")
+    pruned = serializers.BooleanField(
+        help_text="The log was deleted by retention (TASK_LOG_RETENTION_DAYS after the task finished): no chunks."
+    )
+    pruned_at = serializers.DateTimeField(allow_null=True, help_text="When retention deleted the log; null if kept.")
+    pruned_chunks = serializers.IntegerField(help_text="How many chunks retention deleted.")
+    pruned_bytes = serializers.IntegerField(help_text="How many bytes of text retention deleted.")
 
 
 class WorkspaceStateSerializer(serializers.Serializer[Any]):

@@ -9,6 +9,8 @@ one left). A state from an attempt that is no longer live (the task was settled,
 out or re-queued meanwhile) is kept, since it describes real infrastructure, as a ``conflict``
 version with its task and attempt, and never becomes current by itself; while a workspace has an
 unresolved conflict its applies are held (plans and drift checks still run).
+Versions past their retention are deleted by state_version_retention (retention.py), never the
+current one, a conflict or the newest: what these rules compare against is always kept.
 Does NOT: decide whether an attempt is live (the caller does, from the task row it locked), or
 authenticate anyone (views and the state backend do).
 """
@@ -25,6 +27,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from apps.workspaces import retention
 from apps.workspaces.actions import kick_after_commit
 from apps.workspaces.models import StateTransition, StateVersion, Task, Workspace
 
@@ -92,7 +95,7 @@ def _lock_workspace(workspace_id: int) -> Workspace:
 
 def _new_version(workspace: Workspace, state: dict[str, Any], **fields: Any) -> StateVersion:
     last = StateVersion.objects.filter(workspace_id=workspace.pk).aggregate(m=Max("serial"))["m"] or 0
-    return StateVersion.objects.create(
+    version = StateVersion.objects.create(
         workspace_id=workspace.pk,
         serial=last + 1,
         lineage=state["lineage"],
@@ -100,6 +103,8 @@ def _new_version(workspace: Workspace, state: dict[str, Any], **fields: Any) -> 
         state=state,
         **fields,
     )
+    retention.schedule_state_prune(workspace.pk)  # a row may have left the newest STATE_VERSIONS_KEEP
+    return version
 
 
 def _move(
@@ -223,3 +228,4 @@ def do_discard(*, workspace_id: int, version_id: int, actor: Any) -> StateVersio
 def _resolve(version: StateVersion, status: str, actor: Any) -> None:
     version.status, version.resolved_by, version.resolved_at = status, actor, timezone.now()
     version.save(update_fields=["status", "resolved_by", "resolved_at"])
+    retention.schedule_state_prune(version.workspace_id, released_at=version.created_at)  # no longer held

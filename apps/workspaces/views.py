@@ -289,9 +289,27 @@ class TaskViewSet(
         query.is_valid(raise_exception=True)
         task = self.get_object()
         limit = query.validated_data["limit"]
-        chunks = list(task.log_chunks.filter(seq__gt=query.validated_data["after"]).order_by("seq")[: limit + 1])
+        chunks = list(
+            task.log_chunks.filter(seq__gt=query.validated_data["after"], task__log_pruned_at__isnull=True).order_by(
+                "seq"
+            )[: limit + 1]
+        )
+        # The marker is read after the chunks: it commits with the first chunks deleted, so chunks
+        # read before it are a whole log, and a log read as it went is answered as pruned.
+        task.refresh_from_db(fields=["log_pruned_at", "log_pruned_chunks", "log_pruned_bytes"])
+        if task.log_pruned_at is not None:
+            chunks = []
         complete = task.is_terminal and len(chunks) <= limit
-        data = {"task": task.pk, "status": task.status, "chunks": chunks[:limit], "complete": complete}
+        data = {
+            "task": task.pk,
+            "status": task.status,
+            "chunks": chunks[:limit],
+            "complete": complete,
+            "pruned": task.log_pruned_at is not None,
+            "pruned_at": task.log_pruned_at,
+            "pruned_chunks": task.log_pruned_chunks,
+            "pruned_bytes": task.log_pruned_bytes,
+        }
         return Response(TaskLogSerializer(data).data)
 
 

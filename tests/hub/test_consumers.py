@@ -399,6 +399,33 @@ async def test_a_reconnecting_client_resumes_after_its_last_seq(task: Task, view
     await second.disconnect()
 
 
+async def test_a_log_deleted_by_retention_is_said_to_be_pruned_not_sent_empty(task: Task, viewer: User) -> None:
+    """A finished task's log past TASK_LOG_RETENTION_DAYS: a task.log.pruned frame, then the status;
+    a partly deleted one (a batch ended inside its log) sends none of its remaining chunks."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.workspaces import retention
+
+    await _store(task, *range(5))
+    old = timezone.now() - timedelta(days=40)
+    await database_sync_to_async(Task.objects.filter(pk=task.pk).update)(status="succeeded", finished_at=old)
+    await database_sync_to_async(retention.prune_task_logs_batch)(cutoff=timezone.now() - timedelta(days=30), batch=2)
+    assert await database_sync_to_async(TaskLogChunk.objects.filter(task=task).count)() == 3
+    communicator = _communicator("/ws/tasks/%d/logs/" % task.pk, viewer)
+    await communicator.connect()
+    pruned = await communicator.receive_json_from(timeout=5)
+    assert pruned["type"] == "task.log.pruned" and pruned["task_id"] == task.pk
+    assert pruned["chunks"] == 2 and pruned["bytes"] == 2 * len("line 0\n") and pruned["pruned_at"]
+    assert await communicator.receive_json_from(timeout=5) == {
+        "type": "task.status",
+        "task_id": task.pk,
+        "status": "succeeded",
+    }
+    await communicator.disconnect()
+
+
 async def test_the_log_socket_only_sends(task: Task, viewer: User) -> None:
     communicator = _communicator("/ws/tasks/%d/logs/" % task.pk, viewer)
     await communicator.connect()
