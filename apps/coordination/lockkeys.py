@@ -21,6 +21,9 @@ class Namespace(IntEnum):
     JOB = 7102
     LEADER_RECOVERY = 7103
     LEADER_BEACON = 7104
+    # Transaction locks taken by the JobRun overlap trigger (migration 0007), keyed by hashtext(job):
+    # two ticks of one job written at once are checked one after the other.
+    JOBRUN_CHECK = 7105
 
 
 Key = tuple[int, int]

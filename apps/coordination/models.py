@@ -64,6 +64,12 @@ class JobRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.RUNNING)
     error = models.TextField(blank=True)
+    # Set by the database (the trigger of migration 0007, overlaps.py) as the row is written or
+    # closed: this tick started while an earlier tick of its job ran. Never set by hand.
+    overlapped = models.BooleanField(default=False, db_default=False, editable=False)
+    # The latest end of the ticks of this job that started before this one (trigger-maintained):
+    # the next tick compares its start with it, one row back, instead of walking the history.
+    prior_end = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
@@ -76,6 +82,8 @@ class JobRun(models.Model):
             models.Index(fields=["epoch", "holder", "started_at"], name="jobrun_term"),
             # Ticks running now: a handful, read by every term start, the prune and clusterstatus.
             models.Index(fields=["job"], condition=models.Q(outcome="running"), name="jobrun_running"),
+            # Overlapping ticks: none, or a handful to investigate; counted by clusterstatus and /metrics.
+            models.Index(fields=["job"], condition=models.Q(overlapped=True), name="jobrun_overlapped"),
         ]
         ordering = ["-started_at"]
 

@@ -1,21 +1,35 @@
 """Checking JobRun for overlapping ticks: two ticks of one job running at once (must never happen).
 
 A tick *overlaps* when it started before some earlier-started tick of the same job had ended
-(a tick still running counts as never ending). Ticks are walked per job in start order (ties by
-id) with a running maximum of the ends seen so far, one window function over the index
-``jobrun_job_start_order``: O(n) after an index scan, O(n log n) at worst, instead of the
-quadratic self-join this replaced. The running maximum starts from the ``last_end`` of the job's
-daily aggregates (``JobRunDay``), so an overlap across the edge of the retention window is still
-found, and the ticks already folded into aggregates contribute their own count (``overlapped``).
+(a tick still running counts as never ending). Skipped ticks never ran (their lock was held
+elsewhere) and take no part. Fenced ticks do: they held the job's lock when they found the epoch
+stale, so one overlapping a tick of another session means two sessions held the lock at once.
 
-Skipped ticks never ran (their lock was held elsewhere) and take no part. Fenced ticks do: they
-held the job's lock when they found the epoch stale, so one overlapping a tick of another session
-means two sessions held the lock at once.
+The check is made by the database as each tick is written and closed (``TRIGGERS``, installed by
+migration 0007), so it costs O(1) index probes per tick and nothing per look: a new tick compares
+its start with one row, the previous closed tick of its job, whose ``prior_end`` carries the
+latest end of every tick before it, and with the job's running ticks (a partial index); a tick
+written or closed late (a back-dated start, clock skew) marks the later ticks that started while
+it ran. The result is the ``overlapped`` flag, so clusterstatus and /metrics count flags through a
+partial index: O(overlaps), whatever the history. A trigger rather than the scheduler's own
+insert, so that every writer is checked (a second installation on the same database, a restored
+backup, a hand-written row). Ticks of one job are checked one after another under a transaction
+advisory lock (``Namespace.JOBRUN_CHECK``): two written at once by two leaders see each other.
+Retention (retention.py) adds the flags of the ticks it folds into ``JobRunDay.overlapped``, so
+"ever" = the flags kept + the aggregates' counts, each tick counted once.
 
-Guarantees: counts every tick that overlaps any earlier one of its job, whatever the holders (the
-advisory lock promises one session per job, and one process runs one thread per job).
+``overlapping_ticks`` is the exact check from scratch: one window walk in start order over the
+index ``jobrun_job_start_order`` (O(n)), seeded with the aggregates' ``last_end``; tests and
+chaos cross-check the flags with it, and ``BACKFILL`` uses it once to flag the ticks written
+before the trigger existed.
+
+Guarantees: a tick is flagged iff it started before the latest end (a running tick: infinity) of
+the ticks of its job that started before it, as known when it or any of them was written or
+closed; flags are never cleared.
 Does NOT: correct for clock skew between the machines that wrote ``started_at`` and
-``finished_at`` (each by its own wall clock), or look at ticks pruned before the aggregates held
+``finished_at`` (each by its own wall clock); unflag a tick if an earlier running tick is later
+closed with an end before its start (the scheduler closes an abandoned tick before its successor
+starts, so this does not happen in operation); look at ticks pruned before the aggregates held
 ``last_end``.
 """
 
@@ -59,6 +73,106 @@ _FLAGGED = """
 """
 
 
+# Installed by migration 0007 (a later change needs a migration that runs the new text).
+TRIGGERS = """
+    CREATE OR REPLACE FUNCTION coordination_jobrun_check_start() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        earlier_end timestamptz;
+    BEGIN
+        IF NEW.outcome = 'skipped' THEN
+            NEW.overlapped := false;
+            NEW.prior_end := NULL;
+            RETURN NEW;
+        END IF;
+        PERFORM pg_advisory_xact_lock(7105, hashtext(NEW.job));
+        -- The previous closed tick in start order: its prior_end already holds the ends before it.
+        SELECT GREATEST(p.prior_end, p.finished_at) INTO earlier_end
+        FROM coordination_jobrun p
+        WHERE p.job = NEW.job AND p.outcome NOT IN ('skipped', 'running')
+          AND (p.started_at, p.id) < (NEW.started_at, NEW.id)
+        ORDER BY p.started_at DESC, p.id DESC
+        LIMIT 1;
+        NEW.prior_end := earlier_end;
+        NEW.overlapped := NEW.overlapped OR COALESCE(NEW.started_at < earlier_end, false) OR EXISTS (
+            SELECT 1 FROM coordination_jobrun r
+            WHERE r.job = NEW.job AND r.outcome = 'running' AND (r.started_at, r.id) < (NEW.started_at, NEW.id)
+        );
+        RETURN NEW;
+    END $$;
+
+    CREATE OR REPLACE FUNCTION coordination_jobrun_check_later() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.outcome = 'skipped' THEN
+            RETURN NULL;
+        END IF;
+        PERFORM pg_advisory_xact_lock(7105, hashtext(NEW.job));
+        -- Ticks that started after this one while it ran: written before it (a late, back-dated
+        -- row) or before it closed. Normally none: one probe of the start-order index.
+        UPDATE coordination_jobrun l
+        SET overlapped = true, prior_end = GREATEST(l.prior_end, NEW.finished_at)
+        WHERE l.job = NEW.job AND l.outcome <> 'skipped'
+          AND (l.started_at, l.id) > (NEW.started_at, NEW.id)
+          AND l.started_at < COALESCE(NEW.finished_at, 'infinity'::timestamptz)
+          AND (NOT l.overlapped OR l.prior_end IS DISTINCT FROM GREATEST(l.prior_end, NEW.finished_at));
+        RETURN NULL;
+    END $$;
+
+    DROP TRIGGER IF EXISTS jobrun_check_start ON coordination_jobrun;
+    CREATE TRIGGER jobrun_check_start BEFORE INSERT ON coordination_jobrun
+        FOR EACH ROW EXECUTE FUNCTION coordination_jobrun_check_start();
+    DROP TRIGGER IF EXISTS jobrun_check_later ON coordination_jobrun;
+    -- UPDATE OF: the trigger's own UPDATE sets neither column, so it does not fire again.
+    CREATE TRIGGER jobrun_check_later AFTER INSERT OR UPDATE OF finished_at, outcome ON coordination_jobrun
+        FOR EACH ROW EXECUTE FUNCTION coordination_jobrun_check_later();
+"""
+
+DROP_TRIGGERS = """
+    DROP TRIGGER IF EXISTS jobrun_check_later ON coordination_jobrun;
+    DROP TRIGGER IF EXISTS jobrun_check_start ON coordination_jobrun;
+    DROP FUNCTION IF EXISTS coordination_jobrun_check_later();
+    DROP FUNCTION IF EXISTS coordination_jobrun_check_start();
+"""
+
+# Ticks written before the trigger existed: flagged by one exact walk, and the latest closed tick of
+# each job given its prior_end so the trigger's chain continues from the whole history.
+BACKFILL = """
+    WITH seed AS (
+        SELECT job, max(last_end) AS last_end FROM coordination_jobrunday GROUP BY job
+    ), walked AS (
+        SELECT r.id, r.job, r.started_at, r.outcome,
+               max(COALESCE(r.finished_at, 'infinity'::timestamptz)) OVER w AS prior_end,
+               max(r.finished_at) FILTER (WHERE r.outcome <> 'running') OVER w AS closed_prior_end,
+               row_number() OVER (
+                   PARTITION BY r.job, r.outcome = 'running' ORDER BY r.started_at DESC, r.id DESC
+               ) AS from_last
+        FROM coordination_jobrun r
+        WHERE r.outcome <> 'skipped'
+        WINDOW w AS (PARTITION BY r.job ORDER BY r.started_at, r.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    ), marked AS (
+        SELECT w.id,
+               w.started_at < GREATEST(w.prior_end, s.last_end) AS flag,
+               w.outcome <> 'running' AND w.from_last = 1 AS last,
+               GREATEST(w.closed_prior_end, s.last_end) AS chain
+        FROM walked w LEFT JOIN seed s ON s.job = w.job
+    )
+    UPDATE coordination_jobrun r
+    SET overlapped = r.overlapped OR COALESCE(m.flag, false),
+        prior_end = CASE WHEN m.last THEN m.chain ELSE r.prior_end END
+    FROM marked m
+    WHERE r.id = m.id AND (m.flag OR m.last)
+"""
+
+
+def backfill_flags() -> int:
+    """Flag the overlapping ticks written before the trigger (migration 0007, once; bench_scale
+    times it on a month of raw history); returns the rows it touched."""
+    with connection.cursor() as cursor:
+        cursor.execute(BACKFILL)
+        return cursor.rowcount
+
+
 @dataclass(frozen=True)
 class OverlapCounts:
     window: int  # among the ticks kept (the retention window)
@@ -66,7 +180,8 @@ class OverlapCounts:
 
 
 def overlapping_ticks(job: str | None = None, *, since: datetime | None = None) -> int:
-    """Ticks kept in JobRun that overlap an earlier tick of their job (must be 0).
+    """Ticks kept in JobRun that overlap an earlier tick of their job (must be 0), checked from
+    scratch by the exact walk: O(ticks kept). clusterstatus and /metrics count the flags instead.
 
     With ``since``, only ticks started from then on are walked, and nothing before them counts.
     """
@@ -77,12 +192,12 @@ def overlapping_ticks(job: str | None = None, *, since: datetime | None = None) 
 
 
 def overlap_counts() -> OverlapCounts:
-    """Overlaps among the ticks kept and ever since (the aggregates' counts added), one snapshot."""
+    """Overlaps among the ticks kept and ever since (the aggregates' counts added), one snapshot:
+    the flags, through the partial index ``jobrun_overlapped`` (O(overlaps), not O(history))."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT (SELECT count(*) FROM (" + _FLAGGED + ") flagged),"
-            " (SELECT COALESCE(sum(overlapped), 0) FROM coordination_jobrunday)",
-            {"job": None, "since": None},
+            "SELECT (SELECT count(*) FROM coordination_jobrun WHERE overlapped),"
+            " (SELECT COALESCE(sum(overlapped), 0) FROM coordination_jobrunday)"
         )
         row = cursor.fetchone()
     window, aggregated = (int(row[0]), int(row[1])) if row else (0, 0)
@@ -91,11 +206,8 @@ def overlap_counts() -> OverlapCounts:
 
 def overlapping_tick_pairs(limit: int = 20) -> list[tuple[JobRun, JobRun]]:
     """Up to ``limit`` overlapping ticks, each with one earlier tick of its job still open at its start."""
-    with connection.cursor() as cursor:
-        cursor.execute(_FLAGGED + " ORDER BY w.id LIMIT %(limit)s", {"job": None, "since": None, "limit": limit})
-        ids = [row[0] for row in cursor.fetchall()]
     pairs = []
-    for later in JobRun.objects.filter(pk__in=ids).order_by("pk"):
+    for later in JobRun.objects.filter(overlapped=True).order_by("pk")[:limit]:
         earlier = (
             JobRun.objects.filter(job=later.job, started_at__lte=later.started_at)
             .exclude(pk=later.pk)
@@ -112,8 +224,8 @@ def overlapping_tick_pairs(limit: int = 20) -> list[tuple[JobRun, JobRun]]:
 class OverlapCollector(Collector):
     """``iacplatform_job_overlapping_ticks{scope="kept"|"ever"}`` for runleader's /metrics.
 
-    The count walks the ticks kept (the retention window), so it is recomputed at most every
-    ``min_interval`` seconds however often Prometheus scrapes; a database that cannot be reached
+    The count reads the flags (cheap), and is still recomputed at most every ``min_interval``
+    seconds however often Prometheus scrapes; a database that cannot be reached
     leaves the family out of that scrape rather than failing it.
     """
 

@@ -3,14 +3,14 @@
 ``prune_batch`` is one statement: it deletes up to ``batch`` of one job's oldest ticks that started
 before the cutoff (in start order) and adds them to their days' aggregates, so an interrupted or
 repeated prune counts every tick exactly once (the delete and the counting commit together, or
-neither does). The overlap count of the batch continues the job's walk in start order from the
-aggregates' ``last_end`` (overlaps.py).
+neither does). A day's ``overlapped`` adds the flags the database set on its ticks (overlaps.py);
+``last_end`` (the latest end among them) seeds the exact walk of the ticks kept.
 
 Guarantees: no tick younger than the window is pruned; no tick is pruned while an earlier-started
 tick of its job is still running (its end is not known yet, and a running tick of an old term is
 closed by the next term); aggregates are the exact sums of the ticks they replaced.
-Does NOT: prune concurrently with itself safely (the job's advisory lock serialises it: the seed
-is read in the statement's snapshot), or shrink the aggregates (one row per job and day).
+Does NOT: prune concurrently with itself (the job's advisory lock serialises it), or shrink the
+aggregates (one row per job and day).
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ logger = logging.getLogger(__name__)
 BATCH = 5000
 
 _PRUNE = """
-    WITH seed AS (
-        SELECT max(last_end) AS last_end FROM coordination_jobrunday WHERE job = %(job)s
-    ), stop AS (
+    WITH stop AS (
         SELECT LEAST(%(cutoff)s::timestamptz, COALESCE(min(started_at), 'infinity'::timestamptz)) AS before
         FROM coordination_jobrun WHERE job = %(job)s AND outcome = 'running'
     ), doomed AS (
@@ -42,14 +40,11 @@ _PRUNE = """
     ), gone AS (
         -- = ANY(ARRAY(...)): a probe of the primary key per tick, never a hash join over the table.
         DELETE FROM coordination_jobrun r WHERE r.id = ANY(ARRAY(SELECT id FROM doomed))
-        RETURNING r.id, r.started_at, r.finished_at, r.outcome
+        RETURNING r.id, r.started_at, r.finished_at, r.outcome, r.overlapped
     ), walked AS (
         SELECT g.*,
                EXTRACT(EPOCH FROM g.finished_at - g.started_at)::float8 AS duration,
-               (g.started_at AT TIME ZONE 'UTC')::date AS day,
-               max(g.finished_at) FILTER (WHERE g.outcome <> 'skipped') OVER (
-                   ORDER BY g.started_at, g.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-               ) AS prior_end
+               (g.started_at AT TIME ZONE 'UTC')::date AS day
         FROM gone g
     ), counted AS (
         INSERT INTO coordination_jobrunday AS d (
@@ -62,9 +57,7 @@ _PRUNE = """
            count(*) FILTER (WHERE w.outcome = 'fenced'),
            count(*) FILTER (WHERE w.outcome = 'skipped'),
            COALESCE(sum(w.duration), 0), COALESCE(max(w.duration), 0),
-           count(*) FILTER (
-               WHERE w.outcome <> 'skipped' AND w.started_at < GREATEST(w.prior_end, (SELECT last_end FROM seed))
-           ),
+           count(*) FILTER (WHERE w.overlapped),
            min(w.started_at), max(w.started_at),
            max(w.finished_at) FILTER (WHERE w.outcome <> 'skipped')
     FROM walked w GROUP BY w.day

@@ -10,7 +10,7 @@ from django.db import transaction
 from apps.coordination.fencing import Tick, raise_epoch
 from apps.coordination.jobs import jobrun_retention
 from apps.coordination.models import JobRun, JobRunDay
-from apps.coordination.overlaps import overlap_counts, overlapping_ticks
+from apps.coordination.overlaps import backfill_flags, overlap_counts, overlapping_ticks
 from apps.coordination.retention import prune, prune_batch
 
 pytestmark = pytest.mark.django_db
@@ -151,15 +151,23 @@ def test_a_planted_overlap_in_a_million_ticks_is_found_and_nothing_else_is() -> 
         )
         (indexes,) = cursor.fetchone() or ("",)
         cursor.execute("DROP INDEX " + indexes)
+        # A month written before the overlap trigger existed (an upgrade): the backfill flags it.
+        cursor.execute("ALTER TABLE coordination_jobrun DISABLE TRIGGER USER")
         cursor.execute(SEED_MONTH, {"start": start})
         assert cursor.rowcount > 1_000_000
+        cursor.execute("ALTER TABLE coordination_jobrun ENABLE TRIGGER USER")
         cursor.execute("ANALYZE coordination_jobrun")
     assert overlapping_ticks() == 0
+    backfill_flags()
+    assert overlap_counts().window == 0
     # One tick of cmdb_sync on day 17 started by another holder while the one before it ran.
     planted = start + timedelta(days=17, seconds=3)
     tick("cmdb_sync", planted, 1, holder="intruder")
     assert overlapping_ticks() == 1
     assert overlapping_ticks("cmdb_sync") == 1 and overlapping_ticks("pending_tasks") == 0
+    # The database flagged it as it was written: the count does not walk the month.
+    assert overlap_counts().window == 1
+    assert JobRun.objects.get(overlapped=True).holder == "intruder"
 
 
 def test_the_overlap_metrics_count_kept_and_aggregated_overlaps_at_most_once_a_minute() -> None:
