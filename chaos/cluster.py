@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.pg import PgServer, multi_host_url
 from harness.processes import Proc, daphne_argv, free_port, kill_all, launch, process_env, wait_http
-from tests.pgcluster import PgServer  # throwaway servers: initdb, basebackup, promote
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +123,13 @@ class Cluster:
         return self.db_url
 
     def _start_pair(self) -> str:
-        from urllib.parse import urlencode
-
         self.primary = PgServer(self.workdir, "pg-a")
         self.primary.init()
         self.primary.start()
         self.primary.execute("CREATE DATABASE chaos")
         self.standby = PgServer(self.workdir, "pg-b")
         self._attach_standby()
-        hosts = {"host": "%s,%s" % (self.primary.host, self.standby.host), "port": "5432,5432"}
-        self.db_url = "postgresql://postgres@/chaos?%s" % urlencode({**hosts, "target_session_attrs": "read-write"})
+        self.db_url = multi_host_url([self.primary, self.standby], "chaos")
         return self.db_url
 
     def _attach_standby(self) -> None:

@@ -1,6 +1,8 @@
-"""The suite's fixtures over harness/: processes on the test database, with the suite's key.
+"""The suite's fixtures over harness/: processes on the test database with the suite's key,
+throwaway PostgreSQL servers.
 
-``processes`` prints every process's log when its test fails and kills them all at teardown.
+``processes`` prints every process's log when its test fails and kills them all at teardown;
+``pgcluster`` (one per module) and ``pgpair`` stop and delete their servers at teardown.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from django.db import connection
 
+from harness.pg import Pair, PgCluster
 from harness.processes import ProcessGroup
 from tests.plugins.environment import SECRET_KEY as SUITE_SECRET_KEY
 
@@ -51,3 +54,20 @@ def processes(transactional_db: None, tmp_path: Path, request: pytest.FixtureReq
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(group.logs())
+
+
+@pytest.fixture(scope="module")
+def pgcluster() -> Iterator[PgCluster]:
+    cluster = PgCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def pgpair(transactional_db: None) -> Iterator[Pair]:
+    """A primary with the schema in ``iacplatform`` and its streaming standby (harness.pg.Pair)."""
+    cluster = PgCluster()
+    try:
+        yield Pair(cluster).start(secret_key=SUITE_SECRET_KEY)
+    finally:
+        cluster.close()

@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from django.db import connection
 
+from harness.pg import SYSTEM_USER
 from harness.processes import free_port
-from tests.pgcluster import SYSTEM_USER
 
 _CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
 

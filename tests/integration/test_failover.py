@@ -10,30 +10,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 import psycopg
 import pytest
 
-from harness.processes import ProcessGroup, migrate_database
+from harness.pg import Pair, PgServer
+from harness.processes import ProcessGroup
 from tests.integration.test_runleader import JOB, start_leader
-from tests.pgcluster import PgCluster, PgServer
-from tests.pgcluster import pgcluster as pgcluster
-from tests.plugins.environment import SECRET_KEY as SUITE_SECRET_KEY
 
 pytestmark = pytest.mark.slow
 
 DATABASE = "iacplatform"
 
 
-def cluster_url(primary: PgServer, standby: PgServer) -> str:
-    query = {"host": "%s,%s" % (primary.host, standby.host), "port": "5432,5432", "target_session_attrs": "read-write"}
-    return "postgresql://postgres@/%s?%s" % (DATABASE, urlencode(query))
-
-
 def on(server: PgServer, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(server.url(DATABASE), autocommit=True, connect_timeout=3) as conn:
-        return conn.execute(sql, params).fetchall()
+    return server.execute(sql, params, database=DATABASE)
 
 
 def eventually(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -66,15 +57,9 @@ OVERLAPS = (
 )
 
 
-def test_leaders_listeners_and_web_recover_on_the_promoted_standby(
-    processes: ProcessGroup, pgcluster: PgCluster
-) -> None:
-    primary = pgcluster.server("primary")
-    primary.execute("CREATE DATABASE %s" % DATABASE)
-    migrate_database(primary.url(DATABASE), secret_key=SUITE_SECRET_KEY)
-    standby = pgcluster.standby("standby", primary)
-    url = cluster_url(primary, standby)
-    env = {"DATABASE_URL": url}
+def test_leaders_listeners_and_web_recover_on_the_promoted_standby(processes: ProcessGroup, pgpair: Pair) -> None:
+    primary, standby = pgpair.primary, pgpair.standby
+    env = {"DATABASE_URL": pgpair.url}
     leaders = [start_leader(processes, "leader-%d" % i, env=env, ready=False) for i in range(2)]
     web = processes.daphne("web-1", env=env)
     eventually(

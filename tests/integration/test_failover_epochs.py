@@ -1,7 +1,7 @@
 """A PostgreSQL failover to a lagging asynchronous standby (issue #18): the fencing epoch never
 goes backwards or repeats, and a process of a term lost with the old primary writes nothing.
 
-Real servers (tests/pgpair.py): a primary, a streaming standby cut off just before a handover,
+Real servers (harness/pg.py's Pair): a primary, a streaming standby cut off just before a handover,
 then the primary crashes and the standby is promoted onto timeline 2. Real runleader processes
 reach whichever server is the primary through a multi-host URL.
 """
@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 
 from apps.coordination.fencing import EPOCH_SHIFT
+from harness.pg import Pair, PgServer
 from harness.processes import ProcessGroup
 from tests.fakekube import FakeKube
 from tests.integration.test_runleader import JOB, start_leader, wait_for
-from tests.pgpair import Pair, Server
 
 pytestmark = pytest.mark.slow
 
 LEASE_NAME = "iacplatform-leader"
+DATABASE = "iacplatform"  # the pair's
 
 OLD_TERM = textwrap.dedent(
     """
@@ -39,21 +40,25 @@ OLD_TERM = textwrap.dedent(
 )
 
 
-def ticks_by(server: Server, holder: str) -> list[int]:
-    rows = server.query(
-        "SELECT epoch FROM coordination_jobrun WHERE job = %s AND holder = %s AND outcome = 'ok'", [JOB, holder]
+def query(server: PgServer, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+    return server.execute(sql, params, database=DATABASE)
+
+
+def ticks_by(server: PgServer, holder: str) -> list[int]:
+    rows = query(
+        server, "SELECT epoch FROM coordination_jobrun WHERE job = %s AND holder = %s AND outcome = 'ok'", [JOB, holder]
     )
     return sorted({int(str(row[0])) for row in rows})
 
 
-def epochs_of(server: Server, holder: str, timeout: float) -> list[int]:
+def epochs_of(server: PgServer, holder: str, timeout: float) -> list[int]:
     found = wait_for(lambda: ticks_by(server, holder), timeout, "%s's ticks" % holder)
     assert isinstance(found, list)
     return found
 
 
-def number(server: Server, sql: str, params: list[object] | None = None) -> int:
-    return int(str(server.query(sql, params)[0][0]))
+def number(server: PgServer, sql: str, params: list[object] | None = None) -> int:
+    return int(str(query(server, sql, params)[0][0]))
 
 
 @pytest.mark.parametrize("backend", ["postgres", "kubernetes"])
@@ -83,12 +88,12 @@ def test_a_promoted_lagging_standby_never_reuses_an_epoch_and_old_terms_are_fenc
         number(primary, "SELECT epoch FROM coordination_fence WHERE name = %s", [LEASE_NAME]),
     )
     # The standby never saw that term: its fence still holds leader-a's epoch.
-    assert standby.query("SELECT epoch FROM coordination_fence WHERE name = %s", [LEASE_NAME])[0][0] == epoch_a
+    assert query(standby, "SELECT epoch FROM coordination_fence WHERE name = %s", [LEASE_NAME])[0][0] == epoch_a
 
     b.signal(signal.SIGKILL)
     pgpair.crash_primary()
     pgpair.promote()
-    assert standby.query("SELECT pg_is_in_recovery()")[0][0] is False
+    assert query(standby, "SELECT pg_is_in_recovery()")[0][0] is False
 
     # Processes of both old terms wake against the new primary, still believing they lead.
     old = processes.manage(
@@ -100,15 +105,15 @@ def test_a_promoted_lagging_standby_never_reuses_an_epoch_and_old_terms_are_fenc
     assert old.wait(60) == 0, old.log()
     assert "outcome %d fenced" % epoch_a in old.log()  # its fence was raised on timeline 1
     assert "outcome %d fenced" % epoch_b in old.log()  # the new primary never heard of it
-    fenced = standby.query("SELECT epoch, outcome, error FROM coordination_jobrun WHERE holder = 'old-term'")
+    fenced = query(standby, "SELECT epoch, outcome, error FROM coordination_jobrun WHERE holder = 'old-term'")
     assert sorted((int(str(e)), o) for e, o, _ in fenced) == [(epoch_a, "fenced"), (epoch_b, "fenced")]
     assert any("timeline" in str(error) for _, _, error in fenced)
-    assert not standby.query("SELECT 1 FROM coordination_jobrun WHERE holder = 'old-term' AND outcome <> 'fenced'")
+    assert not query(standby, "SELECT 1 FROM coordination_jobrun WHERE holder = 'old-term' AND outcome <> 'fenced'")
 
     # The next term, on timeline 2, is above every epoch the old primary used.
     start_leader(processes, "leader-c", backend, env=env)
     [epoch_c] = epochs_of(standby, "leader-c", 30)
     assert epoch_c > used_on_old
     assert epoch_c >> EPOCH_SHIFT == 2
-    fence = standby.query("SELECT epoch, timeline FROM coordination_fence WHERE name = %s", [LEASE_NAME])[0]
+    fence = query(standby, "SELECT epoch, timeline FROM coordination_fence WHERE name = %s", [LEASE_NAME])[0]
     assert fence == (epoch_c, 2)

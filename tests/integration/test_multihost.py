@@ -16,11 +16,10 @@ from pytest_django import DjangoDbBlocker
 
 from apps.coordination.models import JobRun
 from apps.pglayer.core import PostgresChannelLayer
+from harness.pg import PgCluster, PgServer
 from harness.processes import ProcessGroup
 from iacplatform.dburl import django_database
 from tests.integration.test_runleader import holder, start_leader, wait_for
-from tests.pgcluster import PgCluster, PgServer
-from tests.pgcluster import pgcluster as pgcluster
 from tests.pglayer.conftest import query
 
 pytestmark = pytest.mark.slow
