@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.pg import PgServer, multi_host_url
+from harness.pgbouncer import PgBouncer, find_binary, upstream
 from harness.processes import Proc, daphne_argv, free_port, kill_all, launch, process_env, wait_http
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,7 @@ class Cluster:
         self.primary: PgServer | None = None
         self.standby: PgServer | None = None
         self._rebuilding: threading.Thread | None = None
-        self.pgbouncer_port = free_port()
-        self.pgbouncer_popen: subprocess.Popen[bytes] | None = None
+        self.bouncer: PgBouncer | None = None
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.pgdata = workdir / "pg"
@@ -169,58 +169,31 @@ class Cluster:
 
     def start_pgbouncer(self) -> None:
         """PgBouncer (the Debian package) in front of the cluster's database, two pool modes."""
-        import shutil
-
         from iacplatform.dburl import libpq_params
 
-        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else "")
+        binary = find_binary()
         if not binary:
             raise RuntimeError("chaos --pgbouncer needs PgBouncer: apt-get install pgbouncer")
         params = libpq_params(self.db_url)
-        upstream = "host=%s port=%s dbname=%s user=%s" % (
-            params["host"],
-            params.get("port", 5432),
-            params["dbname"],
-            params.get("user", "postgres"),
+        onto = upstream(
+            host=params["host"],
+            port=params.get("port", 5432),
+            dbname=params["dbname"],
+            user=params.get("user", "postgres"),
         )
-        root = self.workdir / "pgbouncer"
-        root.mkdir(exist_ok=True)
-        ini = root / "pgbouncer.ini"
-        ini.write_text(
-            "[databases]\n"
-            "pooled = %(upstream)s pool_mode=transaction\n"
-            "session = %(upstream)s pool_mode=session pool_size=60\n"
-            "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %(port)d\nunix_socket_dir =\n"
-            "auth_type = any\nmax_client_conn = 1000\ndefault_pool_size = 20\nserver_login_retry = 1\n"
-            "logfile = %(root)s/pgbouncer.log\npidfile = %(root)s/pgbouncer.pid\n"
-            % {"upstream": upstream, "port": self.pgbouncer_port, "root": root}
+        self.bouncer = PgBouncer(
+            binary, onto, root=self.workdir / "pgbouncer", max_client_conn=1000, session_pool_size=60
         )
-        user = None
-        if os.geteuid() == 0:  # PgBouncer refuses root; the server's own user reaches its socket
-            import pwd
+        self.bouncer.start()
 
-            entry = pwd.getpwnam("embedded_postgres")
-            for path in (root, ini):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-            user = "embedded_postgres"
-        log = (self.logdir / "pgbouncer.stderr").open("ab")
-        self.pgbouncer_popen = subprocess.Popen(
-            [binary, str(ini)], user=user, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        import psycopg
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                psycopg.connect(self.pgbouncer_url("session"), connect_timeout=2).close()
-                return
-            except psycopg.OperationalError:
-                if self.pgbouncer_popen.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("pgbouncer did not start; see %s" % root) from None
-                time.sleep(0.1)
+    @property
+    def pgbouncer_port(self) -> int:
+        assert self.bouncer is not None
+        return self.bouncer.port
 
     def pgbouncer_url(self, database: str) -> str:
-        return "postgresql://postgres@127.0.0.1:%d/%s" % (self.pgbouncer_port, database)
+        assert self.bouncer is not None
+        return self.bouncer.url(database)
 
     def restart_database(self, *, down_for: float) -> float:
         """Stop PostgreSQL (fast: every session is cut), keep it down, start it; when it is back."""
@@ -358,10 +331,8 @@ class Cluster:
 
     def close(self) -> None:
         kill_all(member.proc for member in self.members if member.proc is not None)
-        if self.pgbouncer_popen is not None and self.pgbouncer_popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pgbouncer_popen.pid, signal.SIGKILL)
-            self.pgbouncer_popen.wait(10)
+        if self.bouncer is not None:
+            self.bouncer.stop()
         self.stop_database()
 
     def execution_logs(self) -> list[Path]:

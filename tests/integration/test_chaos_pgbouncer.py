@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from harness.processes import ROOT
-from tests.pgbouncer import pgbouncer_binary
+from tests.fixtures import pgbouncer_binary
 
 pytestmark = pytest.mark.slow
 

@@ -26,13 +26,12 @@ from apps.coordination.models import JobRun
 from apps.coordination.overlaps import overlapping_ticks
 from apps.coordination.selfcheck import session_problems
 from apps.pglayer.core import PostgresChannelLayer
+from harness.pgbouncer import PgBouncer
 from harness.processes import ProcessGroup, free_port, wait_http
 from iacplatform.dburl import libpq_params
 from iacplatform.pgerrors import NotificationLost, PermanentConnectionError
 from iacplatform.sessioncheck import session_path_problem
 from tests.integration.test_runleader import JOB, holder, leader_running_jobs, start_leader, wait_for
-from tests.pgbouncer import PgBouncer
-from tests.pgbouncer import pgbouncer as pgbouncer
 
 pytestmark = pytest.mark.slow
 
