@@ -230,6 +230,9 @@ def test_the_build_context_has_what_the_dockerfile_copies_and_nothing_private() 
                     assert (ROOT / source).exists(), source
     for private in (".data/pg/postgresql.conf", ".data/admin-password", ".venv/bin/python", ".git/config", ".env"):
         assert excluded(private, patterns), private
+    # What the tests, benchmarks and chaos rounds run on stays out with them (the image ships no tests).
+    for dev_only in ("tests/conftest.py", "harness/processes.py", "harness/pg.py", "bench/run.py", "chaos/cluster.py"):
+        assert excluded(dev_only, patterns), dev_only
     for kept in ("apps/agents/models.py", "iacplatform/settings.py", "manage.py"):
         assert not excluded(kept, patterns), kept
     assert excluded("apps/agents/__pycache__/models.cpython-311.pyc", patterns)
