@@ -155,6 +155,7 @@ INSTALLED_APPS = [
     "apps.hub",
     "apps.pglayer",
     "apps.search",
+    "apps.sockets",
 ]
 
 MIDDLEWARE = [
@@ -420,7 +421,7 @@ API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500)
 
 # Per-connection frame rate (token bucket: burst, then rate per second; excess: error, close 4429)
-# and concurrent sockets per key on each replica (iacplatform/sockets.py).
+# and concurrent sockets per key across replicas (iacplatform/sockets.py).
 AGENT_FRAME_RATE = env_number("AGENT_FRAME_RATE", 200.0)
 AGENT_FRAME_BURST = env_number("AGENT_FRAME_BURST", 5000.0)
 HUB_FRAME_RATE = env_number("HUB_FRAME_RATE", 5.0)
@@ -431,6 +432,10 @@ WS_MAX_CONNECTIONS_PER_POOL = env_int("WS_MAX_CONNECTIONS_PER_POOL", 200)
 WS_MAX_CONNECTIONS_PER_SOURCE = env_int("WS_MAX_CONNECTIONS_PER_SOURCE", 1000)
 WS_CONNECT_RATE_PER_SOURCE = env_number("WS_CONNECT_RATE_PER_SOURCE", 50.0)
 WS_CONNECT_BURST_PER_SOURCE = env_number("WS_CONNECT_BURST_PER_SOURCE", 500.0)
+# The caps count across replicas (apps/sockets/slots.py): each replica renews its row every
+# REFRESH seconds; the sockets of a replica not renewed for STALE seconds (a crash) stop counting.
+SOCKET_CAP_REFRESH_SECONDS = env_number("SOCKET_CAP_REFRESH_SECONDS", 10.0)
+SOCKET_CAP_STALE_SECONDS = env_number("SOCKET_CAP_STALE_SECONDS", 30.0)
 
 # X-Forwarded-For is believed only from these proxies (CIDRs; iacplatform/edge.py): empty trusts nobody.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])

@@ -1,27 +1,48 @@
-"""Isolation between WebSocket clients of one web replica: a token bucket per connection and caps
-on concurrent connections per key (a user, a pool token, a source address).
+"""Isolation between WebSocket clients: a token bucket per connection, and caps on concurrent
+connections per key (a user, a pool token, a source address) that hold across replicas.
 
 Guarantees: :meth:`TokenBucket.take` admits at most ``burst`` frames at once and ``rate`` per
 second on average, in O(1) with no I/O, so refusing a flood costs less than serving it; a
 consumer that sees it refused sends an error and closes (``CLOSE_RATE_LIMITED``), so a flooding
 client is cut off after ``burst`` frames instead of stalling the replica's event loop.
-:class:`ConnectionCaps` counts this process's open sockets per key: :meth:`acquire` refuses past
-the limit, :meth:`release` gives the slot back (consumers release in ``disconnect``).
+:class:`ConnectionCaps` is this process's side of the caps PostgreSQL counts for every replica
+(apps/sockets/slots.py): :meth:`~ConnectionCaps.acquire` takes a socket's slots in one short
+transaction or refuses (a client spread over N replicas gets the cap once, not N times);
+:meth:`~ConnectionCaps.release` gives them back; a daemon thread renews this process's row every
+``SOCKET_CAP_REFRESH_SECONDS`` (one update, whatever the number of sockets), puts this process's
+sockets back if its row went stale (:meth:`~ConnectionCaps.step`), and sweeps a bounded batch of
+dead replicas' rows. With the database down, acquire raises (the consumers refuse with
+``CLOSE_UNAVAILABLE``) and release keeps the socket to delete at the next step.
 :class:`ConnectRate` bounds how fast one source address may open sockets, so a client cut off
 with 4429 cannot turn into a reconnect storm (each handshake costs a token lookup).
-Does NOT: count across replicas (each replica has its own caps; a client spread over N replicas
-gets N times the cap, which still bounds what it costs each one), or survive a restart (the
-count starts at zero with the process, like its sockets).
+Does NOT: count across replicas the connect rate (per replica, in memory, no I/O by design: it
+guards the handshake before any query); count a socket of a replica whose renewals stopped for
+a whole ``SOCKET_CAP_STALE_SECONDS`` until its next renewal (the caps err towards admitting
+then); free a crashed replica's slots sooner than ``SOCKET_CAP_STALE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.utils import Error as DatabaseError
+
+from apps.sockets import slots
+
+logger = logging.getLogger(__name__)
 
 # 4429: "too many requests" in the private close-code range (the HTTP status + 4000 convention
 # the project's other codes follow: 4400, 4401, 4403, 4404, 4408, 4410).
 CLOSE_RATE_LIMITED = 4429
+# 4503: "service unavailable": the database the caps are counted in could not be reached; the
+# socket is refused (never admitted uncounted, never 1011), the client retries later.
+CLOSE_UNAVAILABLE = 4503
 
 
 class TokenBucket:
@@ -43,25 +64,104 @@ class TokenBucket:
 
 
 class ConnectionCaps:
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+    """The slots this process holds, mirrored in the database (slots.py).
 
-    def acquire(self, keys: dict[str, int]) -> str | None:
-        """Take a slot under every key (key -> its limit), or none: the key that is full, or None."""
-        for key, limit in keys.items():
-            if self.counts.get(key, 0) >= limit:
-                return key
-        for key in keys:
-            self.counts[key] = self.counts.get(key, 0) + 1
-        return None
+    ``acquire`` and ``release`` are synchronous (consumers call them through
+    ``database_sync_to_async``); the lock serialises them with the refresher's recovery, so the
+    list it writes back is never missing a socket whose rows it deletes."""
 
-    def release(self, keys: list[str]) -> None:
-        for key in keys:
-            left = self.counts.get(key, 0) - 1
-            if left > 0:
-                self.counts[key] = left
-            else:
-                self.counts.pop(key, None)
+    def __init__(self, *, background: bool = True) -> None:
+        self.background = background
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.refresher: threading.Thread | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: a new process identity, nothing held (tests start each from here)."""
+        with self.lock:
+            self.process = uuid.uuid4()
+            self.registered = False
+            self.held: dict[uuid.UUID, list[tuple[str, str]]] = {}  # socket -> [(kind, key)]
+            self.unreleased: set[uuid.UUID] = set()
+
+    def acquire(self, socket: uuid.UUID, keys: dict[str, int], *, kind: str) -> str | None:
+        """Take a slot under every key (key -> its limit) for ``socket``, or none: the key that is
+        full, or None. Raises ``DatabaseError`` when the database cannot say."""
+        self._start_refresher()
+        with self.lock:
+            try:
+                refused = slots.take(
+                    socket=socket,
+                    keys=keys,
+                    kind=kind,
+                    replica=self.process,
+                    pod=settings.POD_NAME,
+                    stale=settings.SOCKET_CAP_STALE_SECONDS,
+                    first=not self.registered,
+                )
+            except DatabaseError:
+                # The commit may have happened before the connection broke: delete to be sure.
+                self.unreleased.add(socket)
+                raise
+            self.registered = True
+            if refused is None:
+                self.held.setdefault(socket, []).extend((kind, key) for key in keys)
+            return refused
+
+    def release(self, socket: uuid.UUID) -> None:
+        """Give back every slot of ``socket`` (nothing if it held none); never raises for the database."""
+        with self.lock:
+            if self.held.pop(socket, None) is None and socket not in self.unreleased:
+                return
+            try:
+                slots.give_back([socket])
+            except DatabaseError:
+                # Deleted by the next step; until then the slot is counted (errs towards refusing).
+                logger.warning("socket caps (%s): release deferred, database unavailable", settings.POD_NAME)
+                self.unreleased.add(socket)
+                return
+            self.unreleased.discard(socket)
+
+    def step(self) -> None:
+        """One refresher tick: renew this process's row (or put its sockets back when it went
+        stale), retry deferred releases, sweep a batch of dead replicas' rows."""
+        stale = settings.SOCKET_CAP_STALE_SECONDS
+        if self.registered and not slots.renew(replica=self.process, stale=stale):
+            with self.lock:
+                held = [(socket, kind, key) for socket, taken in self.held.items() for kind, key in taken]
+                slots.recover(replica=self.process, pod=settings.POD_NAME, held=held)
+                self.unreleased.clear()
+            logger.warning(
+                "socket caps (%s): this replica's row was stale; %d slots put back", settings.POD_NAME, len(held)
+            )
+        if self.unreleased:
+            with self.lock:
+                pending = list(self.unreleased)
+                slots.give_back(pending)
+                self.unreleased.difference_update(pending)
+        slots.sweep(stale=stale)
+
+    def _start_refresher(self) -> None:
+        if not self.background or self.refresher is not None:
+            return
+        with self.lock:
+            if self.refresher is None:
+                self.refresher = threading.Thread(target=self._refresh, name="socket-caps", daemon=True)
+                self.refresher.start()
+
+    def _refresh(self) -> None:
+        # Its own thread and database connection: renewals must not queue behind the consumers'
+        # database calls on the one sync thread, or a busy replica's sockets would stop counting.
+        while not self.stopping.wait(settings.SOCKET_CAP_REFRESH_SECONDS):
+            close_old_connections()
+            try:
+                self.step()
+            except DatabaseError as exc:
+                logger.warning("socket caps (%s): refresh failed: %s", settings.POD_NAME, type(exc).__name__)
+                connection.close()
+            except Exception:
+                logger.exception("socket caps (%s): refresh failed", settings.POD_NAME)
 
 
 class ConnectRate:
@@ -83,8 +183,8 @@ class ConnectRate:
         return bucket.take()
 
 
-# One per process: every consumer of this replica runs on daphne's one event loop, so the
-# counters need no lock.
+# One per process: the connect rate is only used on daphne's one event loop, so it needs no lock;
+# the caps lock for their refresher thread.
 caps = ConnectionCaps()
 connect_rate = ConnectRate()
 

@@ -30,11 +30,14 @@ def close_channel_layers(django_db_setup: None) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _fresh_socket_caps() -> Iterator[None]:
-    # In-process consumers that a test leaves without a disconnect would hold their slots.
+    # In-process consumers that a test leaves without a disconnect would hold their slots; each
+    # test is a fresh replica, without the refresher thread (its steps are tested directly, and
+    # its connection would outlive the test database).
     from iacplatform import sockets
 
-    sockets.caps.counts.clear()
+    sockets.caps.background = False
+    sockets.caps.reset()
     sockets.connect_rate.buckets.clear()
     yield
-    sockets.caps.counts.clear()
+    sockets.caps.reset()
     sockets.connect_rate.buckets.clear()

@@ -1,8 +1,9 @@
-"""The sockets' token bucket and connection caps (time injected, no sleeping)."""
+"""The sockets' token bucket and connect rate (time injected, no sleeping); the connection caps,
+which need the database, are tested in tests/sockets/test_slots.py."""
 
 from __future__ import annotations
 
-from iacplatform.sockets import ConnectionCaps, ConnectRate, TokenBucket
+from iacplatform.sockets import ConnectRate, TokenBucket
 
 
 class Clock:
@@ -21,21 +22,6 @@ def test_the_bucket_admits_a_burst_then_the_rate() -> None:
     assert bucket.take() and not bucket.take()
     clock.now += 60
     assert sum(bucket.take() for _ in range(100)) == 5  # never more than the burst after a pause
-
-
-def test_caps_refuse_past_the_limit_of_any_key_and_take_nothing_then() -> None:
-    caps = ConnectionCaps()
-    assert caps.acquire({"user:1": 2, "ip:a": 3}) is None
-    assert caps.acquire({"user:1": 2, "ip:a": 3}) is None
-    assert caps.acquire({"user:1": 2, "ip:a": 3}) == "user:1"
-    assert caps.counts == {"user:1": 2, "ip:a": 2}
-    assert caps.acquire({"user:2": 2, "ip:a": 3}) is None
-    assert caps.acquire({"user:3": 2, "ip:a": 3}) == "ip:a"
-    caps.release(["user:1", "ip:a"])
-    assert caps.acquire({"user:1": 2, "ip:a": 3}) is None
-    for keys in (["user:1", "ip:a"], ["user:1", "ip:a"], ["user:2", "ip:a"]):
-        caps.release(keys)
-    assert caps.counts == {}
 
 
 def test_connect_rate_is_per_source_and_bounded_in_memory() -> None:

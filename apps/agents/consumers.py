@@ -16,12 +16,14 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db.utils import Error as DatabaseError
 
 from apps.agents import actions
 from apps.agents.protocol import (
@@ -36,10 +38,11 @@ from apps.agents.protocol import (
     agent_group,
     parse_frame,
 )
+from apps.sockets.models import OpenSocket
 from apps.workspaces import actions as queue
 from apps.workspaces import reports
 from iacplatform import sockets
-from iacplatform.sockets import CLOSE_RATE_LIMITED, TokenBucket, client_address
+from iacplatform.sockets import CLOSE_RATE_LIMITED, CLOSE_UNAVAILABLE, TokenBucket, client_address
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
     conn: actions.Connection | None = None
     group: str | None = None
     hello_timer: asyncio.TimerHandle | None = None
-    cap_keys: list[str] = []
+    cap_socket: uuid.UUID | None = None
     bucket: TokenBucket | None = None
     cut_off = False
     last_heartbeat = -HEARTBEAT_COALESCE
@@ -80,29 +83,38 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         address = client_address(self.scope)
-        source = "source:%s" % address
         if not sockets.connect_rate.allow(
             address, rate=settings.WS_CONNECT_RATE_PER_SOURCE, burst=settings.WS_CONNECT_BURST_PER_SOURCE
         ):
             await self.close(code=CLOSE_RATE_LIMITED)
             return
-        if sockets.caps.acquire({source: settings.WS_MAX_CONNECTIONS_PER_SOURCE}) is not None:
-            # Before the token is even looked up: a source opening sockets in a loop costs no query.
-            await self.close(code=CLOSE_RATE_LIMITED)
+        try:
+            await self._connect(address)
+        except DatabaseError as exc:
+            # Nothing is admitted uncounted: the client is told to come back (it reconnects with
+            # backoff), and the error's text (hosts, users) stays in the log.
+            logger.warning("agent socket refused: database unavailable (%s)", type(exc).__name__)
+            await self.refuse(CLOSE_UNAVAILABLE)
+
+    async def _connect(self, address: str) -> None:
+        acquire = database_sync_to_async(sockets.caps.acquire)
+        self.cap_socket = uuid.uuid4()
+        # Before the token is even looked up: a source opening sockets in a loop costs one
+        # indexed count, not a token lookup as well.
+        source = {"source:%s" % address: settings.WS_MAX_CONNECTIONS_PER_SOURCE}
+        if await acquire(self.cap_socket, source, kind=OpenSocket.Kind.AGENT) is not None:
+            await self.refuse(CLOSE_RATE_LIMITED)
             return
-        self.cap_keys = [source]
         token = bearer_token(self.scope)
         identity = await database_sync_to_async(actions.authenticate)(token) if token else None
         if identity is None:
             # Closing before accept makes daphne answer the handshake with HTTP 403.
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        pool_key = "pool:%d" % identity.pool.pk
-        if sockets.caps.acquire({pool_key: settings.WS_MAX_CONNECTIONS_PER_POOL}) is not None:
-            await self.accept()
-            await self.close(code=CLOSE_RATE_LIMITED)
+        pool = {"pool:%d" % identity.pool.pk: settings.WS_MAX_CONNECTIONS_PER_POOL}
+        if await acquire(self.cap_socket, pool, kind=OpenSocket.Kind.AGENT) is not None:
+            await self.refuse(CLOSE_RATE_LIMITED)
             return
-        self.cap_keys.append(pool_key)
         self.identity = identity
         self.bucket = TokenBucket(rate=settings.AGENT_FRAME_RATE, burst=settings.AGENT_FRAME_BURST)
         await self.accept()
@@ -111,13 +123,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
             settings.AGENT_HELLO_TIMEOUT, lambda: loop.create_task(self._hello_timeout())
         )
 
+    async def refuse(self, code: int) -> None:
+        # Accepted first, so that the code reaches the client (a refused handshake is a bare 403).
+        await self.accept()
+        await self.close(code=code)
+
     async def _hello_timeout(self) -> None:
         if self.conn is None:
             await self.close(code=CLOSE_HELLO_TIMEOUT)
 
     async def disconnect(self, code: int) -> None:
-        sockets.caps.release(self.cap_keys)
-        self.cap_keys = []
+        if self.cap_socket is not None:
+            await database_sync_to_async(sockets.caps.release)(self.cap_socket)
+            self.cap_socket = None
         if self.hello_timer is not None:
             self.hello_timer.cancel()
         if self.group is not None:

@@ -24,6 +24,7 @@ class Namespace(IntEnum):
     # Transaction locks taken by the JobRun overlap trigger (migration 0007), keyed by hashtext(job):
     # two ticks of one job written at once are checked one after the other.
     JOBRUN_CHECK = 7105
+    SOCKET_CAP = 7106
 
 
 Key = tuple[int, int]
@@ -45,6 +46,14 @@ def beacon_key(lease: str, epoch: int, holder: str) -> Key:
     The holder is part of the key: candidates racing for the same epoch light different beacons.
     """
     return (Namespace.LEADER_BEACON, _int4(zlib.crc32(("%s:%d:%s" % (lease, epoch, holder)).encode("utf-8"))))
+
+
+def socket_cap_key(cap_key: str) -> Key:
+    """Serialises counting and taking the slots of one connection-cap key (apps/sockets/slots.py).
+
+    Two keys sharing a CRC-32 only serialise each other's connects; they are still counted apart.
+    """
+    return (Namespace.SOCKET_CAP, _int4(zlib.crc32(cap_key.encode("utf-8"))))
 
 
 def pg_locks_key(key: Key) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -29,15 +30,17 @@ from uuid import UUID
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db.utils import Error as DatabaseError
 
 from apps.agents.protocol import task_group
 from apps.hub import actions
 from apps.hub.events import session_group
 from apps.hub.models import EditingSession
 from apps.hub.permissions import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, EDIT, VIEW_LOGS, socket_refusal
+from apps.sockets.models import OpenSocket
 from apps.workspaces.models import Task, TaskLogChunk
 from iacplatform import inputs, sockets
-from iacplatform.sockets import CLOSE_RATE_LIMITED, TokenBucket, client_address
+from iacplatform.sockets import CLOSE_RATE_LIMITED, CLOSE_UNAVAILABLE, TokenBucket, client_address
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,8 @@ MAX_SEQ = 2**31 - 1
 class HubConsumer(AsyncJsonWebsocketConsumer):
     """Shared frame handling: malformed frames get an ``error`` frame, never a crash."""
 
-    cap_keys: list[str] = []
+    cap_socket: uuid.UUID | None = None
+    accepted = False
     bucket: TokenBucket | None = None
     cut_off = False
 
@@ -70,17 +74,29 @@ class HubConsumer(AsyncJsonWebsocketConsumer):
         keys = {"source:%s" % address: settings.WS_MAX_CONNECTIONS_PER_SOURCE}
         if user is not None and user.is_authenticated:
             keys["user:%d" % user.pk] = settings.WS_MAX_CONNECTIONS_PER_USER
-        if sockets.caps.acquire(keys) is not None:
-            await self.refuse(CLOSE_RATE_LIMITED)
-            return
-        self.cap_keys = list(keys)
-        self.bucket = TokenBucket(rate=settings.HUB_FRAME_RATE, burst=settings.HUB_FRAME_BURST)
-        await super().websocket_connect(message)
+        self.cap_socket = uuid.uuid4()
+        try:
+            acquire = database_sync_to_async(sockets.caps.acquire)
+            if await acquire(self.cap_socket, keys, kind=OpenSocket.Kind.HUB) is not None:
+                await self.refuse(CLOSE_RATE_LIMITED)
+                return
+            self.bucket = TokenBucket(rate=settings.HUB_FRAME_RATE, burst=settings.HUB_FRAME_BURST)
+            await super().websocket_connect(message)
+        except DatabaseError as exc:
+            # Never admitted uncounted, never a 1011: the client is told to come back later, and
+            # the error's text (hosts, users) stays in the log.
+            logger.warning("hub socket refused: database unavailable (%s)", type(exc).__name__)
+            await self.refuse(CLOSE_UNAVAILABLE)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        sockets.caps.release(self.cap_keys)
-        self.cap_keys = []
+        if self.cap_socket is not None:
+            await database_sync_to_async(sockets.caps.release)(self.cap_socket)
+            self.cap_socket = None
         await super().websocket_disconnect(message)
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self.accepted = True
+        await super().accept(subprotocol, headers)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         if self.cut_off:
@@ -116,7 +132,8 @@ class HubConsumer(AsyncJsonWebsocketConsumer):
         self.groups.append(group)
 
     async def refuse(self, code: int) -> None:
-        await self.accept()
+        if not self.accepted:
+            await self.accept()
         await self.close(code=code)
 
 
