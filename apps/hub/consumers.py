@@ -3,8 +3,9 @@
 Close codes (the socket is accepted first so that the code reaches the client; a handshake refusal
 would arrive as a bare HTTP 403): 4400 bad request, 4403 not logged in or the role is too low,
 4404 no such task or session (or one the user may not see: the same answer, as REST's 404),
-4410 the editing session has ended. Who may connect is apps/hub/permissions.py's socket_refusal.
-docs/hub.md describes the frames.
+4410 the editing session has ended, 4429 a connection cap (counted across replicas) or the connect
+rate, 4503 the database was unreachable at connect (try again later). Who may connect is
+apps/hub/permissions.py's socket_refusal. docs/hub.md describes the frames.
 
 Guarantees of the log stream: a client that asks from seq N receives every stored chunk with
 seq >= N, then the live ones, each seq once and in increasing order, with no gap between what was
