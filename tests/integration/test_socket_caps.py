@@ -152,6 +152,18 @@ def test_a_source_at_the_cap_on_one_replica_is_refused_on_the_other(processes: P
     _cap_holds_across_replicas(processes, {"WS_MAX_CONNECTIONS_PER_SOURCE": "2"}, _agent_opener(token))
 
 
+def test_a_socket_refused_for_its_token_gives_its_source_slot_back(processes: ProcessGroup) -> None:
+    replica = processes.daphne("web-a", env={**CAPS_ENV, "WS_MAX_CONNECTIONS_PER_SOURCE": "1"})
+    for _ in range(3):  # each takes the source's only slot, is refused 403, and gives it back
+        assert _refused_with(lambda: _agent_opener("not-a-token")(replica, 0)) == -403
+    deadline = time.monotonic() + 5
+    while OpenSocket.objects.exists():
+        assert time.monotonic() < deadline, list(OpenSocket.objects.values())
+        time.sleep(0.1)
+    _, token = make_pool()
+    _agent_opener(token)(replica, 1).close()
+
+
 class Cuttable:
     """A TCP forwarder to the suite's PostgreSQL that can be cut: every connection through it is
     dropped and new ones are refused, as when the database's host goes away."""
