@@ -10,9 +10,13 @@ check is behavioural, on two connections of the session path:
 PostgreSQL itself, or PgBouncer in session mode, passes all three (each client has a server of its
 own for its whole connection). A statement pooler refuses B's transaction outright.
 
+With ``DATABASE_SESSION_URL`` set, ``DATABASE_URL`` (Django's connection) is a second path: it is
+tried too, so that a wrong password or a missing database there stops the process at start instead
+of failing every job and request while the session path works (:func:`database_url_problem`).
+
 Guarantees: a refusal names the setting to change. A permanent connection refusal (pgerrors.py)
-is a refusal too, with the server's message. Does NOT: refuse when the database is merely
-unreachable (the process starts, and its connections retry as in any outage).
+is a refusal too, with the server's message (never the password). Does NOT: refuse when the
+database is merely unreachable (the process starts, and its connections retry as in any outage).
 """
 
 from __future__ import annotations
@@ -88,8 +92,36 @@ def session_path_problem(*, purpose: str = "session-check", timeout: float = 5.0
     return None
 
 
-def require_session_path(*, purpose: str = "session-check") -> None:
-    """Raise :class:`SessionPathError` (ImproperlyConfigured) when the session path is unusable."""
+def database_url_problem() -> str | None:
+    """The server's permanent refusal of Django's connection (DATABASE_URL), or None."""
+    from django.db import DatabaseError, connection
+
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        refusal = permanent_refusal(exc.__cause__ or exc)
+        if refusal is not None:
+            return "DATABASE_URL: the server refused the connection: %s" % refusal
+        logger.warning("DATABASE_URL check: database unreachable, not judged: %s", exc)
+    finally:
+        connection.close()
+    return None
+
+
+def startup_problem(*, purpose: str = "session-check") -> str | None:
+    """What stops a process at start: the session path's problem, then DATABASE_URL's refusal
+    (checked separately only when DATABASE_SESSION_URL names another path)."""
+    from django.conf import settings
+
     problem = session_path_problem(purpose=purpose)
+    if problem is None and settings.DATABASE_SESSION_URL:
+        problem = database_url_problem()
+    return problem
+
+
+def require_session_path(*, purpose: str = "session-check") -> None:
+    """Raise :class:`SessionPathError` (ImproperlyConfigured) when the session path is unusable
+    or the server refuses DATABASE_URL."""
+    problem = startup_problem(purpose=purpose)
     if problem is not None:
         raise SessionPathError(problem)

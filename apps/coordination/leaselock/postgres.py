@@ -161,9 +161,15 @@ class PostgresLeaseLock(LeaseLock):
                     cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, self.name])
                 return row
         except DatabaseError as exc:
-            # A write whose COMMIT got no answer (connection lost) may have been applied.
+            # A write whose COMMIT got no answer (connection lost) may have been applied. A server
+            # refusing the connection outright (a password rotated, the database dropped) is not
+            # an outage: logged as an error, and /healthz fails once it has lasted (health.py).
+            refused = permanent_refusal(exc.__cause__ or exc)
             raise LockError(
-                "%s: %s" % (self.describe(), exc), reason=type(exc).__name__, applied_unknown=notify
+                "%s: %s" % (self.describe(), refused or exc),
+                reason="PermanentConnectionError" if refused else type(exc).__name__,
+                transient=refused is None,
+                applied_unknown=notify and refused is None,
             ) from exc
 
 

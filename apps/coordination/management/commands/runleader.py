@@ -13,7 +13,7 @@ from apps.coordination.elector import ConfigError, ElectionConfig
 from apps.coordination.health import parse_addr
 from apps.coordination.leader import LeaderOptions, LeaderProcess
 from apps.coordination.leaselock import BACKENDS
-from iacplatform.sessioncheck import session_path_problem
+from iacplatform.sessioncheck import startup_problem
 
 
 class Command(BaseCommand):
@@ -59,8 +59,9 @@ class Command(BaseCommand):
             extra_job_modules=tuple(settings.LEADER_EXTRA_JOB_MODULES),
             statement_timeout=settings.JOB_STATEMENT_TIMEOUT,
         )
-        # Job locks and the election's LISTEN need a session of their own: refuse a transaction pooler.
-        problem = session_path_problem(purpose="leader-start")
+        # Job locks and the election's LISTEN need a session of their own: refuse a transaction pooler;
+        # and a server refusing either URL outright (a wrong password, no such database).
+        problem = startup_problem(purpose="leader-start")
         if problem is not None:
             raise CommandError(problem)
         try:
