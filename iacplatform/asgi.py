@@ -12,11 +12,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
 # Django must be set up before consumers (and their models) are imported.
 django_asgi_app: Any = get_asgi_application()
 
-from iacplatform import bodylimit  # noqa: E402
+from iacplatform import bodylimit, wsflow  # noqa: E402
 from iacplatform.edge import ForwardedFor, Liveness  # noqa: E402
 
-# daphne imports this module in its own process: request bodies are bounded while they arrive.
+# daphne imports this module in its own process: request bodies are bounded while they arrive,
+# and a WebSocket's queue of frames for its consumer is bounded (daphne stops reading it).
 bodylimit.install()
+wsflow.install()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -436,6 +436,19 @@ WS_CONNECT_BURST_PER_SOURCE = env_number("WS_CONNECT_BURST_PER_SOURCE", 500.0)
 # REFRESH seconds; the sockets of a replica not renewed for STALE seconds (a crash) stop counting.
 SOCKET_CAP_REFRESH_SECONDS = env_number("SOCKET_CAP_REFRESH_SECONDS", 10.0)
 SOCKET_CAP_STALE_SECONDS = env_number("SOCKET_CAP_STALE_SECONDS", 30.0)
+# Flow control inside daphne (iacplatform/wsflow.py): a socket's queue of frames for its consumer
+# holds at most WS_QUEUE_FRAMES frames or WS_QUEUE_BYTES bytes (plus one message; then daphne
+# stops reading the socket until the consumer took it down to half); a client kept over its frame rate
+# for WS_THROTTLE_GRACE_SECONDS is cut off with 4429 (until then its frames wait for their tokens).
+WS_QUEUE_FRAMES = env_int("WS_QUEUE_FRAMES", 64)
+WS_QUEUE_BYTES = env_int("WS_QUEUE_BYTES", 1024 * 1024)
+WS_THROTTLE_GRACE_SECONDS = env_number("WS_THROTTLE_GRACE_SECONDS", 10.0)
+if WS_QUEUE_FRAMES < 2:
+    raise ImproperlyConfigured("WS_QUEUE_FRAMES must be at least 2, got %d" % WS_QUEUE_FRAMES)
+if WS_QUEUE_BYTES < 1:
+    raise ImproperlyConfigured("WS_QUEUE_BYTES must be positive, got %d" % WS_QUEUE_BYTES)
+if WS_THROTTLE_GRACE_SECONDS < 0:
+    raise ImproperlyConfigured("WS_THROTTLE_GRACE_SECONDS must not be negative, got %g" % WS_THROTTLE_GRACE_SECONDS)
 
 # X-Forwarded-For is believed only from these proxies (CIDRs; iacplatform/edge.py): empty trusts nobody.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])

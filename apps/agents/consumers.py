@@ -43,6 +43,7 @@ from apps.workspaces import actions as queue
 from apps.workspaces import reports
 from iacplatform import sockets
 from iacplatform.sockets import CLOSE_RATE_LIMITED, CLOSE_UNAVAILABLE, TokenBucket, client_address
+from iacplatform.wsflow import LeanDispatch, Pacer
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,14 @@ def _kick_pool(pool_id: int) -> None:
         queue.schedule_workspace(workspace_id)
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class AgentConsumer(LeanDispatch, AsyncWebsocketConsumer):
     identity: actions.Identity | None = None
     conn: actions.Connection | None = None
     group: str | None = None
     hello_timer: asyncio.TimerHandle | None = None
     cap_socket: uuid.UUID | None = None
     bucket: TokenBucket | None = None
+    pacer: Pacer | None = None
     cut_off = False
     last_heartbeat = -HEARTBEAT_COALESCE
     last_draining: bool | None = None
@@ -143,13 +145,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.conn is not None:
             await database_sync_to_async(actions.do_disconnect)(conn=self.conn, pod=settings.POD_NAME)
 
+    async def _pace(self, bucket: TokenBucket) -> bool:
+        # Over the rate, a frame waits for its token (daphne stops reading the socket meanwhile,
+        # iacplatform/wsflow.py); only a client kept over it for the grace period is cut off.
+        if self.pacer is None:
+            self.pacer = Pacer(bucket, grace=settings.WS_THROTTLE_GRACE_SECONDS)
+        return await self.pacer.admit()
+
     async def send_frame(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.cut_off:
             return  # frames the flooder sent before the close took effect: dropped unread
-        if self.bucket is not None and not self.bucket.take():
+        if self.bucket is not None and not await self._pace(self.bucket):
             self.cut_off = True
             await self.send_frame(
                 ProtocolError(Code.RATE_LIMITED, "more than %g frames per second" % settings.AGENT_FRAME_RATE).frame()
