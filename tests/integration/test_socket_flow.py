@@ -22,8 +22,8 @@ import pytest
 import websockets
 
 from apps.agents.protocol import PROTOCOL_VERSION
+from harness.processes import Proc, ProcessGroup
 from tests.integration.agentkit import make_pool
-from tests.processes import Proc, ProcessGroup
 
 pytestmark = pytest.mark.slow
 
