@@ -10,15 +10,18 @@ client is cut off after ``burst`` frames instead of stalling the replica's event
 transaction or refuses (a client spread over N replicas gets the cap once, not N times);
 :meth:`~ConnectionCaps.release` gives them back; a daemon thread renews this process's row every
 ``SOCKET_CAP_REFRESH_SECONDS`` (one update, whatever the number of sockets), puts this process's
-sockets back if its row went stale (:meth:`~ConnectionCaps.step`), and sweeps a bounded batch of
-dead replicas' rows. With the database down, acquire raises (the consumers refuse with
-``CLOSE_UNAVAILABLE``) and release keeps the socket to delete at the next step.
+sockets back if its row went stale (:meth:`~ConnectionCaps.step`) and every ``RECONCILE_TICKS``
+ticks anyway (connects and disconnects commit without waiting for the WAL flush: a database crash
+may lose the last of them), and sweeps a bounded batch of dead replicas' rows. With the
+database down, acquire raises (the consumers refuse with ``CLOSE_UNAVAILABLE``) and release
+keeps the socket to delete at the next step.
 :class:`ConnectRate` bounds how fast one source address may open sockets, so a client cut off
 with 4429 cannot turn into a reconnect storm (each handshake costs a token lookup).
 Does NOT: count across replicas the connect rate (per replica, in memory, no I/O by design: it
 guards the handshake before any query); count a socket of a replica whose renewals stopped for
 a whole ``SOCKET_CAP_STALE_SECONDS`` until its next renewal (the caps err towards admitting
-then); free a crashed replica's slots sooner than ``SOCKET_CAP_STALE_SECONDS``.
+then); free a crashed replica's slots sooner than ``SOCKET_CAP_STALE_SECONDS``; repair what a
+database crash lost of the last connects and disconnects sooner than the next reconciliation.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ CLOSE_RATE_LIMITED = 4429
 # 4503: "service unavailable": the database the caps are counted in could not be reached; the
 # socket is refused (never admitted uncounted, never 1011), the client retries later.
 CLOSE_UNAVAILABLE = 4503
+# Refresher ticks between two rewrites of this replica's rows from its open sockets (5 minutes
+# at the default SOCKET_CAP_REFRESH_SECONDS).
+RECONCILE_TICKS = 30
 
 
 class TokenBucket:
@@ -84,6 +90,7 @@ class ConnectionCaps:
             self.registered = False
             self.held: dict[uuid.UUID, list[tuple[str, str]]] = {}  # socket -> [(kind, key)]
             self.unreleased: set[uuid.UUID] = set()
+            self.ticks = 0
 
     def acquire(self, socket: uuid.UUID, keys: dict[str, int], *, kind: str) -> str | None:
         """Take a slot under every key (key -> its limit) for ``socket``, or none: the key that is
@@ -125,22 +132,33 @@ class ConnectionCaps:
 
     def step(self) -> None:
         """One refresher tick: renew this process's row (or put its sockets back when it went
-        stale), retry deferred releases, sweep a batch of dead replicas' rows."""
+        stale), retry deferred releases, sweep a batch of dead replicas' rows; every
+        ``RECONCILE_TICKS`` ticks, rewrite this process's rows from the sockets it holds."""
         stale = settings.SOCKET_CAP_STALE_SECONDS
-        if self.registered and not slots.renew(replica=self.process, stale=stale):
-            with self.lock:
-                held = [(socket, kind, key) for socket, taken in self.held.items() for kind, key in taken]
-                slots.recover(replica=self.process, pod=settings.POD_NAME, held=held)
-                self.unreleased.clear()
-            logger.warning(
-                "socket caps (%s): this replica's row was stale; %d slots put back", settings.POD_NAME, len(held)
-            )
+        self.ticks += 1
+        if self.registered:
+            if not slots.renew(replica=self.process, stale=stale):
+                put_back = self._rewrite()
+                logger.warning(
+                    "socket caps (%s): this replica's row was stale; %d slots put back", settings.POD_NAME, put_back
+                )
+            elif self.ticks % RECONCILE_TICKS == 0:
+                # Repairs what a database crash lost of the asynchronously committed connects and
+                # disconnects (slots.py): O(this replica's sockets), every few minutes.
+                self._rewrite()
         if self.unreleased:
             with self.lock:
                 pending = list(self.unreleased)
                 slots.give_back(pending)
                 self.unreleased.difference_update(pending)
         slots.sweep(stale=stale)
+
+    def _rewrite(self) -> int:
+        with self.lock:
+            held = [(socket, kind, key) for socket, taken in self.held.items() for kind, key in taken]
+            slots.recover(replica=self.process, pod=settings.POD_NAME, held=held)
+            self.unreleased.clear()
+        return len(held)
 
     def _start_refresher(self) -> None:
         if not self.background or self.refresher is not None:

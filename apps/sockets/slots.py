@@ -27,6 +27,14 @@ from apps.coordination.lockkeys import socket_cap_key
 
 SWEEP_BATCH = 1000
 
+# A connect and its disconnect are two commits on the one thread every consumer's database call
+# queues on; waiting for each WAL flush (7 ms on the shared test machine) would be most of their
+# cost. What a database crash can lose this way is the last few hundred milliseconds of them: an
+# insert lost uncounts an open socket (errs towards admitting), a delete lost keeps a closed
+# socket counted until its replica's next reconciliation (iacplatform/sockets.py) rewrites the
+# replica's rows from the sockets it really holds.
+ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
+
 REGISTER = """
 INSERT INTO sockets_socketreplica (process, pod, started_at, seen_at)
 VALUES (%s, %s, now(), CASE WHEN %s THEN now() ELSE '-infinity'::timestamptz END)
@@ -76,6 +84,7 @@ def take(
 ) -> str | None:
     """Insert ``socket``'s rows under every key (key -> limit) or none: the first full key, or None."""
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(ASYNC_COMMIT)
         cursor.execute(REGISTER, [replica, pod, first])
         # Sorted: two sockets taking the same keys lock them in the same order (no deadlock).
         for key in sorted(keys):
@@ -94,7 +103,8 @@ def give_back(sockets: Iterable[UUID]) -> int:
     ids = list(sockets)
     if not ids:
         return 0
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(ASYNC_COMMIT)
         cursor.execute(GIVE_BACK, [ids])
         return cursor.rowcount
 

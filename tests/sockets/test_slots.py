@@ -12,7 +12,7 @@ from django.db import connection
 
 from apps.sockets import slots
 from apps.sockets.models import OpenSocket, SocketReplica
-from iacplatform.sockets import ConnectionCaps
+from iacplatform.sockets import RECONCILE_TICKS, ConnectionCaps
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -151,3 +151,20 @@ def test_a_release_the_database_missed_is_retried_by_the_next_step() -> None:
     a.step()
     assert counts() == {}
     assert a.unreleased == set()
+
+
+def test_every_reconcile_tick_rewrites_the_replicas_rows_from_the_sockets_it_holds() -> None:
+    a = replica()
+    held = socket_id()
+    assert a.acquire(held, {"user:1": 2}, kind="hub") is None
+    # What a database crash can do to an asynchronously committed disconnect: the row of a
+    # socket this replica no longer holds is back.
+    with connection.cursor() as cursor:
+        cursor.execute(slots.INSERT, [a.process, [socket_id()], ["user:1"], ["hub"]])
+    assert counts() == {"user:1": 2}
+    for _ in range(RECONCILE_TICKS - 1):
+        a.step()
+    assert counts() == {"user:1": 2}  # renewals only, in between
+    a.step()
+    assert counts() == {"user:1": 1}
+    assert list(OpenSocket.objects.values_list("socket", flat=True)) == [held]
