@@ -255,14 +255,19 @@ def workspaces_to_kick(*, pool_id: int | None = None, limit: int = 500) -> list[
     runnable = Task.objects.filter(workspace=OuterRef("pk"), status=Task.Status.PENDING).exclude(type=Task.Type.APPLY)
     # A workspace whose only pending tasks are applies held by a state conflict is not kicked
     # every round (nor allowed to fill the limit ahead of workspaces that can run).
+    pending = Task.objects.filter(workspace=OuterRef("pk"), status=Task.Status.PENDING)
     qs = (
-        Workspace.objects.filter(locked=False, tasks__status=Task.Status.PENDING)
+        Workspace.objects.filter(Exists(pending), locked=False)
         .exclude(Exists(Task.objects.active().filter(workspace=OuterRef("pk"))))
         .filter(~Exists(held) | Exists(runnable))
     )
     if pool_id is not None:
         qs = qs.filter(pool_id=pool_id)
-    return list(qs.values_list("pk", flat=True).distinct().order_by("pk")[:limit])
+    # Oldest waiting first: each freed agent slot goes to the first workspace kicked, and in id
+    # order the lowest-numbered workspaces took every slot while agents were saturated.
+    waiting_since = pending.order_by("created_at", "pk").values("created_at")[:1]
+    qs = qs.annotate(waiting_since=Subquery(waiting_since)).order_by("waiting_since", "pk")
+    return list(qs.values_list("pk", flat=True)[:limit])
 
 
 def time_out_tasks() -> int:

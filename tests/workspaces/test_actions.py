@@ -14,6 +14,7 @@ from apps.agents.actions import cleanup_agents
 from apps.agents.models import Agent
 from apps.coordination.lockkeys import workspace_key
 from apps.workspaces import actions, reports
+from apps.workspaces.jobs import kick_pending
 from apps.workspaces.models import StateVersion, Task, Workspace
 from tests.agents.fixtures import Pool
 
@@ -86,6 +87,21 @@ def test_an_agent_gets_no_more_tasks_than_its_capacity_and_the_least_busy_is_cho
     idle = online_agent(agent_pool, "idle", capacity=2)
     assert actions.schedule_workspace(spaces[2].pk) == third
     assert Task.objects.get(pk=third.pk).agent_id == idle.pk
+
+
+def test_the_workspace_whose_task_has_waited_longest_is_dispatched_first(agent_pool: Pool) -> None:
+    """Chaos (FAILOVER=1, seeds 18 and 7): with the agents saturated by drift checks every minute,
+    tasks of the highest-numbered workspaces stayed pending for over 60 s, also after the load
+    stopped, while lower-numbered workspaces got a slot every time one freed: kicks went in
+    workspace-id order. A freed slot goes to the oldest waiting task."""
+    spaces = [make_workspace(agent_pool, "w%d" % i) for i in range(3)]
+    waiting = actions.enqueue_task(workspace=spaces[2], type="plan")  # no agent yet: it waits
+    newer = [actions.enqueue_task(workspace=ws, type="plan") for ws in spaces[:2]]
+    assert actions.workspaces_to_kick() == [spaces[2].pk, spaces[0].pk, spaces[1].pk]
+    online_agent(agent_pool, "only", capacity=1)
+    assert kick_pending() == 1
+    assert Task.objects.get(pk=waiting.pk).status == "dispatched"
+    assert {Task.objects.get(pk=t.pk).status for t in newer} == {"pending"}
 
 
 def test_scheduling_is_skipped_while_another_session_holds_the_workspace_lock(
