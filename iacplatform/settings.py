@@ -476,6 +476,11 @@ AXES_HTTP_RESPONSE_CODE = 429
 # REST throttling (iacplatform/api/throttling.py): DRF rates like "600/min"; empty disables.
 API_THROTTLE_USER_RATE = env_str("API_THROTTLE_USER_RATE", "1200/min") or None
 API_THROTTLE_ANON_RATE = env_str("API_THROTTLE_ANON_RATE", "120/min") or None
+# A client already refused is refused again before Django (iacplatform/edge.ThrottleShortcut),
+# answered after this many seconds (at most its wait): one that ignores Retry-After costs a timer.
+API_THROTTLE_TARPIT_SECONDS = env_number("API_THROTTLE_TARPIT_SECONDS", 1.0)
+if API_THROTTLE_TARPIT_SECONDS < 0:
+    raise ImproperlyConfigured("API_THROTTLE_TARPIT_SECONDS must not be negative, got %g" % API_THROTTLE_TARPIT_SECONDS)
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "throttle": {

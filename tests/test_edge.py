@@ -56,3 +56,17 @@ async def test_healthz_is_answered_on_the_event_loop_without_django(settings: An
     assert sent[1]["body"] == b'{"status": "ok", "pod": "%s"}' % settings.POD_NAME.encode()
     with pytest.raises(AssertionError, match="reached Django"):
         await Liveness(django)({"type": "http", "path": "/readyz", "method": "GET"}, None, send)
+
+
+def test_refusals_expire_and_are_bounded_in_memory() -> None:
+    from iacplatform.edge import Refusals
+
+    now = [100.0]
+    refusals = Refusals(max_keys=3, clock=lambda: now[0])
+    refusals.refuse("a", 5)
+    assert refusals.remaining("a") == 5
+    now[0] += 5
+    assert refusals.remaining("a") == 0 and "a" not in refusals.until
+    for key in "bcde":
+        refusals.refuse(key, 10)
+    assert list(refusals.until) == ["c", "d", "e"]  # the oldest forgotten first

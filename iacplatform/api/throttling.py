@@ -9,17 +9,36 @@ can exceed the rate by the number of requests in flight); the error is bounded b
 not by time. The table is bounded by the cache's ``MAX_ENTRIES`` (culled past it).
 The anonymous key is the client address as the edge middleware established it
 (iacplatform/edge.py: X-Forwarded-For counts only from TRUSTED_PROXIES), never a header the
-client chose.
+client chose. A refusal is also remembered on this replica (iacplatform/edge.Refusals) so that
+the same client's next requests within the wait are refused before Django (edge.ThrottleShortcut).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
 from rest_framework import throttling
 
+from iacplatform.edge import refusal_key, refusals
 
-class UserRateThrottle(throttling.UserRateThrottle):
+
+class RememberRefusals(throttling.SimpleRateThrottle):
+    """Tells the edge about each refusal, keyed as it will see the client's next request."""
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        allowed = super().allow_request(request, view)
+        if not allowed:
+            meta = request.META
+            key = refusal_key(
+                meta.get("HTTP_AUTHORIZATION", ""), meta.get("HTTP_COOKIE", ""), meta.get("REMOTE_ADDR", "")
+            )
+            refusals.refuse(key, self.wait() or 0.0)
+        return allowed
+
+
+class UserRateThrottle(RememberRefusals, throttling.UserRateThrottle):
     def __init__(self) -> None:
         self.cache = caches["throttle"]
         super().__init__()
@@ -28,7 +47,7 @@ class UserRateThrottle(throttling.UserRateThrottle):
         return settings.API_THROTTLE_USER_RATE
 
 
-class AnonRateThrottle(throttling.AnonRateThrottle):
+class AnonRateThrottle(RememberRefusals, throttling.AnonRateThrottle):
     def __init__(self) -> None:
         self.cache = caches["throttle"]
         super().__init__()
