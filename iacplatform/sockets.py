@@ -26,6 +26,7 @@ database crash lost of the last connects and disconnects sooner than the next re
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -155,10 +156,28 @@ class ConnectionCaps:
 
     def _rewrite(self) -> int:
         with self.lock:
+            if self.stopping.is_set():
+                return 0  # withdrawn: writing the rows back would revive them
             held = [(socket, kind, key) for socket, taken in self.held.items() for kind, key in taken]
             slots.recover(replica=self.process, pod=settings.POD_NAME, held=held)
             self.unreleased.clear()
         return len(held)
+
+    def withdraw(self) -> None:
+        """At exit: stop renewing and delete this process's rows (best effort: if the database
+        cannot be reached, they stop counting after the window anyway)."""
+        self.stopping.set()
+        with self.lock:
+            if not self.registered:
+                return
+            try:
+                slots.withdraw(replica=self.process)
+            except DatabaseError as exc:
+                logger.warning("socket caps (%s): withdraw failed: %s", settings.POD_NAME, type(exc).__name__)
+            finally:
+                connection.close()
+            self.registered = False
+            self.held.clear()
 
     def _start_refresher(self) -> None:
         if not self.background or self.refresher is not None:
@@ -167,6 +186,9 @@ class ConnectionCaps:
             if self.refresher is None:
                 self.refresher = threading.Thread(target=self._refresh, name="socket-caps", daemon=True)
                 self.refresher.start()
+                # A SIGTERMed daphne stops its reactor and returns; its clients reconnect to the
+                # other replicas at once, where this process's slots would count for a window.
+                atexit.register(self.withdraw)
 
     def _refresh(self) -> None:
         # Its own thread and database connection: renewals must not queue behind the consumers'

@@ -132,6 +132,14 @@ def recover(*, replica: UUID, pod: str, held: Iterable[tuple[UUID, str, str]]) -
         _insert(cursor, replica, [(socket, key, kind) for socket, kind, key in held])
 
 
+def withdraw(*, replica: UUID) -> None:
+    """Delete ``replica`` and its rows at once (a replica shutting down cleanly: its clients
+    reconnect elsewhere now, and must not find their old slots still counted for a whole window)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM sockets_socketreplica WHERE process = %s", [replica])
+        cursor.execute("DELETE FROM sockets_opensocket WHERE replica = %s", [replica])
+
+
 def sweep(*, stale: float, batch: int = SWEEP_BATCH) -> int:
     """Delete up to ``batch`` rows of one stale replica, and the replica once it has none left;
     the rows deleted. Any replica may run it at any time: replicas being swept by another are

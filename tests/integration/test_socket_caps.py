@@ -152,6 +152,24 @@ def test_a_source_at_the_cap_on_one_replica_is_refused_on_the_other(processes: P
     _cap_holds_across_replicas(processes, {"WS_MAX_CONNECTIONS_PER_SOURCE": "2"}, _agent_opener(token))
 
 
+def test_a_replica_stopped_with_sigterm_gives_its_slots_back_at_once(processes: ProcessGroup) -> None:
+    env = {**CAPS_ENV, "SOCKET_CAP_STALE_SECONDS": "60", "WS_MAX_CONNECTIONS_PER_POOL": "2"}
+    a = processes.daphne("web-a", env=env)
+    b = processes.daphne("web-b", env=env)
+    _, token = make_pool()
+    opener = _agent_opener(token)
+    held = [opener(a, 1), opener(a, 2)]
+    assert _refused_with(lambda: opener(b, 3)) == 4429
+    a.signal(signal.SIGTERM)
+    assert a.wait(30) is not None
+    # Well inside the 60 s window: A withdrew its rows on the way out.
+    _wait_admitted(lambda: opener(b, 4), timeout=10)
+    assert not SocketReplica.objects.exclude(pod="web-b").exists()
+    for ws in held:
+        with contextlib.suppress(ConnectionClosed):
+            ws.close()
+
+
 def test_a_socket_refused_for_its_token_gives_its_source_slot_back(processes: ProcessGroup) -> None:
     replica = processes.daphne("web-a", env={**CAPS_ENV, "WS_MAX_CONNECTIONS_PER_SOURCE": "1"})
     for _ in range(3):  # each takes the source's only slot, is refused 403, and gives it back
