@@ -110,6 +110,26 @@ def election_lock_strays(*, lease: str, live_leaders: Iterable[str]) -> list[str
     return strays
 
 
+def idle_advisory_locks() -> list[str]:
+    """Advisory locks held by sessions that are idle (in no transaction), outside the election's
+    namespaces (job locks and beacons: :func:`election_lock_strays` checks whose they are).
+
+    A transaction's lock ends with it, and a tick holds its workspace's lock only that long; a lock
+    on an idle session is a session-level lock nothing is using: a leak.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT l.classid::bigint, l.objid::bigint, a.application_name, l.pid FROM pg_locks l"
+            " JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.state = 'idle' AND l.pid <> pg_backend_pid()"
+            " AND NOT (l.classid::bigint = ANY(%s))"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY l.classid, l.objid",
+            [[int(Namespace.JOB), int(Namespace.LEADER_BEACON)]],
+        )
+        return ["%s/%s by %s (pid %s, idle)" % row for row in cursor.fetchall()]
+
+
 def advisory_locks_held() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")

@@ -70,6 +70,28 @@ def test_advisory_locks_are_counted() -> None:
 
 
 @pytest.mark.django_db
+def test_advisory_locks_left_on_idle_sessions_are_leaks_and_those_of_open_transactions_are_not() -> None:
+    """A live leader's tick holds a workspace's transaction lock for as long as its transaction
+    (seconds, back to back, on a loaded machine): counting every granted lock against a baseline
+    called that a leak in chaos seeds 18 and 7. A lock on a session that is idle, outside any
+    transaction, outlives whatever took it."""
+    params = connection.get_connection_params()
+    with (
+        psycopg.connect(**{**params, "application_name": "web-1:web"}, autocommit=True) as leaky,
+        psycopg.connect(**{**params, "application_name": "leader-1:leader"}) as ticking,
+        psycopg.connect(**{**params, "application_name": "leader-1:leader/job-locks"}, autocommit=True) as jobs,
+    ):
+        ticking.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(workspace_key(2)))  # inside its transaction
+        jobs.execute("SELECT pg_advisory_lock(%s, %s)", list(job_key("pending_tasks")))  # the ownership check's
+        assert invariants.idle_advisory_locks() == []
+        leaky.execute("SELECT pg_advisory_lock(%s, %s)", list(workspace_key(1)))
+        [leak] = invariants.idle_advisory_locks()
+        assert leak.startswith("%s/%s by web-1:web" % workspace_key(1)), leak
+        leaky.execute("SELECT pg_advisory_unlock_all()")
+        assert invariants.idle_advisory_locks() == []
+
+
+@pytest.mark.django_db
 def test_election_locks_held_by_sessions_that_are_not_the_live_leaders_are_found() -> None:
     """Chaos seed 18 (FAILOVER=1) left standbys' beacons lit on idle sessions: a count above the
     baseline shows that only while the leader also holds its own, this check names them always."""
