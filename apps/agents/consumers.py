@@ -175,12 +175,13 @@ class AgentConsumer(LeanDispatch, AsyncWebsocketConsumer):
             return
         kind: str | None = None
         task_id: int | None = None
+        attempt: int | None = None
         try:
             frame = parse_frame(text_data)
-            kind, task_id = frame["type"], frame.get("task_id")
+            kind, task_id, attempt = frame["type"], frame.get("task_id"), frame.get("attempt")
             await self.handle(frame)
         except ProtocolError as exc:
-            await self.send_frame(exc.frame(ref=kind, task_id=task_id))
+            await self.send_frame(exc.frame(ref=kind, task_id=task_id, attempt=attempt))
             if exc.code in (Code.UNSUPPORTED_VERSION, Code.AGENT_CONFLICT):
                 await self.close(code=CLOSE_PROTOCOL)
             elif exc.code in UNAUTHORIZED_CODES:

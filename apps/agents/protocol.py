@@ -64,7 +64,9 @@ class ProtocolError(Exception):
         self.message = message
         self.field = field
 
-    def frame(self, *, ref: str | None = None, task_id: int | None = None) -> dict[str, Any]:
+    def frame(
+        self, *, ref: str | None = None, task_id: int | None = None, attempt: int | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
         if self.field is not None:
             out["field"] = self.field
@@ -72,6 +74,9 @@ class ProtocolError(Exception):
             out["ref"] = ref
         if task_id is not None:
             out["task_id"] = task_id
+        if attempt is not None:
+            # The agent may hold a newer attempt of the same task by the time this arrives.
+            out["attempt"] = attempt
         return out
 
 

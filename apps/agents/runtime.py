@@ -343,7 +343,12 @@ class AgentRuntime:
 
     async def on_dispatch(self, frame: dict[str, Any]) -> None:
         spec = TaskSpec.from_dispatch(frame)
-        if spec.task_id in self.tasks:
+        held = self.tasks.get(spec.task_id)
+        if held is not None and held.phase is Phase.FINISHED and held.spec.attempt < spec.attempt:
+            # The server dispatches a new attempt only once it has settled ours (it lost us for a
+            # moment): what we still hold of the old one will never be stored.
+            del self.tasks[spec.task_id]
+        elif held is not None:
             return  # a re-sent dispatch of a task we already hold
         ref = {"task_id": spec.task_id, "attempt": spec.attempt}
         active = sum(1 for t in self.tasks.values() if t.phase is not Phase.FINISHED)
@@ -362,6 +367,13 @@ class AgentRuntime:
             self._schedule_replay()
             return
         if frame.get("code") != "not_owned" or held is None:
+            return
+        attempt = frame.get("attempt")
+        if (attempt is not None and attempt != held.spec.attempt) or (
+            attempt is None and held.phase is Phase.ACCEPTING
+        ):
+            # About an earlier attempt of this task (its late log frames, say), not the one we hold
+            # now: an accept is answered with task.accepted or task.drop, never not_owned.
             return
         # The server settled the task without us (re-queued, timed out, errored while we were away):
         # nothing we report about it will be stored, so stop and forget it.

@@ -166,6 +166,7 @@ async def test_reports_about_another_agents_task_change_nothing(agent_pool: Pool
         await send(intruder, frame)
         reply = await recv(intruder)
         assert reply["code"] == "not_owned", reply
+        assert (reply["task_id"], reply["attempt"]) == (task.pk, 1)  # which attempt it was about
     task = await database_sync_to_async(Task.objects.get)(pk=task.pk)
     assert task.status == "dispatched"
     assert await database_sync_to_async(TaskLogChunk.objects.count)() == 0

@@ -154,6 +154,37 @@ async def test_not_owned_makes_the_agent_forget_a_finished_task(runtime: AgentRu
     assert runtime.tasks == {}
 
 
+async def test_a_late_not_owned_about_an_earlier_attempt_leaves_the_new_attempt_alone(runtime: AgentRuntime) -> None:
+    """Chaos (FAILOVER=1, seed 18 without c0c9b88): the server settled attempt 1 while the agent's
+    heartbeats were lost to a restart and dispatched attempt 2 to the same agent; the not_owned
+    answers to attempt 1's last log frames arrived after attempt 2's accept went out, the agent
+    forgot attempt 2, the server recorded the accept, and the task stayed running with nothing
+    running it."""
+    await runtime.handle(dispatch(7, attempt=2))
+    await runtime.handle({"type": "error", "code": "not_owned", "task_id": 7, "attempt": 1, "ref": "task.log"})
+    assert runtime.tasks[7].spec.attempt == 2
+    # From a server that does not name the attempt: an accept is never answered with not_owned.
+    await runtime.handle({"type": "error", "code": "not_owned", "task_id": 7, "ref": "task.log"})
+    assert runtime.tasks[7].phase is Phase.ACCEPTING
+    # About this attempt, it still drops it.
+    spec = TaskSpec(task_id=3, attempt=2, task_type="plan", workspace_id=1, files={}, variables={}, state_backend=None)
+    runtime.tasks[3] = HeldTask(spec=spec, phase=Phase.FINISHED, result={"type": "task.result"})
+    await runtime.handle({"type": "error", "code": "not_owned", "task_id": 3, "attempt": 2})
+    assert 3 not in runtime.tasks
+
+
+async def test_a_dispatch_of_a_new_attempt_replaces_a_finished_earlier_one(runtime: AgentRuntime) -> None:
+    """The server dispatches attempt 2 only once it has settled attempt 1: the agent accepts it
+    instead of taking it for a repeat of the dispatch it already has."""
+    spec = TaskSpec(task_id=7, attempt=1, task_type="plan", workspace_id=1, files={}, variables={}, state_backend=None)
+    runtime.tasks[7] = HeldTask(spec=spec, phase=Phase.FINISHED, result={"type": "task.result", "attempt": 1})
+    await runtime.handle(dispatch(7, attempt=2))
+    assert sent(runtime) == [{"type": "task.accept", "task_id": 7, "attempt": 2}]
+    assert (runtime.tasks[7].spec.attempt, runtime.tasks[7].phase) == (2, Phase.ACCEPTING)
+    await runtime.handle(dispatch(7, attempt=2))  # a repeat of this one: ignored
+    assert len(sent(runtime)) == 1
+
+
 async def test_a_stopping_agent_is_done_when_nothing_is_left_or_the_server_never_returns(
     runtime: AgentRuntime,
 ) -> None:
