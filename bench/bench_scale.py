@@ -12,7 +12,9 @@ intervals; 1k / 10k / 100k workspaces; 10k / 100k / 1M finished tasks with two l
   counted by the flags (the goal: < 1 s) and by the exact walk over the ~1 million ticks (an
   audit, for comparison); both must find exactly that one;
 - each job's tick (its function, in a transaction rolled back afterwards, so every run sees the
-  same work due); ``jobrun_retention``'s first tick at 100x does its bounded batches of real work;
+  same work due); ``jobrun_retention``'s first tick at 100x does its bounded batches of real work,
+  and so does ``task_log_retention``'s on 100,000 tasks moved past the window (last, at 100x);
+  at 100x the retention jobs' finding queries are EXPLAINed (ANALYZE) and must read their indexes;
 - the first page of the task, workspace and agent lists (REST, as a superuser), and the admin's
   task, workspace, JobRun, agent and state-version changelists;
 - enqueue -> dispatched (``enqueue_task`` committed, its kick dispatching to an idle agent).
@@ -148,7 +150,7 @@ def _measure_size(size: Any, progress: Progress) -> dict[str, float]:
     from apps.coordination.overlaps import backfill_flags, overlap_counts, overlapping_ticks
     from apps.coordination.registry import autodiscover, registered_jobs
     from apps.coordination.retention import prune
-    from bench.scale_seed import seed, vacuum
+    from bench.scale_seed import SIZES, seed, vacuum
 
     progress.step("%s: seeding" % size.name)
     started = time.perf_counter()
@@ -199,6 +201,9 @@ def _measure_size(size: Any, progress: Progress) -> dict[str, float]:
         progress.step("%s: job %s" % (size.name, spec.name))
         _fresh_agents()
         out["job: %s" % spec.name] = _median_ms(_job_tick(spec.name))
+    if size is SIZES[-1]:
+        progress.step("%s: plans of the retention jobs' queries" % size.name)
+        _check_retention_plans()
     settings.ALLOWED_HOSTS = ["*"]
     user = User.objects.filter(username="bench-scale").first() or User.objects.create_superuser(
         "bench-scale", "bench@example.com", None
@@ -220,7 +225,76 @@ def _measure_size(size: Any, progress: Progress) -> dict[str, float]:
     progress.step("%s: enqueue -> dispatch" % size.name)
     _fresh_agents()
     out["enqueue -> dispatched"] = _median_ms(_enqueue_to_dispatch())
+    if size is SIZES[-1]:
+        progress.step("%s: task_log_retention on a backlog of %d tasks" % (size.name, LOG_BACKLOG))
+        out[BACKLOG_OP] = _log_backlog_tick()
     return out
+
+
+LOG_BACKLOG = 100_000
+BACKLOG_OP = "job: task_log_retention (first tick, %d tasks past the window)" % LOG_BACKLOG
+
+
+def _log_backlog_tick() -> float:
+    """An upgrade onto old logs: LOG_BACKLOG finished tasks moved past the window, then one real
+    (committed) tick of the job: its 20 batches (of 1,000 tasks here: 2 chunks each), not the whole backlog."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE workspaces_task SET finished_at = finished_at - interval '60 days'"
+            " WHERE id <= %s AND finished_at IS NOT NULL",
+            [LOG_BACKLOG],
+        )
+    from bench.scale_seed import vacuum
+
+    vacuum()
+    from django.conf import settings
+    from django.utils import timezone
+
+    from apps.workspaces import retention
+
+    cutoff = timezone.now() - timedelta(days=settings.TASK_LOG_RETENTION_DAYS)
+    done: list[retention.Pruned] = []
+    elapsed = _once_ms(lambda: done.append(retention.prune_task_logs(cutoff=cutoff)))
+    if done[0].batches != retention.MAX_BATCHES:
+        raise RuntimeError("the backlog tick did %d batches, not one tick's bound" % done[0].batches)
+    return elapsed
+
+
+def _check_retention_plans() -> None:
+    """EXPLAIN ANALYZE of each retention batch's finding query at the largest size: each must read
+    its partial index (the history outside it is never visited). Plans go to the bench log."""
+    import logging
+
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from apps.workspaces import retention
+
+    now = timezone.now()
+    params: dict[str, Any] = {
+        "cutoff": now - timedelta(days=30),
+        "now": now,
+        "batch": 5000,
+        "tasks": 500,
+        "workspaces": 100,
+    }
+    for sql, index in (
+        (retention.DUE_TASKS_SQL, "task_log_retained"),
+        (retention.DUE_WORKSPACES_SQL, "workspace_state_prune_due"),
+        (retention.OLD_TRANSITIONS_SQL.replace("%(cutoff)s", "%(old)s"), "state_transition_created"),
+    ):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, {**params, "old": now - timedelta(days=365)})
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                raise _Rollback
+        except _Rollback:
+            pass
+        logging.getLogger("bench.scale").warning("plan at the largest size:\n%s", plan)
+        if index not in plan:
+            raise RuntimeError("the retention query does not read %s:\n%s" % (index, plan))
 
 
 def _layer_memory(progress: Progress) -> list[Row]:
@@ -327,6 +401,8 @@ def run(progress: Progress) -> list[Row]:
                     reference_value=mid[op],
                 )
             )
+        elif op == BACKLOG_OP:
+            rows.append(Row(BENCH, "100x, an upgrade onto old logs", op, "ms", value, "-", None))
         else:
             goal = "< 1000 ms" if op.startswith("overlap count") else "-"
             met = value < 1000 if goal != "-" else None

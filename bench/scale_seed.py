@@ -10,9 +10,16 @@ engineers add later are filled without touching this module. Sizes (``SIZES``):
 | 10x | 7 days | 10,000 | 100,000 | 1,000 |
 | 100x | 30 days | 100,000 | 1,000,000 | 1,000 |
 
+State transitions: one per apply (a third of the finished tasks), over the last 300 days.
+
 The work due stays the same at every size: 5 pending tasks, 5 running, 5 workspaces whose drift
 check is due, 5 agents whose heartbeat is stale, 5 stale editing sessions, 5 expired drafts and
-channel-layer rows. So a job tick that costs more at 100x than at 10x pays for history, not work.
+channel-layer rows; for the retention jobs, 5 tasks finished 40 days ago (2 log chunks each, past
+TASK_LOG_RETENTION_DAYS), 5 workspaces with STATE_VERSIONS_KEEP + 3 versions of which 2 each are
+old enough to go, and 5 state transitions past STATE_TRANSITION_RETENTION_DAYS. The not-yet-due
+history sits in the same indexes: every finished task's log is kept (it finished within the
+window), and a tenth of the workspaces are due for a state-version look in 10 days. So a job tick
+that costs more at 100x than at 10x pays for history, not work.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ TABLES = (
     "coordination_jobrunday",
     "workspaces_tasklogchunk",
     "workspaces_task",
+    "workspaces_statetransition",
     "workspaces_stateversion",
     "workspaces_resource",
     "workspaces_workspace",
@@ -234,6 +242,7 @@ def seed(size: Size, *, now: datetime | None = None) -> dict[str, int]:
         },
         dict(p),
     )
+    rows.update(seed_retention(size, p))
     rows["message"] = insert_series(
         Message,
         DUE,
@@ -245,6 +254,85 @@ def seed(size: Size, *, now: datetime | None = None) -> dict[str, int]:
         dict(p),
     )
     vacuum()
+    return rows
+
+
+def seed_retention(size: Size, p: dict[str, Any]) -> dict[str, int]:
+    """The retention jobs' history and their DUE work (after the tasks, their chunks and versions)."""
+    from django.conf import settings
+
+    from apps.workspaces.models import StateTransition, StateVersion, Task, TaskLogChunk
+
+    rows: dict[str, int] = {}
+    first_old = size.tasks + 2 * DUE + 1  # ids follow the finished and the active tasks
+    rows["task (due)"] = insert_series(
+        Task,
+        DUE,
+        {
+            "workspace_id": "200 + i",
+            "type": "'plan'",
+            "status": "'succeeded'",
+            "created_at": "%(now)s::timestamptz - interval '40 days'",
+            "started_at": "%(now)s::timestamptz - interval '40 days'",
+            "finished_at": "%(now)s::timestamptz - interval '40 days'",
+            "exit_code": "0",
+        },
+        dict(p),
+    )
+    rows["tasklogchunk (due)"] = insert_series(
+        TaskLogChunk,
+        2 * DUE,
+        {
+            "task_id": "%s + (i - 1) / 2" % first_old,
+            "seq": "(i - 1) %% 2",
+            "text": "repeat('terraform output line ', 4)",
+            "created_at": "%(now)s::timestamptz - interval '40 days'",
+        },
+        dict(p),
+    )
+    # DUE workspaces (ids 101..105: no drift check, no active task) get versions 2..KEEP + 3, all
+    # 60 days old, the newest current: serials 2 and 3 are past the newest KEEP and the window.
+    keep = settings.STATE_VERSIONS_KEEP
+    extra = keep + 2
+    rows["stateversion (due)"] = insert_series(
+        StateVersion,
+        DUE * extra,
+        {
+            "workspace_id": "101 + (i - 1) / %d" % extra,
+            "serial": "2 + (i - 1) %%%% %d" % extra,
+            "terraform_serial": "2 + (i - 1) %%%% %d" % extra,
+            "lineage": "'l'",
+            "state": '\'{"version": 4, "serial": 1, "lineage": "l", "resources": []}\'::jsonb',
+            "created_at": "%(now)s::timestamptz - interval '60 days'",
+        },
+        dict(p),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE workspaces_workspace w SET current_state_id = v.id, cmdb_synced_state_id = v.id,"
+            " state_prune_at = %s::timestamptz - interval '1 minute'"
+            " FROM workspaces_stateversion v WHERE v.workspace_id = w.id AND w.id BETWEEN 101 AND %s AND v.serial = %s",
+            [p["now"], 100 + DUE, 1 + extra],
+        )
+        cursor.execute(
+            "UPDATE workspaces_workspace SET state_prune_at = %s::timestamptz + interval '10 days'"
+            " WHERE id %% 10 = 5 AND state_prune_at IS NULL",
+            [p["now"]],
+        )
+    rows["statetransition"] = insert_series(
+        StateTransition,
+        size.tasks // 3 + DUE,
+        {
+            "workspace_id": "1 + (i %% %(ws)s)",
+            "kind": "'terraform'",
+            "to_serial": "1",
+            "to_lineage": "'l'",
+            # DUE rows past the 365-day window, the rest over the last 300 days.
+            "created_at": "CASE WHEN i <= %(due)s THEN %(now)s::timestamptz - interval '400 days'"
+            " ELSE %(now)s::timestamptz - make_interval(secs => (i %% 25920000)) END",
+        },
+        dict(p),
+    )
     return rows
 
 
