@@ -14,6 +14,7 @@ django_asgi_app: Any = get_asgi_application()
 
 from iacplatform import bodylimit, wsflow  # noqa: E402
 from iacplatform.edge import ForwardedFor, Liveness, ThrottleShortcut  # noqa: E402
+from iacplatform.requestconn import CloseRequestConnections  # noqa: E402
 
 # daphne imports this module in its own process: request bodies are bounded while they arrive,
 # and a WebSocket's queue of frames for its consumer is bounded (daphne stops reading it).
@@ -43,7 +44,7 @@ browser_websockets = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(w
 application = ForwardedFor(
     ProtocolTypeRouter(
         {
-            "http": Liveness(ThrottleShortcut(django_asgi_app)),
+            "http": Liveness(ThrottleShortcut(CloseRequestConnections(django_asgi_app))),
             # Agents send a bearer pool token and no Origin (they are not browsers): their route comes
             # first, outside the origin check; everything else is a browser socket.
             "websocket": CountSockets(URLRouter([*agent_urlpatterns, re_path(r"^", browser_websockets)])),
