@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -77,6 +78,22 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    # Written only by their owners, each with update_fields under the workspace's row lock (the
+    # state pointer in states.py, the CMDB sync, state_version_retention).
+    PLATFORM_FIELDS = frozenset({"current_state", "state_prune_at", "cmdb_synced_state_id", "cmdb_synced_serial"})
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A whole-row save of an existing workspace (an API PATCH, an admin edit) writes the row
+        # as it was loaded: without this, a state write committed meanwhile would be undone (the
+        # pointer moved backwards, with no StateTransition). The platform's columns are left out.
+        if not self._state.adding and kwargs.get("update_fields") is None and not kwargs.get("force_insert"):
+            kwargs["update_fields"] = [
+                field.name
+                for field in self._meta.concrete_fields
+                if not field.primary_key and field.name not in self.PLATFORM_FIELDS
+            ]
+        super().save(*args, **kwargs)
 
 
 class TaskQuerySet(VisibleQuerySet["Task"]):

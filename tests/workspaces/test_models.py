@@ -44,3 +44,32 @@ def test_active_tasks_of_different_workspaces_do_not_conflict(workspace: Workspa
     Task.objects.create(workspace=workspace, type="plan", status="running")
     Task.objects.create(workspace=other, type="apply", status="running")
     assert Task.objects.filter(status="running").count() == 2
+
+
+def test_saving_a_workspace_loaded_before_a_state_write_does_not_move_its_pointer_back(workspace: Workspace) -> None:
+    """An API PATCH or an admin edit saves the whole row it loaded; a state write that committed
+    meanwhile (pointer moved, state_version_retention scheduled) must survive it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.workspaces import states
+    from apps.workspaces.serializers import WorkspaceSerializer
+    from tests.workspaces.test_states import tfstate
+
+    task = Task.objects.create(workspace=workspace, type="apply", status="running")
+    first = states.offer_state(task=task, attempt=1, state=tfstate(1), live=True).version
+    stale = Workspace.objects.get(pk=workspace.pk)  # what the PATCH loaded
+    second = states.offer_state(task=task, attempt=1, state=tfstate(2), live=True).version
+    due = timezone.now() + timedelta(days=3)
+    Workspace.objects.filter(pk=workspace.pk).update(state_prune_at=due, cmdb_synced_state_id=7)
+    assert first is not None and second is not None and stale.current_state_id == first.pk
+    edit = WorkspaceSerializer(instance=stale, data={"description": "edited"}, partial=True)
+    assert edit.is_valid(), edit.errors
+    edit.save()
+    stale.lock_reason = "admin edit"
+    stale.save()
+    fresh = Workspace.objects.get(pk=workspace.pk)
+    assert (fresh.description, fresh.lock_reason) == ("edited", "admin edit")
+    assert fresh.current_state_id == second.pk
+    assert (fresh.state_prune_at, fresh.cmdb_synced_state_id) == (due, 7)
