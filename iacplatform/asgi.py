@@ -13,7 +13,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
 django_asgi_app: Any = get_asgi_application()
 
 from iacplatform import bodylimit, wsflow  # noqa: E402
-from iacplatform.edge import ForwardedFor, Liveness, ThrottleShortcut  # noqa: E402
+from iacplatform.edge import ForwardedFor, InFlight, Liveness, ThrottleShortcut  # noqa: E402
 from iacplatform.requestconn import CloseRequestConnections  # noqa: E402
 
 # daphne imports this module in its own process: request bodies are bounded while they arrive,
@@ -44,7 +44,7 @@ browser_websockets = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(w
 application = ForwardedFor(
     ProtocolTypeRouter(
         {
-            "http": Liveness(ThrottleShortcut(CloseRequestConnections(django_asgi_app))),
+            "http": Liveness(ThrottleShortcut(InFlight(CloseRequestConnections(django_asgi_app)))),
             # Agents send a bearer pool token and no Origin (they are not browsers): their route comes
             # first, outside the origin check; everything else is a browser socket.
             "websocket": CountSockets(URLRouter([*agent_urlpatterns, re_path(r"^", browser_websockets)])),

@@ -479,6 +479,9 @@ API_THROTTLE_ANON_RATE = env_str("API_THROTTLE_ANON_RATE", "120/min") or None
 # A client already refused is refused again before Django (iacplatform/edge.ThrottleShortcut),
 # answered after this many seconds (at most its wait): one that ignores Retry-After costs a timer.
 API_THROTTLE_TARPIT_SECONDS = env_number("API_THROTTLE_TARPIT_SECONDS", 1.0)
+# Requests under /api/ of one client (credentials + address) running at once on a replica; the
+# rest wait before Django (iacplatform/edge.InFlight); 0 disables.
+API_MAX_IN_FLIGHT_PER_CLIENT = env_int("API_MAX_IN_FLIGHT_PER_CLIENT", 2)
 if API_THROTTLE_TARPIT_SECONDS < 0:
     raise ImproperlyConfigured("API_THROTTLE_TARPIT_SECONDS must not be negative, got %g" % API_THROTTLE_TARPIT_SECONDS)
 CACHES = {

@@ -70,3 +70,36 @@ def test_refusals_expire_and_are_bounded_in_memory() -> None:
     for key in "bcde":
         refusals.refuse(key, 10)
     assert list(refusals.until) == ["c", "d", "e"]  # the oldest forgotten first
+
+
+async def test_one_client_runs_at_most_its_share_of_api_requests_at_once(settings: Any) -> None:
+    import asyncio
+
+    from iacplatform.edge import InFlight
+
+    settings.API_MAX_IN_FLIGHT_PER_CLIENT = 2
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    release = asyncio.Event()
+
+    async def django(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        who = scope["client"][0]
+        running[who] = running.get(who, 0) + 1
+        peak[who] = max(peak.get(who, 0), running[who])
+        await release.wait()
+        running[who] -= 1
+
+    edge = InFlight(django)
+
+    def request(address: str, path: str = "/api/v1/workspaces/") -> Any:
+        scope = {"type": "http", "path": path, "client": [address, 1], "headers": [(b"authorization", b"Token t")]}
+        return asyncio.create_task(edge(scope, None, None))
+
+    greedy = [request("198.51.100.1") for _ in range(5)]
+    polite = request("198.51.100.2")
+    outside = [request("198.51.100.1", "/readyz") for _ in range(3)]  # not under /api/: not counted
+    await asyncio.sleep(0.01)
+    assert running == {"198.51.100.1": 2 + 3, "198.51.100.2": 1}  # two greedy API calls, the rest wait
+    release.set()
+    await asyncio.gather(*greedy, polite, *outside)
+    assert edge.clients == {}  # nothing kept once a client's requests are done
