@@ -94,7 +94,6 @@ def run(cluster: object, *, seed: int, rounds: int, workspaces: int, log_level: 
         print("chaos: no leader was elected at start; see %s" % cluster.logdir)
         return 2
     runner = Runner(cluster, seed=seed, out=lambda line: print(line, flush=True))
-    runner.measure_lock_baseline()
     load = Load(workspace_ids=workspace_ids, seed=seed)
     load.start()
     try:

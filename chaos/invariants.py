@@ -11,6 +11,7 @@ Does NOT: prove an invariant held between two checks for state the database does
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -110,24 +111,42 @@ def election_lock_strays(*, lease: str, live_leaders: Iterable[str]) -> list[str
     return strays
 
 
-def idle_advisory_locks() -> list[str]:
-    """Advisory locks held by sessions that are idle (in no transaction), outside the election's
-    namespaces (job locks and beacons: :func:`election_lock_strays` checks whose they are).
-
-    A transaction's lock ends with it, and a tick holds its workspace's lock only that long; a lock
-    on an idle session is a session-level lock nothing is using: a leak.
-    """
+def advisory_locks_now() -> dict[tuple[object, ...], str]:
+    """Advisory locks granted now outside the election's namespaces (job locks and beacons:
+    :func:`election_lock_strays` checks whose they are), keyed by holding session and, for a
+    session inside a transaction, that transaction's start: a key seen again is the same lock held
+    by the same session in the same transaction (or outside any)."""
     with connection.cursor() as cursor:
+        # pg_stat_activity is read once per transaction of the reader unless told otherwise.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
-            "SELECT l.classid::bigint, l.objid::bigint, a.application_name, l.pid FROM pg_locks l"
-            " JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND a.state = 'idle' AND l.pid <> pg_backend_pid()"
+            "SELECT l.pid, a.backend_start, a.xact_start, l.classid::bigint, l.objid::bigint, a.application_name,"
+            " a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()"
             " AND NOT (l.classid::bigint = ANY(%s))"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " ORDER BY l.classid, l.objid",
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             [[int(Namespace.JOB), int(Namespace.LEADER_BEACON)]],
         )
-        return ["%s/%s by %s (pid %s, idle)" % row for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    return {
+        (pid, backend, xact, classid, objid): "%s/%s by %s (pid %s, %s)" % (classid, objid, name, pid, state)
+        for pid, backend, xact, classid, objid, name, state in rows
+    }
+
+
+def persistent_advisory_locks(*, window: float, interval: float = 0.2) -> list[str]:
+    """Advisory locks (outside the election's namespaces) held by the same session, in the same
+    transaction or outside any, for the whole of ``window`` seconds: leaks, or a transaction stuck
+    with a workspace's lock. A live leader's ticks hold a workspace's transaction lock only for
+    their transaction (back to back, on a loaded machine): each transaction is a new key, so they
+    never count, whereas a count of granted locks against a baseline called them a leak."""
+    deadline = time.monotonic() + window
+    held = advisory_locks_now()
+    while held and time.monotonic() < deadline:
+        time.sleep(interval)
+        now = advisory_locks_now()
+        held = {key: now[key] for key in held if key in now}
+    return sorted(held.values())
 
 
 def advisory_locks_held() -> int:
