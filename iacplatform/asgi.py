@@ -29,6 +29,7 @@ from django.urls import re_path  # noqa: E402
 from apps.agents.routing import websocket_urlpatterns as agent_urlpatterns  # noqa: E402
 from apps.hub.routing import websocket_urlpatterns as hub_routes  # noqa: E402
 from iacplatform.sessioncheck import require_session_path  # noqa: E402
+from iacplatform.sockets import RefuseWhileDatabaseDown  # noqa: E402
 from iacplatform.webmetrics import CountSockets  # noqa: E402
 
 if settings.PROCESS_ROLE == "web" and settings.CHANNEL_LAYER_BACKEND == "postgres":
@@ -38,7 +39,10 @@ if settings.PROCESS_ROLE == "web" and settings.CHANNEL_LAYER_BACKEND == "postgre
 
 # Browser WebSockets: session auth, so the Origin is checked (cross-site WebSocket hijacking).
 websocket_urlpatterns: list = [*hub_routes]
-browser_websockets = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+# A database down while the session is looked up: 4503, like the consumers' own lookups.
+browser_websockets = AllowedHostsOriginValidator(
+    RefuseWhileDatabaseDown(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+)
 
 # Outermost: the client address everything below keys on (throttles, caps, logs).
 application = ForwardedFor(

@@ -31,7 +31,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -40,6 +41,9 @@ from django.db.utils import Error as DatabaseError
 from apps.sockets import slots
 
 logger = logging.getLogger(__name__)
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # 4429: "too many requests" in the private close-code range (the HTTP status + 4000 convention
 # the project's other codes follow: 4400, 4401, 4403, 4404, 4408, 4410).
@@ -234,3 +238,42 @@ def client_address(scope: dict[str, object]) -> str:
     if isinstance(client, (list, tuple)) and client:
         return str(client[0])
     return "unknown"
+
+
+class RefuseWhileDatabaseDown:
+    """ASGI middleware for browser sockets: a database error raised before the socket is accepted
+    (channels' AuthMiddleware looks the session and user up before any consumer runs) closes it
+    with ``CLOSE_UNAVAILABLE``, as the consumers do for their own lookups, instead of failing the
+    handshake with HTTP 500 and a traceback. An error after the accept is the consumer's own and
+    is not caught here; the error's text (hosts, users) goes to the log, never to the client."""
+
+    def __init__(self, inner: Callable[..., Any]) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.inner(scope, receive, send)
+            return
+        state = {"connected": False, "accepted": False}
+
+        async def tracked_receive() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                state["connected"] = True
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            if message["type"] == "websocket.accept":
+                state["accepted"] = True
+            await send(message)
+
+        try:
+            await self.inner(scope, tracked_receive, tracked_send)
+        except DatabaseError as exc:
+            if state["accepted"]:
+                raise
+            logger.warning("hub socket refused: database unavailable (%s)", type(exc).__name__)
+            if not state["connected"]:
+                await receive()  # the client's websocket.connect, which nobody read yet
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": CLOSE_UNAVAILABLE})

@@ -267,3 +267,23 @@ def test_with_the_database_unreachable_a_connect_is_refused_with_4503(
     assert "hub socket refused: database unavailable (OperationalError)" in log
     # No connect path raised (frames handled while the database went away may log theirs).
     assert not re.search(r'consumers\.py", line \d+, in (websocket_connect|connect|_connect)\b', log), log
+
+
+def test_with_the_database_unreachable_a_logged_in_hub_socket_is_refused_with_4503(
+    processes: ProcessGroup, cuttable_db: tuple[Cuttable, str]
+) -> None:
+    """The session and user lookups run before the consumer (channels' AuthMiddleware): a database
+    gone at that moment is a 4503 too, not an HTTP 500 of the handshake."""
+    forwarder, url = cuttable_db
+    user = User.objects.create_user("caps-db-down")
+    pool, _ = make_pool()
+    workspace = make_workspace(pool, "caps-db-down")
+    grant(workspace, "read", user=user)
+    task = Task.objects.create(workspace=workspace, type="plan", status="succeeded")
+    login = Login.of(user)
+    replica = processes.daphne("web-a", env={**CAPS_ENV, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "0"})
+    _hub_opener(login, task)(replica, 1).close()  # admitted while the database answers
+    forwarder.cut()
+    assert _refused_with(lambda: _hub_opener(login, task)(replica, 2)) == 4503
+    assert replica.alive()
+    assert "Traceback" not in replica.log(), replica.log()
