@@ -31,6 +31,7 @@ from apps.access.actions import do_grant_role
 from apps.access.models import Role
 from apps.agents.models import Agent
 from apps.agents.protocol import agent_group, task_group
+from apps.coordination.fencing import set_local_timeouts
 from apps.coordination.lockkeys import workspace_key
 from apps.workspaces.models import StateLock, StateVersion, Task, Workspace
 
@@ -83,7 +84,13 @@ def schedule_workspace(workspace_id: int) -> Task | None:
     # committed after its look, the result of the running task or pending_tasks kicks it again.
     # A transaction-level lock, released by the commit: a session lock would stay on whichever
     # server connection a transaction pooler (DATABASE_URL through PgBouncer) ran the statement on.
+    # Bounded by the server: a process stopped while it holds the lock (SIGSTOP, a long pause)
+    # has its transaction ended after JOB_STATEMENT_TIMEOUT idle, instead of keeping the workspace
+    # from every dispatcher for as long as it is stopped (chaos showed one held for over 15 s).
     with transaction.atomic():
+        set_local_timeouts(
+            statement_timeout=settings.JOB_STATEMENT_TIMEOUT, idle_in_transaction_timeout=settings.JOB_STATEMENT_TIMEOUT
+        )
         if not _lock_workspace(workspace_id, wait=False):
             return None
         return _dispatch_next(workspace_id)

@@ -257,3 +257,59 @@ def test_log_chunks_after_the_task_settled_are_refused_but_replays_acknowledged(
     assert reports.append_log(**ref, seq=0, text="first") is reports.Outcome.DUPLICATE
     assert reports.append_log(**ref, seq=1, text="late") is reports.Outcome.NOT_OWNED
     assert list(task.log_chunks.values_list("seq", flat=True)) == [0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatcher_paused_inside_its_transaction_lets_go_of_the_workspace_lock(
+    agent_pool: Pool, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """A process stopped (SIGSTOP, a long GC pause) while it holds a workspace's queue lock must not
+    keep that workspace from being dispatched for as long as it is stopped: the dispatch transaction
+    is bounded by the server (idle_in_transaction_session_timeout, SET LOCAL), which ends it."""
+    import threading
+
+    from django.db import DatabaseError, connections
+
+    settings.JOB_STATEMENT_TIMEOUT = 1.0
+    workspace = make_workspace(agent_pool, "paused")
+    Task.objects.create(workspace=workspace, type=Task.Type.PLAN)
+    paused, resumed = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def stopped_mid_transaction(pool_id: int) -> None:
+        paused.set()
+        resumed.wait(30)
+        return None
+
+    monkeypatch.setattr(actions, "pick_agent", stopped_mid_transaction)
+
+    def dispatcher() -> None:
+        try:
+            outcome.append(actions.schedule_workspace(workspace.pk))
+        except DatabaseError as exc:  # the server ended the session while it was paused
+            outcome.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=dispatcher)
+    thread.start()
+    try:
+        assert paused.wait(10)
+        classid, objid = (k & 0xFFFFFFFF for k in workspace_key(workspace.pk))
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s AND granted"
+        with connection.cursor() as cursor:
+            cursor.execute(held, [classid, objid])
+            assert cursor.fetchone() == (1,)
+            deadline = timezone.now() + timedelta(seconds=6)
+            while timezone.now() < deadline:
+                cursor.execute(held, [classid, objid])
+                if cursor.fetchone() == (0,):
+                    break
+            else:
+                raise AssertionError("the paused dispatcher still holds the workspace lock")
+    finally:
+        resumed.set()
+        thread.join(30)
+    # Resumed, it finds its session ended: nothing was dispatched by it, and the next kick does.
+    assert len(outcome) == 1 and isinstance(outcome[0], DatabaseError), outcome
+    assert Task.objects.get(workspace=workspace).status == Task.Status.PENDING
