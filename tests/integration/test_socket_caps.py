@@ -186,7 +186,7 @@ class Cuttable:
     """A TCP forwarder to the suite's PostgreSQL that can be cut: every connection through it is
     dropped and new ones are refused, as when the database's host goes away."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str | tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
         self.listener = socket.create_server(("127.0.0.1", self.port))
@@ -203,7 +203,8 @@ class Cuttable:
             if self.cut_off:
                 client.close()
                 continue
-            upstream = socket.socket(socket.AF_UNIX if self.target.startswith("/") else socket.AF_INET)
+            # A Unix socket path (the embedded server) or a host and port (an external server).
+            upstream = socket.socket(socket.AF_UNIX if isinstance(self.target, str) else socket.AF_INET)
             upstream.connect(self.target)
             self.open += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
@@ -233,7 +234,7 @@ class Cuttable:
 def cuttable_db() -> Iterator[tuple[Cuttable, str]]:
     s = connection.settings_dict
     host, port = s["HOST"] or "/tmp", int(s["PORT"] or 5432)
-    target = "%s/.s.PGSQL.%d" % (host, port) if host.startswith("/") else host
+    target: str | tuple[str, int] = "%s/.s.PGSQL.%d" % (host, port) if host.startswith("/") else (host, port)
     forwarder = Cuttable(target)
     auth = s["USER"] + (":" + s["PASSWORD"] if s.get("PASSWORD") else "")
     yield forwarder, "postgresql://%s@127.0.0.1:%d/%s" % (auth, forwarder.port, s["NAME"])
