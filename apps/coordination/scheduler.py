@@ -4,7 +4,8 @@ A term (one period of leadership, one epoch) goes: terminate sessions of older t
 holding job locks, raise the fence to the epoch, close their abandoned JobRuns, run the recovery
 passes once, then start one thread per job. Each thread loops ``while not stopping: tick();
 wait(every)``, and a tick:
-  1. does nothing unless ``is_leader()`` (a process woken from a pause never starts a tick);
+  1. does nothing unless ``is_leader()`` (a process woken from a pause never starts a tick; one
+     stopped just after that check and refused by the fence on waking records nothing either);
   2. takes the job's advisory lock with ``pg_try_advisory_lock`` on the process's session-path
      connection (joblocks.py: the job's own connection may go through a transaction pooler); if
      another session holds it, the tick is recorded as ``skipped``;
@@ -126,6 +127,12 @@ def _tick_under_lock(spec: JobSpec, tick: Tick, ctx: TermContext) -> str | None:
     except TermEnded:
         return None
     except StaleEpoch as exc:
+        if not ctx.is_leader():
+            # Stopped between the leader check and this first write, and woken past the lease: the
+            # fence refused the tick before it began. Like not leading: no row (one stamped now
+            # would read as a tick inside the successor's).
+            logger.info("job %s (epoch %d): refused by the fence after the lease passed: %s", tick.job, tick.epoch, exc)
+            return None
         _fenced_out(exc, ctx)
         _record(tick, JobRun.Outcome.FENCED, error=str(exc))
         return JobRun.Outcome.FENCED

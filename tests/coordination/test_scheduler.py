@@ -61,6 +61,22 @@ def test_a_tick_with_a_stale_epoch_writes_nothing_and_is_recorded_as_fenced() ->
     assert list(JobRun.objects.values_list("outcome", flat=True)) == ["fenced"]
 
 
+def test_a_leader_paused_before_its_first_write_and_woken_past_its_lease_records_no_tick() -> None:
+    # CI (PostgreSQL 18): a job thread passed its leader check, the process was stopped, and on
+    # waking the fence refused the tick before the elector noticed the lost lease. A 'fenced' row
+    # stamped now would read as a tick inside the successor's running one.
+    raise_epoch(name="lease", epoch=2, holder="successor")
+    successor = JobRun.objects.create(job="j", holder="successor", epoch=2, started_at=timezone.now())
+    checks = iter([True, True])  # true while the tick begins; the lease is past after the pause
+    context = ctx(epoch=1)
+    context.is_leader = lambda: next(checks, False)
+    assert run_tick(JobSpec(name="j", every=1, func=write_holder), context) is None
+    assert list(JobRun.objects.values_list("holder", "outcome")) == [("successor", "running")]
+    assert overlapping_ticks() == 0
+    successor.refresh_from_db()
+    assert not successor.overlapped
+
+
 def test_a_failing_job_is_recorded_as_error() -> None:
     raise_epoch(name="lease", epoch=1, holder="me")
     assert run_tick(JobSpec(name="j", every=1, func=fail), ctx()) == "error"
