@@ -4,37 +4,19 @@ never a scan of the table."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from typing import Any
 
 import pytest
 from django.db import connection
 
 from apps.sockets import slots
+from tests.plans import assert_indexed, nodes, plan
 
 pytestmark = pytest.mark.django_db
 
 ROWS = 200_000
 REPLICAS = 100
-
-
-def plan(sql: str, params: list[Any]) -> dict[str, Any]:
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        raw = cursor.fetchone()[0]
-    return (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
-
-
-def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node] + [n for child in node.get("Plans", []) for n in nodes(child)]
-
-
-def assert_indexed(sql: str, params: list[Any], index: str) -> None:
-    found = nodes(plan(sql, params))
-    scans = {(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in found}
-    assert not [s for s in scans if s[0] == "Seq Scan" and s[1] == "sockets_opensocket"], scans
-    assert any(s[2] == index for s in scans), scans
+TABLE = "sockets_opensocket"
 
 
 @pytest.fixture
@@ -58,11 +40,11 @@ def large_table() -> None:
 
 def test_every_caps_statement_is_indexed_on_a_large_table(large_table: None) -> None:
     replica = uuid.UUID(bytes=bytes(16))
-    assert_indexed(slots.COUNT, [["user:7", "source:10.0.0.1"], 30.0], "sockets_opensocket_key_idx")
-    assert_indexed(slots.GIVE_BACK, [[uuid.uuid4()]], "sockets_opensocket_once")
-    assert_indexed(slots.SWEEP_DELETE, [replica, slots.SWEEP_BATCH], "sockets_opensocket_replica_idx")
+    assert_indexed(slots.COUNT, [["user:7", "source:10.0.0.1"], 30.0], "sockets_opensocket_key_idx", table=TABLE)
+    assert_indexed(slots.GIVE_BACK, [[uuid.uuid4()]], "sockets_opensocket_once", table=TABLE)
+    assert_indexed(slots.SWEEP_DELETE, [replica, slots.SWEEP_BATCH], "sockets_opensocket_replica_idx", table=TABLE)
     assert_indexed(
-        "DELETE FROM sockets_opensocket WHERE replica = %s", [replica], "sockets_opensocket_replica_idx"
+        "DELETE FROM sockets_opensocket WHERE replica = %s", [replica], "sockets_opensocket_replica_idx", table=TABLE
     )  # recover
     # The replica table holds one row per web process (live, or dead and not yet swept): the
     # planner may scan its few pages; it never touches the sockets.
