@@ -191,14 +191,17 @@ def overlapping_ticks(job: str | None = None, *, since: datetime | None = None) 
     return int(row[0]) if row else 0
 
 
+COUNTS_SQL = (
+    "SELECT (SELECT count(*) FROM coordination_jobrun WHERE overlapped),"
+    " (SELECT COALESCE(sum(overlapped), 0) FROM coordination_jobrunday)"
+)
+
+
 def overlap_counts() -> OverlapCounts:
     """Overlaps among the ticks kept and ever since (the aggregates' counts added), one snapshot:
     the flags, through the partial index ``jobrun_overlapped`` (O(overlaps), not O(history))."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT (SELECT count(*) FROM coordination_jobrun WHERE overlapped),"
-            " (SELECT COALESCE(sum(overlapped), 0) FROM coordination_jobrunday)"
-        )
+        cursor.execute(COUNTS_SQL)
         row = cursor.fetchone()
     window, aggregated = (int(row[0]), int(row[1])) if row else (0, 0)
     return OverlapCounts(window=window, ever=window + aggregated)

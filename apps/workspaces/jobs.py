@@ -84,23 +84,27 @@ def cmdb_sync(tick: Tick) -> None:
     """Index each workspace's newest state into the CMDB: one fenced transaction per workspace."""
     failures: list[str] = []
     synced = 0
-    for workspace_id in cmdb.workspaces_to_sync():
-        try:
-            result = cmdb.sync_workspace(workspace_id, atomic=tick.fenced)
-        except cmdb.StateFormatError as exc:
-            # That workspace keeps its rows; the others are still indexed; the tick reports it.
-            failures.append("workspace %d: %s" % (workspace_id, exc))
-            continue
-        if result is not None:
-            synced += 1
-            logger.info(
-                "cmdb_sync: workspace %d at serial %s: %d created, %d updated, %d deleted",
-                workspace_id,
-                result.serial,
-                result.created,
-                result.updated,
-                result.deleted,
-            )
+    # Past the last workspace read, so one that stays due (a bad state) is not read again this tick.
+    after = 0
+    while due := cmdb.workspaces_to_sync(after=after):
+        after = due[-1]
+        for workspace_id in due:
+            try:
+                result = cmdb.sync_workspace(workspace_id, atomic=tick.fenced)
+            except cmdb.StateFormatError as exc:
+                # That workspace keeps its rows; the others are still indexed; the tick reports it.
+                failures.append("workspace %d: %s" % (workspace_id, exc))
+                continue
+            if result is not None:
+                synced += 1
+                logger.info(
+                    "cmdb_sync: workspace %d at serial %s: %d created, %d updated, %d deleted",
+                    workspace_id,
+                    result.serial,
+                    result.created,
+                    result.updated,
+                    result.deleted,
+                )
     if failures:
         raise CmdbSyncError("; ".join(failures))
 
