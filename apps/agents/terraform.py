@@ -5,9 +5,11 @@ one, the newest state; the Terraform child runs in its own process group and die
 (PR_SET_PDEATHSIG on Linux), so a killed agent leaves no Terraform running behind it; the
 execution log gets a fsynced ``start`` line before the first Terraform command and an ``end``
 line after the last; a cancel stops Terraform with SIGINT (its graceful stop), then SIGTERM, then
-SIGKILL. Terraform's environment is the allowlist of isolation.py plus the workspace's variables,
-never the agent's own. Does NOT: decide whether to run (the runtime runs only accepted tasks), enforce the task
-timeout (the server's task_timeout job sends task.cancel), or talk to the server.
+SIGKILL, sent to its process group; Terraform starts with both signals at their defaults, even
+when the agent inherited them ignored. Terraform's environment is the allowlist of isolation.py
+plus the workspace's variables, never the agent's own. Does NOT: decide whether to run (the
+runtime runs only accepted tasks), enforce the task timeout (the server's task_timeout job sends
+task.cancel), or talk to the server.
 """
 
 from __future__ import annotations
@@ -128,7 +130,13 @@ class ExecutionLog:
             os.fsync(handle.fileno())
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # An ignored signal stays ignored across exec (handlers do not), and a shell cannot even trap
+    # a signal that was ignored when it started. An agent launched with SIGINT ignored (a shell's
+    # `cmd &` without job control, some service wrappers) would hand that on, and a cancel's SIGINT
+    # would stop nothing until SIGTERM_AFTER: Terraform gets the default dispositions back.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -259,7 +267,7 @@ class TerraformRun:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # only prctl in the child: no locks taken
+            preexec_fn=_child_setup,  # only sigaction and prctl in the child: no locks taken
         )
         self._proc = proc
         if self.cancelled:

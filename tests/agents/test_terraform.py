@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from apps.agents import terraform
 from apps.agents.terraform import ExecutionLog, Outcome, TaskSpec, TerraformRun
 from tests.agents.httpbackend import Backend, serve
 from tests.integration.agentkit import OUTPUTS_TF, slow_terraform, terraform_path
@@ -115,7 +117,14 @@ def test_a_missing_terraform_binary_is_an_error_not_a_crash(tmp_path: Path, back
     assert [e["event"] for e in events] == ["start", "end"]
 
 
-def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+@pytest.mark.parametrize("cancel_after", [0.0, 0.5])
+def test_cancel_interrupts_a_running_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend, sigint: str, cancel_after: float
+) -> None:
+    """A cancel stops Terraform with SIGINT, its graceful stop, whether it lands while Terraform
+    is being started (0.0) or while it runs, and even when the agent itself was started with
+    SIGINT ignored (a shell's `cmd &` without job control): an ignored signal is inherited."""
     monkeypatch.setenv("SLOW_SECONDS", "60")
 
     async def scenario() -> Outcome:
@@ -134,11 +143,21 @@ def test_cancel_interrupts_a_running_plan(tmp_path: Path, monkeypatch: pytest.Mo
         )
         job = asyncio.create_task(tf.run())
         await asyncio.wait_for(planning.wait(), 30)
+        await asyncio.sleep(cancel_after)
         tf.cancel()
-        return await asyncio.wait_for(job, 10)
+        # A cancelled run ends by the SIGKILL of its process group at the latest, whatever the
+        # load; the exit code below says which signal ended it.
+        return await asyncio.wait_for(job, terraform.SIGKILL_AFTER + 5)
 
-    outcome = asyncio.run(scenario())
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.default_int_handler)
+    try:
+        outcome = asyncio.run(scenario())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # SIGINT ended it: the wrapper's INT trap exits 130, or the shell died of it before setting
+    # its traps (-2). The SIGTERM escalation would show as 143 (its TERM trap) or -15.
     assert outcome.status == "cancelled"
+    assert outcome.exit_code in (130, -signal.SIGINT)
 
 
 def test_a_work_dir_that_does_not_exist_yet_is_created(tmp_path: Path, backend: Backend) -> None:
