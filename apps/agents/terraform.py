@@ -5,11 +5,13 @@ one, the newest state; the Terraform child runs in its own process group and die
 (PR_SET_PDEATHSIG on Linux), so a killed agent leaves no Terraform running behind it; the
 execution log gets a fsynced ``start`` line before the first Terraform command and an ``end``
 line after the last; a cancel stops Terraform with SIGINT (its graceful stop), then SIGTERM, then
-SIGKILL, sent to its process group; Terraform starts with both signals at their defaults, even
-when the agent inherited them ignored. Terraform's environment is the allowlist of isolation.py
-plus the workspace's variables, never the agent's own. Does NOT: decide whether to run (the
-runtime runs only accepted tasks), enforce the task timeout (the server's task_timeout job sends
-task.cancel), or talk to the server.
+SIGKILL, sent to its process group until the command is over, output included; Terraform starts
+with both signals at their defaults, even when the agent inherited them ignored; a cancelled
+command ends by SIGKILL_AFTER, plus OUTPUT_DRAIN when a process that left the group holds its
+output open (that output is dropped, and that process is not stopped). Terraform's environment is
+the allowlist of isolation.py plus the workspace's variables, never the agent's own. Does NOT:
+decide whether to run (the runtime runs only accepted tasks), enforce the task timeout (the
+server's task_timeout job sends task.cancel), or talk to the server.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ READ_SIZE = 8192
 # Escalation after a cancel: SIGINT lets Terraform stop cleanly and write its state.
 SIGTERM_AFTER = 15.0
 SIGKILL_AFTER = 30.0
+# Once the group is SIGKILLed nothing of it runs: what still holds Terraform's output open left
+# the group (a daemon started in a session of its own), and is not waited for beyond this.
+OUTPUT_DRAIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,11 @@ class TerraformRun:
     # http(s)://host:port of the replica the agent is connected to, for a relative backend address.
     backend_origin: str = ""
     cancelled: bool = False
+    # The command running now: its process, its output pipe, and an event set once it is over
+    # (exited, output closed).
     _proc: asyncio.subprocess.Process | None = None
+    _output: asyncio.ReadTransport | None = None
+    _finished: asyncio.Event | None = None
     _escalation: asyncio.Task[None] | None = None
 
     def cancel(self) -> None:
@@ -164,23 +173,34 @@ class TerraformRun:
         if self.cancelled:
             return
         self.cancelled = True
-        if self._proc is not None and self._proc.returncode is None:
-            self._signal(signal.SIGINT)
-            self._escalation = asyncio.get_running_loop().create_task(self._escalate(self._proc))
+        # Also when Terraform itself has exited: its group may still run, or hold its output.
+        if self._proc is not None and self._finished is not None and not self._finished.is_set():
+            self._signal(self._proc.pid, signal.SIGINT)
+            self._escalation = asyncio.get_running_loop().create_task(self._escalate(self._proc.pid, self._finished))
 
-    def _signal(self, sig: int) -> None:
-        if self._proc is None:
-            return
+    def _signal(self, pgid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+            os.killpg(pgid, sig)
 
-    async def _escalate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _escalate(self, pgid: int, finished: asyncio.Event) -> None:
+        # Waits for the command to be over, output included, not for Terraform's process alone: a
+        # wrapper's or Terraform's children are in its group and may hold the output and run on.
         for delay, sig in ((SIGTERM_AFTER, signal.SIGTERM), (SIGKILL_AFTER - SIGTERM_AFTER, signal.SIGKILL)):
-            try:
-                await asyncio.wait_for(proc.wait(), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), delay)
                 return
-            except TimeoutError:
-                self._signal(sig)
+            self._signal(pgid, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), OUTPUT_DRAIN)
+            return
+        if self._output is not None:
+            logger.warning(
+                "task %s: Terraform's output still open %.0f s after the SIGKILL of its process group "
+                "(held by a process outside it); no longer read",
+                self.spec.task_id,
+                OUTPUT_DRAIN,
+            )
+            self._output.close()
 
     async def run(self) -> Outcome:
         if self.work_root:
@@ -258,36 +278,57 @@ class TerraformRun:
         if self.cancelled:
             return 130, ""
         self.on_output("$ terraform %s\n" % " ".join(args))
-        proc = await asyncio.create_subprocess_exec(
-            self.terraform_bin,
-            *args,
-            cwd=workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_child_setup,  # only sigaction and prctl in the child: no locks taken
-        )
-        self._proc = proc
-        if self.cancelled:
-            # Cancelled while the process was being started: it missed the first signal.
-            self.cancelled = False
-            self.cancel()
+        # Our own pipe rather than asyncio's: its wait() would also wait for the output to close,
+        # and only a transport of our own can be closed on a holder that outlives the SIGKILL.
+        read_end, write_end = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.terraform_bin,
+                *args,
+                cwd=workdir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_child_setup,  # only sigaction and prctl in the child: no locks taken
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the output ends when Terraform and its children close theirs
+        self._proc, self._finished = proc, asyncio.Event()
+        try:
+            if self.cancelled:
+                # Cancelled while the process was being started: it missed the first signal.
+                self.cancelled = False
+                self.cancel()
+            reader = asyncio.StreamReader()
+            self._output, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+            )
+            output = await self._read(reader)
+            code = await proc.wait()
+        finally:
+            if self._output is not None:
+                self._output.close()
+            self._finished.set()
+            self._proc = self._output = None
+        return code, output
+
+    async def _read(self, reader: asyncio.StreamReader) -> str:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         collected: list[str] = []
-        assert proc.stdout is not None
         while True:
-            data = await proc.stdout.read(READ_SIZE)
+            data = await reader.read(READ_SIZE)
             text = decoder.decode(data, final=not data)
             if text:
                 text = text.replace("\x00", "\ufffd")
                 collected.append(text)
                 self.on_output(text)
             if not data:
-                break
-        code = await proc.wait()
-        return code, "".join(collected)
+                return "".join(collected)
 
 
 def _summary(pattern: re.Pattern[str], output: str) -> dict[str, int]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +160,73 @@ def test_cancel_interrupts_a_running_plan(
     # its traps (-2). The SIGTERM escalation would show as 143 (its TERM trap) or -15.
     assert outcome.status == "cancelled"
     assert outcome.exit_code in (130, -signal.SIGINT)
+
+
+# For plan: starts a process that keeps this command's output open (in Terraform's process group,
+# ignoring SIGINT as sh's background commands do, or in a session of its own as a daemon would)
+# and says so once it is one, then becomes a sleep that a cancel's SIGINT ends.
+HOLDER_WRAPPER = """\
+#!/bin/sh
+if [ "$1" = plan ]; then
+  %s sh -c 'echo $$ > "%s"; echo holder started; exec sleep 60' &
+  exec sleep 60
+fi
+exec "%s" "$@"
+"""
+
+
+@pytest.mark.parametrize("holder", ["in the group", "left the group"])
+def test_a_cancelled_run_ends_whatever_still_holds_terraforms_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend, holder: str
+) -> None:
+    """A cancelled run does not wait for Terraform's output to close once Terraform has exited: the
+    escalation still signals the group (SIGTERM ends a holder that ignores SIGINT), and after the
+    SIGKILL it stops reading output held by a process that left the group."""
+    monkeypatch.setattr(terraform, "SIGTERM_AFTER", 1.0)
+    monkeypatch.setattr(terraform, "SIGKILL_AFTER", 2.0)
+    monkeypatch.setattr(terraform, "OUTPUT_DRAIN", 1.0)
+    pid_file = tmp_path / "holder.pid"
+    wrapper = tmp_path / "holder-terraform"
+    wrapper.write_text(HOLDER_WRAPPER % ("setsid" if holder == "left the group" else "", pid_file, terraform_path()))
+    wrapper.chmod(0o755)
+
+    async def scenario() -> tuple[Outcome, float]:
+        holding = asyncio.Event()
+
+        def on_output(text: str) -> None:
+            if "holder started" in text:
+                holding.set()
+
+        tf = TerraformRun(
+            spec=spec("plan", backend), terraform_bin=str(wrapper), on_output=on_output, work_root=str(tmp_path)
+        )
+        job = asyncio.create_task(tf.run())
+        await asyncio.wait_for(holding.wait(), 30)
+        tf.cancel()
+        started = time.monotonic()
+        outcome = await asyncio.wait_for(job, terraform.SIGKILL_AFTER + terraform.OUTPUT_DRAIN + 5)
+        return outcome, time.monotonic() - started
+
+    try:
+        outcome, took = asyncio.run(scenario())
+        assert outcome.status == "cancelled"
+        if holder == "in the group":
+            assert took < terraform.SIGKILL_AFTER  # the SIGTERM ended it
+            assert not _alive(int(pid_file.read_text()))
+        else:
+            assert took >= terraform.SIGKILL_AFTER  # only given up on after the group's SIGKILL
+    finally:
+        if pid_file.exists() and _alive(pid := int(pid_file.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    # A zombie (killed, not reaped yet by whoever adopted it) is not alive.
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_work_dir_that_does_not_exist_yet_is_created(tmp_path: Path, backend: Backend) -> None:

@@ -51,16 +51,14 @@ SLOW_WRAPPER = """\
 case "$1" in
   plan|apply)
     # In the background with traps, so that an interrupt (a cancel) ends the wait at once. The
-    # traps come first and the sleep does not hold Terraform's output: sh starts a background
-    # command with SIGINT ignored, so a cancel landing before the traps would leave the sleep
-    # holding the agent's pipe until the SIGTERM escalation. 130 for SIGINT, 143 for SIGTERM: a
-    # test can tell the graceful stop from the escalation.
-    pid=
-    trap 'kill $pid 2>/dev/null; exit 130' INT
-    trap 'kill $pid 2>/dev/null; exit 143' TERM
+    # traps come first and use $! (set as the sleep starts, unlike a copy of it), and the sleep
+    # does not hold Terraform's output: sh starts a background command with SIGINT ignored, so a
+    # sleep the traps missed would hold the agent's pipe until the SIGTERM escalation. 130 for
+    # SIGINT, 143 for SIGTERM: a test can tell the graceful stop from the escalation.
+    trap 'kill $! 2>/dev/null; exit 130' INT
+    trap 'kill $! 2>/dev/null; exit 143' TERM
     sleep "${SLOW_SECONDS:-0}" >/dev/null 2>&1 &
-    pid=$!
-    wait $pid
+    wait $!
     trap - INT TERM ;;
 esac
 exec "%s" "$@"
