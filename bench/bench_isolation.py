@@ -10,6 +10,13 @@ that reconnect whenever they are cut off, as a real abuser would:
 - ``hub socket flood``: a logged-in user's editing-session socket, heartbeats as fast as it takes;
 - ``REST flood``: ``GET /api/v1/workspaces/`` as fast as the server answers (throttled to 429).
 
+The abuser runs at the lowest CPU priority (``nice 19``): in production its client runs on its own
+machine; here it shares two cores with the replica, PostgreSQL and the measuring client, and
+unniced it took a core from them whatever the replica did (six runs at equal code ranged 0.6-9.7x).
+
+Each abuser's window is compared with the two no-abuser windows around it (pooled), not with one
+reference at the start: the machine's load drifts over the two minutes of a run.
+
 Goal (issue #13): the well-behaved client's p99 within 2x of its no-abuser p99, for every probe.
 Before the isolation work, one heartbeat flood took /healthz to p50 4 s and max 16-23 s.
 ``make bench BENCH=bench_isolation``; DATABASE_URL must point at a migrated database.
@@ -36,7 +43,11 @@ MEASURE_SECONDS = 8.0
 WARMUP_SECONDS = 2.0
 INTERVAL = 0.05
 FLOODERS = 4
-SCENARIOS = ["no abuser", "agent heartbeat flood", "hub socket flood", "REST flood"]
+ABUSERS = ["agent heartbeat flood", "hub socket flood", "REST flood"]
+SCENARIOS = ["no abuser", *ABUSERS]
+# Each abuser is measured between two windows with no abuser, and compared with those two: the
+# machine is shared, and its load drifts over a run more than an abuser moves a p99.
+WINDOWS = ["no abuser"] + [window for abuser in ABUSERS for window in (abuser, "no abuser")]
 PROBES = ["/healthz", "REST list", "socket round trip"]
 
 
@@ -223,7 +234,8 @@ def run(progress: Progress) -> list[Row]:
             # Unrecorded: the first requests import and build what every later one reuses (URL
             # resolvers, serializers, the schema); counted, they were the no-abuser p99.
             asyncio.run(_measure(port, fx, WARMUP_SECONDS))
-            for scenario in SCENARIOS:
+            windows: list[dict[str, list[float]]] = []
+            for scenario in WINDOWS:
                 progress.step(scenario)
                 flooder = None
                 if scenario != "no abuser":
@@ -233,7 +245,7 @@ def run(progress: Progress) -> list[Row]:
                     flooder = subprocess.Popen(argv, env=group.env("flooder", "test", env))
                     time.sleep(2)  # let the flood reach full speed
                 try:
-                    results[scenario] = asyncio.run(_measure(port, fx))
+                    windows.append(asyncio.run(_measure(port, fx)))
                 finally:
                     if flooder is not None:
                         flooder.kill()
@@ -244,18 +256,27 @@ def run(progress: Progress) -> list[Row]:
             raise
         finally:
             group.stop_all()
+    for at, scenario in enumerate(WINDOWS):
+        if scenario != "no abuser":
+            results[scenario] = windows[at]
+            results["reference for " + scenario] = _pooled(windows[at - 1], windows[at + 1])
+    results["no abuser"] = _pooled(*(windows[at] for at, scenario in enumerate(WINDOWS) if scenario == "no abuser"))
     return _rows(results)
+
+
+def _pooled(*windows: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {probe: [value for window in windows for value in window[probe]] for probe in PROBES}
 
 
 def _rows(results: dict[str, dict[str, list[float]]]) -> list[Row]:
     rows = []
-    baseline = results["no abuser"]
     for scenario in SCENARIOS:
+        is_reference = scenario == "no abuser"
+        baseline = results["no abuser" if is_reference else "reference for " + scenario]
         for probe in PROBES:
             values = results[scenario][probe]
             p99 = percentile(values, 99) * 1000
             reference = percentile(baseline[probe], 99) * 1000
-            is_reference = scenario == "no abuser"
             rows.append(
                 Row(
                     bench="isolation",
@@ -265,7 +286,7 @@ def _rows(results: dict[str, dict[str, list[float]]]) -> list[Row]:
                     measured=p99,
                     goal="-" if is_reference else "<= 2x no abuser",
                     met=None if is_reference else p99 <= 2 * reference,
-                    reference="" if is_reference else "no abuser",
+                    reference="" if is_reference else "no abuser, the windows before and after",
                     reference_value=None if is_reference else reference,
                     extra={"p50_ms": round(percentile(values, 50) * 1000, 2), "samples": len(values)},
                 )
@@ -275,6 +296,10 @@ def _rows(results: dict[str, dict[str, list[float]]]) -> list[Row]:
 
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "flood":
+        # The abuser's own CPU is its machine's in production, not the replica's: on this one, its
+        # client would otherwise take a core from the replica and the measuring client it shares
+        # them with, and the ratios would measure the machine, not the isolation.
+        os.nice(19)
         asyncio.run(
             _flood(sys.argv[2], int(sys.argv[3]), json.loads(Path(sys.argv[4]).read_text()), float(sys.argv[5]))
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +21,10 @@ from iacplatform.requestconn import CloseRequestConnections  # noqa: E402
 # and a WebSocket's queue of frames for its consumer is bounded (daphne stops reading it).
 bodylimit.install()
 wsflow.install()
+# Request threads (one per request) share the GIL with the event loop: a CPU-bound one holds it
+# up to the switch interval each time the loop wants it back (5 ms by default, several times per
+# answer). A shorter interval keeps the loop's answers (/healthz, socket frames) prompt under load.
+sys.setswitchinterval(settings.WEB_GIL_SWITCH_INTERVAL_MS / 1000)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

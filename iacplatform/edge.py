@@ -158,6 +158,95 @@ def scope_key(scope: Scope) -> str:
     return refusal_key(",".join(authorization), ",".join(cookie), str(client[0]) if client else "")
 
 
+class CpuShares:
+    """Each client's CPU time in Django on this replica, as a token bucket of CPU-seconds: it
+    refills at ``share`` seconds per second up to ``burst``, and every request of the client is
+    charged the CPU time its thread used (:class:`ChargeCpu`). A client in debt waits before its
+    next request runs (:class:`InFlight`) until the refill has paid the debt back.
+
+    Why: the throttles count requests, and requests differ in cost by orders of magnitude; a
+    per-minute rate admits a minute's budget at once (bench_isolation's REST flood never reached
+    it in 11 s). Counted in CPU time, one client gets at most ``share`` of a CPU on average,
+    whatever it asks for, so the others keep the rest. CPU time, not wall time: waiting for the
+    database or for the GIL under someone else's load is not the client's cost. Bounded: at most
+    ``max_keys`` clients kept, the least recently charged forgotten first (a forgotten debt is
+    forgiven: it costs at most one burst). Written from request threads, read on the event loop:
+    single dict operations under the GIL. Does NOT: count across replicas (a client spread over N
+    replicas gets N shares), or interrupt a request that is running (its cost is charged after).
+    """
+
+    def __init__(
+        self,
+        *,
+        share: float | None = None,
+        burst: float | None = None,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._share = share  # None: API_CLIENT_CPU_SHARE, read at each use
+        self._burst = burst  # None: API_CLIENT_CPU_BURST_SECONDS
+        self.max_keys = max_keys
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (CPU-seconds left, when)
+
+    @property
+    def share(self) -> float:
+        return float(settings.API_CLIENT_CPU_SHARE if self._share is None else self._share)
+
+    @property
+    def burst(self) -> float:
+        return float(settings.API_CLIENT_CPU_BURST_SECONDS if self._burst is None else self._burst)
+
+    def _left(self, key: str, now: float) -> float:
+        tokens, when = self.buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - when) * self.share)
+
+    def charge(self, key: str, seconds: float) -> None:
+        if self.share <= 0:
+            return
+        now = self.clock()
+        left = self._left(key, now) - max(seconds, 0.0)
+        self.buckets.pop(key, None)
+        while len(self.buckets) >= self.max_keys:
+            self.buckets.pop(next(iter(self.buckets)), None)
+        self.buckets[key] = (left, now)
+
+    def delay(self, key: str) -> float:
+        """Seconds until ``key`` is out of debt (0 if it is not in debt)."""
+        if self.share <= 0 or key not in self.buckets:
+            return 0.0
+        left = self._left(key, self.clock())
+        return 0.0 if left >= 0 else -left / self.share
+
+
+cpu_shares = CpuShares()
+
+
+def _api(path: str) -> bool:
+    return path.startswith("/api/")
+
+
+class ChargeCpu:
+    """Django middleware (first in MIDDLEWARE): charges each request under ``/api/`` the CPU time
+    of its thread to its client (:class:`CpuShares`), keyed as :func:`scope_key` keys the next."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if not _api(request.path):
+            return self.get_response(request)
+        started = time.thread_time()
+        try:
+            return self.get_response(request)
+        finally:
+            meta = request.META
+            key = refusal_key(
+                meta.get("HTTP_AUTHORIZATION", ""), meta.get("HTTP_COOKIE", ""), meta.get("REMOTE_ADDR", "")
+            )
+            cpu_shares.charge(key, time.thread_time() - started)
+
+
 class InFlight:
     """At most ``API_MAX_IN_FLIGHT_PER_CLIENT`` requests under ``/api/`` of one client (its
     credentials and address, :func:`scope_key`) run at once on this replica; the others wait,
@@ -168,6 +257,8 @@ class InFlight:
     everyone's: four at once from one client made another client's requests up to 3x slower
     (bench_isolation's REST flood). Waiting costs no thread and no query. Does NOT: bound how many
     clients, or how many credentials of one user, run at once; count across replicas.
+    A client over its CPU share (:class:`CpuShares`) waits here too, holding its own turn (so its
+    other requests wait behind it), until its debt is paid back.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -176,21 +267,32 @@ class InFlight:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         limit = settings.API_MAX_IN_FLIGHT_PER_CLIENT
-        if limit <= 0 or scope["type"] != "http" or not scope.get("path", "").startswith("/api/"):
+        if scope["type"] != "http" or not _api(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         key = scope_key(scope)
+        if limit <= 0:
+            await self._wait_for_share(key)
+            await self.app(scope, receive, send)
+            return
         entry = self.clients.get(key)
         if entry is None:
             entry = self.clients[key] = [asyncio.Semaphore(limit), 0]
         entry[1] += 1
         try:
             async with entry[0]:
+                await self._wait_for_share(key)
                 await self.app(scope, receive, send)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
                 del self.clients[key]
+
+    @staticmethod
+    async def _wait_for_share(key: str) -> None:
+        wait = cpu_shares.delay(key)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 class ThrottleShortcut:
@@ -211,7 +313,7 @@ class ThrottleShortcut:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith("/api/") and refusals.until:
+        if scope["type"] == "http" and _api(scope.get("path", "")) and refusals.until:
             left = refusals.remaining(scope_key(scope))
             if left > 0:
                 await asyncio.sleep(min(left, settings.API_THROTTLE_TARPIT_SECONDS))

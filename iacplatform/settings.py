@@ -159,6 +159,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the CPU time of everything below is charged to the client (iacplatform/edge.CpuShares).
+    "iacplatform.edge.ChargeCpu",
     "iacplatform.webmetrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "iacplatform.api.middleware.RefuseBadQueryMiddleware",
@@ -482,6 +484,19 @@ API_THROTTLE_TARPIT_SECONDS = env_number("API_THROTTLE_TARPIT_SECONDS", 1.0)
 # Requests under /api/ of one client (credentials + address) running at once on a replica; the
 # rest wait before Django (iacplatform/edge.InFlight); 0 disables.
 API_MAX_IN_FLIGHT_PER_CLIENT = env_int("API_MAX_IN_FLIGHT_PER_CLIENT", 2)
+# A client's CPU time in Django per replica (iacplatform/edge.CpuShares): at most SHARE CPU-seconds
+# per second on average, BURST at once; past it its requests wait before Django; 0 disables.
+API_CLIENT_CPU_SHARE = env_number("API_CLIENT_CPU_SHARE", 0.5)
+API_CLIENT_CPU_BURST_SECONDS = env_number("API_CLIENT_CPU_BURST_SECONDS", 2.0)
+# The web process's GIL switch interval (iacplatform/asgi.py; Python's default is 5 ms).
+WEB_GIL_SWITCH_INTERVAL_MS = env_number("WEB_GIL_SWITCH_INTERVAL_MS", 1.0)
+if WEB_GIL_SWITCH_INTERVAL_MS <= 0:
+    raise ImproperlyConfigured("WEB_GIL_SWITCH_INTERVAL_MS must be positive, got %g" % WEB_GIL_SWITCH_INTERVAL_MS)
+if API_CLIENT_CPU_SHARE < 0 or API_CLIENT_CPU_BURST_SECONDS <= 0:
+    raise ImproperlyConfigured(
+        "API_CLIENT_CPU_SHARE must not be negative and API_CLIENT_CPU_BURST_SECONDS must be positive, got %g and %g"
+        % (API_CLIENT_CPU_SHARE, API_CLIENT_CPU_BURST_SECONDS)
+    )
 if API_THROTTLE_TARPIT_SECONDS < 0:
     raise ImproperlyConfigured("API_THROTTLE_TARPIT_SECONDS must not be negative, got %g" % API_THROTTLE_TARPIT_SECONDS)
 CACHES = {

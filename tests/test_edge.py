@@ -103,3 +103,79 @@ async def test_one_client_runs_at_most_its_share_of_api_requests_at_once(setting
     release.set()
     await asyncio.gather(*greedy, polite, *outside)
     assert edge.clients == {}  # nothing kept once a client's requests are done
+
+
+def test_a_clients_cpu_share_refills_at_its_rate_up_to_the_burst_and_is_bounded_in_memory() -> None:
+    from iacplatform.edge import CpuShares
+
+    now = [100.0]
+    shares = CpuShares(share=0.5, burst=2.0, max_keys=3, clock=lambda: now[0])
+    assert shares.delay("a") == 0  # never charged: no debt
+    shares.charge("a", 1.5)
+    assert shares.delay("a") == 0  # within the burst
+    shares.charge("a", 1.5)  # 1 CPU-second in debt
+    assert shares.delay("a") == pytest.approx(2.0)  # repaid at 0.5 per second
+    now[0] += 1
+    assert shares.delay("a") == pytest.approx(1.0)
+    now[0] += 100
+    shares.charge("a", 2.5)  # the refill stops at the burst: 2 - 2.5
+    assert shares.delay("a") == pytest.approx(1.0)
+    for key in "bcd":
+        shares.charge(key, 0.1)
+    assert list(shares.buckets) == ["b", "c", "d"]  # the least recently charged forgotten first
+    assert CpuShares(share=0, burst=1).delay("x") == 0
+
+
+async def test_a_client_over_its_cpu_share_waits_before_django_and_others_do_not(settings: Any) -> None:
+    import asyncio
+    import time
+
+    from iacplatform import edge
+
+    settings.API_MAX_IN_FLIGHT_PER_CLIENT = 2
+    settings.API_CLIENT_CPU_SHARE = 1.0
+    settings.API_CLIENT_CPU_BURST_SECONDS = 1.0
+    edge.cpu_shares.buckets.clear()
+    entered: dict[str, float] = {}
+
+    async def django(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        entered[scope["client"][0]] = time.monotonic()
+
+    def scope(address: str) -> dict[str, Any]:
+        return {"type": "http", "path": "/api/v1/workspaces/", "client": [address, 1], "headers": []}
+
+    greedy, polite = edge.scope_key(scope("198.51.100.1")), edge.scope_key(scope("198.51.100.2"))
+    edge.cpu_shares.charge(greedy, 1.3)  # 0.3 CPU-seconds in debt: 0.3 s at one per second
+    edge.cpu_shares.charge(polite, 0.2)
+    app = edge.InFlight(django)
+    started = time.monotonic()
+    await asyncio.gather(app(scope("198.51.100.1"), None, None), app(scope("198.51.100.2"), None, None))
+    assert entered["198.51.100.2"] - started < 0.1
+    assert entered["198.51.100.1"] - started >= 0.25
+    settings.API_MAX_IN_FLIGHT_PER_CLIENT = 0  # the share holds without the in-flight limit too
+    edge.cpu_shares.charge(greedy, 1.3)
+    started = time.monotonic()
+    await app(scope("198.51.100.1"), None, None)
+    assert entered["198.51.100.1"] - started >= 0.25
+    edge.cpu_shares.buckets.clear()
+
+
+@pytest.mark.django_db
+def test_each_api_request_is_charged_the_cpu_time_of_its_thread_to_its_client(client: Any) -> None:
+    from django.contrib.auth import get_user_model
+
+    from apps.access.tokens import do_create_token
+    from iacplatform import edge
+
+    edge.cpu_shares.buckets.clear()
+    user = get_user_model().objects.create_user("cpu-share", password="x" * 20)
+    token = do_create_token(user=user)[1]
+    response = client.get("/api/v1/workspaces/", HTTP_AUTHORIZATION="Token " + token)
+    assert response.status_code == 200
+    key = edge.refusal_key("Token " + token, "", "127.0.0.1")
+    assert list(edge.cpu_shares.buckets) == [key]
+    left, _ = edge.cpu_shares.buckets[key]
+    assert 0 < left < edge.cpu_shares.burst  # charged what it used, more than nothing
+    assert client.get("/readyz").status_code in (200, 503)
+    assert list(edge.cpu_shares.buckets) == [key]  # outside /api/: not charged
+    edge.cpu_shares.buckets.clear()
