@@ -275,6 +275,16 @@ def test_agents_get_the_time_to_finish_running_terraform(kustomization: Path) ->
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
+def test_agent_pods_have_a_pid_1_that_reaps_terraforms_orphans(kustomization: Path) -> None:
+    """The agent is no init: a provider orphaned by a killed terraform is reparented to PID 1, and
+    only the pause container (a shared process namespace) reaps it."""
+    agents = [w for w in workloads(render(kustomization), "agent") if w["kind"] == "Deployment"]
+    assert agents
+    for agent in agents:
+        assert agent["spec"]["template"]["spec"].get("shareProcessNamespace") is True, agent["metadata"]["name"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids(KUSTOMIZATIONS))
 def test_agents_keep_their_credential_on_a_volume_of_its_own(kustomization: Path) -> None:
     """A container restart keeps the agent id, so it must find its credential again (a refused
     reconnect otherwise); Terraform's work volume must not hold it."""
