@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from django.conf import settings
+from prometheus_client import Counter
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -220,6 +221,13 @@ class CpuShares:
 
 
 cpu_shares = CpuShares()
+SHARE_WAITS = Counter(
+    "iacplatform_api_cpu_share_waits_total",
+    "API requests held before Django because their client was over its CPU share.",
+)
+SHARE_WAIT_SECONDS = Counter(
+    "iacplatform_api_cpu_share_wait_seconds_total", "Seconds API requests were held for their client's CPU share."
+)
 
 
 def _api(path: str) -> bool:
@@ -292,6 +300,8 @@ class InFlight:
     async def _wait_for_share(key: str) -> None:
         wait = cpu_shares.delay(key)
         if wait > 0:
+            SHARE_WAITS.inc()
+            SHARE_WAIT_SECONDS.inc(wait)
             await asyncio.sleep(wait)
 
 
