@@ -89,13 +89,26 @@ def _limit(seconds: float) -> str:
     return "%dms" % max(1, round(seconds * 1000))
 
 
+# Select-list items that bound the rest of the current transaction (is_local: like SET LOCAL,
+# nothing leaks past its end), from the next statement on; their parameters are
+# ``local_timeouts(...)``. A statement with work of its own carries them: no extra round trip.
+LOCAL_TIMEOUTS = (
+    "set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+
+
+def local_timeouts(*, statement_timeout: float, idle_in_transaction_timeout: float) -> list[str]:
+    return [_limit(statement_timeout), _limit(idle_in_transaction_timeout)]
+
+
 def set_local_timeouts(*, statement_timeout: float, idle_in_transaction_timeout: float) -> None:
     """Bound the rest of the current transaction (SET LOCAL: nothing leaks past its end)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT set_config('statement_timeout', %s, true),"
-            " set_config('idle_in_transaction_session_timeout', %s, true)",
-            [_limit(statement_timeout), _limit(idle_in_transaction_timeout)],
+            "SELECT " + LOCAL_TIMEOUTS,
+            local_timeouts(
+                statement_timeout=statement_timeout, idle_in_transaction_timeout=idle_in_transaction_timeout
+            ),
         )
 
 
@@ -160,13 +173,18 @@ def fenced_atomic(
         with connection.cursor() as cursor:
             # One round trip: the timeouts apply from the next statement on, the fence row lock here.
             cursor.execute(
-                "SELECT set_config('statement_timeout', %s, true),"
-                " set_config('idle_in_transaction_session_timeout', %s, true),"
-                " f.epoch, f.timeline, " + CURRENT_TIMELINE + ", %s OR " + BEACON_HELD + " FROM (SELECT 1) AS one"
+                "SELECT "
+                + LOCAL_TIMEOUTS
+                + ", f.epoch, f.timeline, "
+                + CURRENT_TIMELINE
+                + ", %s OR "
+                + BEACON_HELD
+                + " FROM (SELECT 1) AS one"
                 " LEFT JOIN (SELECT epoch, timeline FROM coordination_fence WHERE name = %s FOR SHARE) AS f ON true",
                 [
-                    _limit(statement_timeout),
-                    _limit(idle_in_transaction_timeout),
+                    *local_timeouts(
+                        statement_timeout=statement_timeout, idle_in_transaction_timeout=idle_in_transaction_timeout
+                    ),
                     beacon is None,
                     pid,
                     classid,

@@ -31,7 +31,7 @@ from apps.access.actions import do_grant_role
 from apps.access.models import Role
 from apps.agents.models import Agent
 from apps.agents.protocol import agent_group, task_group
-from apps.coordination.fencing import set_local_timeouts
+from apps.coordination.fencing import LOCAL_TIMEOUTS, local_timeouts
 from apps.coordination.lockkeys import workspace_key
 from apps.workspaces.models import StateLock, StateVersion, Task, Workspace
 
@@ -88,24 +88,26 @@ def schedule_workspace(workspace_id: int) -> Task | None:
     # has its transaction ended after JOB_STATEMENT_TIMEOUT idle, instead of keeping the workspace
     # from every dispatcher for as long as it is stopped (chaos showed one held for over 15 s).
     with transaction.atomic():
-        set_local_timeouts(
-            statement_timeout=settings.JOB_STATEMENT_TIMEOUT, idle_in_transaction_timeout=settings.JOB_STATEMENT_TIMEOUT
-        )
-        if not _lock_workspace(workspace_id, wait=False):
+        if not _lock_workspace(workspace_id, wait=False, bound=settings.JOB_STATEMENT_TIMEOUT):
             return None
         return _dispatch_next(workspace_id)
 
 
-def _lock_workspace(workspace_id: int, *, wait: bool) -> bool:
-    """The workspace's advisory lock until the current transaction ends (True once held)."""
-    key = list(workspace_key(workspace_id))
+def _lock_workspace(workspace_id: int, *, wait: bool, bound: float | None = None) -> bool:
+    """The workspace's advisory lock until the current transaction ends (True once held). With
+    ``bound`` (seconds), the same statement bounds the rest of the transaction: its statements and
+    its idle time (fencing.LOCAL_TIMEOUTS)."""
+    timeouts, params = (
+        ("", [])
+        if bound is None
+        else (LOCAL_TIMEOUTS + ", ", local_timeouts(statement_timeout=bound, idle_in_transaction_timeout=bound))
+    )
+    lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
     with connection.cursor() as cursor:
-        if wait:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
-            return True
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", key)
+        cursor.execute("SELECT " + timeouts + lock + "(%s, %s)", [*params, *workspace_key(workspace_id)])
         row = cursor.fetchone()
-    return bool(row and row[0])
+    # pg_advisory_xact_lock returns void (None): it returned because the lock is held.
+    return wait or bool(row and row[-1])
 
 
 def _dispatch_next(workspace_id: int) -> Task | None:
