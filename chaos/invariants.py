@@ -71,6 +71,13 @@ def advisory_lock_holders() -> list[str]:
         return ["%s/%s by %s (%s)" % row for row in cursor.fetchall()]
 
 
+# pg_locks rows (alias l) of advisory locks granted in this database (other databases' are not ours).
+ADVISORY_HERE = (
+    "l.locktype = 'advisory' AND l.granted"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 def election_lock_strays(*, lease: str, live_leaders: Iterable[str]) -> list[str]:
     """Beacon and job locks held by a session that is not the live leader's, or a beacon that is
     not its current term's: a standby's beacon left lit, a previous term's kept, a job lock on a
@@ -89,8 +96,7 @@ def election_lock_strays(*, lease: str, live_leaders: Iterable[str]) -> list[str
         cursor.execute(
             "SELECT l.classid::bigint, l.objid::bigint, l.pid, a.application_name, a.state FROM pg_locks l"
             " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid::bigint = ANY(%s)"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " WHERE " + ADVISORY_HERE + " AND l.objsubid = 2 AND l.classid::bigint = ANY(%s)"
             " ORDER BY l.classid, l.objid, l.pid",
             [[int(Namespace.JOB), int(Namespace.LEADER_BEACON)]],
         )
@@ -122,9 +128,7 @@ def advisory_locks_now() -> dict[tuple[object, ...], str]:
         cursor.execute(
             "SELECT l.pid, a.backend_start, a.xact_start, l.classid::bigint, l.objid::bigint, a.application_name,"
             " a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()"
-            " AND NOT (l.classid::bigint = ANY(%s))"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            " WHERE " + ADVISORY_HERE + " AND l.pid <> pg_backend_pid() AND NOT (l.classid::bigint = ANY(%s))",
             [[int(Namespace.JOB), int(Namespace.LEADER_BEACON)]],
         )
         rows = cursor.fetchall()
