@@ -146,8 +146,28 @@ def refusal_key(authorization: str, cookie: str, address: str) -> str:
     return digest.hexdigest()[:32]
 
 
+SCOPE_KEY = "iacplatform.client_key"
+
+
 def scope_key(scope: Scope) -> str:
-    """:func:`refusal_key` of an ASGI request, as Django's request.META will show it."""
+    """:func:`refusal_key` of an ASGI request, as Django's request.META will show it; computed
+    once per request (kept in the scope, which every layer below and Django's request share)."""
+    key = scope.get(SCOPE_KEY)
+    if key is None:
+        key = scope[SCOPE_KEY] = _scope_key(scope)
+    return str(key)
+
+
+def request_key(request: Any) -> str:
+    """The same key for a Django request: its ASGI scope's, or (the test client) from META."""
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict):
+        return scope_key(scope)
+    meta = request.META
+    return refusal_key(meta.get("HTTP_AUTHORIZATION", ""), meta.get("HTTP_COOKIE", ""), meta.get("REMOTE_ADDR", ""))
+
+
+def _scope_key(scope: Scope) -> str:
     authorization, cookie = [], []
     for name, value in scope.get("headers", []):
         lowered = name.lower()
@@ -171,8 +191,9 @@ class CpuShares:
     whatever it asks for, so the others keep the rest. CPU time, not wall time: waiting for the
     database or for the GIL under someone else's load is not the client's cost. Bounded: at most
     ``max_keys`` clients kept, the least recently charged forgotten first (a forgotten debt is
-    forgiven: it costs at most one burst). Written from request threads, read on the event loop:
-    single dict operations under the GIL. Does NOT: count across replicas (a client spread over N
+    forgiven: it costs at most one burst). Written from request threads, read on the event loop,
+    without a lock: two charges of one client at the same instant may keep only one (a request's
+    cost forgiven, never a client refused more). Does NOT: count across replicas (a client spread over N
     replicas gets N shares), or interrupt a request that is running (its cost is charged after).
     """
 
@@ -236,7 +257,9 @@ def _api(path: str) -> bool:
 
 class ChargeCpu:
     """Django middleware (first in MIDDLEWARE): charges each request under ``/api/`` the CPU time
-    of its thread to its client (:class:`CpuShares`), keyed as :func:`scope_key` keys the next."""
+    of its thread to its client (:class:`CpuShares`), keyed as :func:`scope_key` keys the next.
+    The CPU time is the thread's: the sync middleware and the view, which Django runs on the
+    request's own thread (asgiref's ThreadSensitiveContext); not the event loop's share."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
@@ -248,11 +271,7 @@ class ChargeCpu:
         try:
             return self.get_response(request)
         finally:
-            meta = request.META
-            key = refusal_key(
-                meta.get("HTTP_AUTHORIZATION", ""), meta.get("HTTP_COOKIE", ""), meta.get("REMOTE_ADDR", "")
-            )
-            cpu_shares.charge(key, time.thread_time() - started)
+            cpu_shares.charge(request_key(request), time.thread_time() - started)
 
 
 class InFlight:

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.cache import caches
 from rest_framework import throttling
 
-from iacplatform.edge import refusal_key, refusals
+from iacplatform.edge import refusals, request_key
 
 
 class RememberRefusals(throttling.SimpleRateThrottle):
@@ -30,11 +30,7 @@ class RememberRefusals(throttling.SimpleRateThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         allowed = super().allow_request(request, view)
         if not allowed:
-            meta = request.META
-            key = refusal_key(
-                meta.get("HTTP_AUTHORIZATION", ""), meta.get("HTTP_COOKIE", ""), meta.get("REMOTE_ADDR", "")
-            )
-            refusals.refuse(key, self.wait() or 0.0)
+            refusals.refuse(request_key(request), self.wait() or 0.0)
         return allowed
 
 
