@@ -3,7 +3,7 @@ PostgreSQL full-text search (the fallback) on the same documents.
 
 - Model: load time and RSS growth in a fresh process; embeddings per second at batch sizes
   1, 16 and 64 over resource texts as apps/search/text.py builds them (2 CPUs, NumPy's BLAS).
-- Search at 10k and 100k documents: the 30-resource CMDB of the tests (tests/search/cmdb30.py),
+- Search at 10k and 100k documents: the 30-resource CMDB of the tests (harness/cmdb30.py),
   embedded for real, among filler resources of unrelated types (networking, IAM, monitoring),
   whose texts are built and embedded the same way (distinct texts, reused across fillers by
   SQL COPY so that seeding 100k takes seconds, not the model's ~20 minutes). Each query of a
@@ -156,7 +156,7 @@ def seed(size: int, filler: list[tuple[str, str, str]], vectors: list[bytes], mo
     from apps.agents.models import AgentPool
     from apps.search.text import text_sha256
     from apps.workspaces.models import Workspace
-    from tests.search import cmdb30
+    from harness import cmdb30
 
     Workspace.objects.filter(pool__name=POOL).delete()
     AgentPool.objects.filter(name=POOL).delete()

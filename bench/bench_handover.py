@@ -1,7 +1,7 @@
 """Leader handover time on both lease backends, beside client-go's polling measured in the same run.
 
 For each backend (PostgreSQL row with NOTIFY/LISTEN; Kubernetes Lease on the fake API server of
-tests/fakekube.py, through the official client and a watch) three candidates run as threads of
+harness/fakekube.py, through the official client and a watch) three candidates run as threads of
 this process, each with its own elector, connection, client and beacon (beacon.py), exactly as
 three runleader processes would. A round lets the leader renew for a random moment (so the fault
 lands anywhere in the renew cycle), then:
@@ -315,7 +315,7 @@ def run(progress: Progress, rounds: int | None = None) -> list[Row]:
     from apps.coordination.kube import api_client
     from apps.coordination.leaselock.kubernetes import KubernetesLeaseLock
     from apps.coordination.leaselock.postgres import PostgresLeaseLock
-    from tests.fakekube import FakeKube
+    from harness.fakekube import FakeKube
 
     rng = random.Random(20261127)
     fake = FakeKube().start()

@@ -4,8 +4,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from tests.fakekube import fakekube  # noqa: F401  (fixture)
-from tests.fixtures import pgbouncer, pgcluster, pgpair, processes  # noqa: F401  (fixtures)
+from tests.fixtures import fakekube, pgbouncer, pgcluster, pgpair, processes  # noqa: F401  (fixtures)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,5 +1,5 @@
 """The suite's fixtures over harness/: processes on the test database with the suite's key,
-throwaway PostgreSQL servers, a PgBouncer in front of the test database.
+throwaway PostgreSQL servers, a PgBouncer in front of the test database, a fake Kubernetes API.
 
 ``processes`` prints every process's log when its test fails and kills them all at teardown;
 ``pgcluster`` (one per module), ``pgpair`` and ``pgbouncer`` stop and delete their servers at
@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from django.db import connection
 
+from harness.fakekube import FakeKube
 from harness.pg import Pair, PgCluster
 from harness.pgbouncer import PgBouncer, find_binary, upstream
 from harness.processes import ProcessGroup
@@ -121,3 +122,10 @@ def pgbouncer(transactional_db: None) -> Iterator[PgBouncer]:
     finally:
         bouncer.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fakekube() -> Iterator[FakeKube]:
+    server = FakeKube().start()
+    yield server
+    server.stop()

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.fakekube import FakeKube
+from harness.fakekube import FakeKube
 
 LEASE = {
     "metadata": {"name": "l"},

@@ -1,4 +1,4 @@
-"""The agent autoscaler against the fake Kubernetes API server (tests/fakekube.py)."""
+"""The agent autoscaler against the fake Kubernetes API server (harness/fakekube.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from apps.coordination.models import JobRun
 from apps.coordination.registry import JobSpec
 from apps.coordination.scheduler import TermContext, run_tick
 from apps.workspaces.models import Task, Workspace
-from tests.fakekube import FakeKube
+from harness.fakekube import FakeKube
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""The elector through the API server's failure modes (issue #15), against tests/fakekube.py.
+"""The elector through the API server's failure modes (issue #15), against harness/fakekube.py.
 
 Each test reproduces one failure seen against a real API server: retries during an outage, a renew
 whose response was lost, a foreign metadata write, a Lease recreated with fewer transitions,
@@ -20,8 +20,8 @@ from apps.coordination.health import health
 from apps.coordination.leaselock.base import LeaderElectionRecord, Observed
 from apps.coordination.leaselock.kubernetes import KubernetesLeaseLock
 from apps.coordination.metrics import ElectorCollector
+from harness.fakekube import FakeKube
 from tests.fakeclock import FakeClock
-from tests.fakekube import FakeKube
 
 CONFIG = ElectionConfig(lease_duration=15, renew_deadline=10, retry_period=2)
 

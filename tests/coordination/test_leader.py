@@ -18,8 +18,8 @@ from apps.coordination.leader import LeaderOptions, LeaderProcess
 from apps.coordination.leaselock.kubernetes import EPOCH_ANNOTATION
 from apps.coordination.leaselock.postgres import PostgresLeaseLock
 from apps.coordination.models import JobRun
+from harness.fakekube import FakeKube
 from tests.fakeclock import FakeClock
-from tests.fakekube import FakeKube
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,8 +16,8 @@ from apps.coordination.leaselock import make_lock, resolve_backend
 from apps.coordination.leaselock.base import Conflict, LeaderElectionRecord, LockError
 from apps.coordination.leaselock.kubernetes import KubernetesLeaseLock
 from apps.coordination.leaselock.postgres import PostgresLeaseLock
+from harness.fakekube import FakeKube
 from tests.fakeclock import FakeClock
-from tests.fakekube import FakeKube
 
 WHOLE_SECOND = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

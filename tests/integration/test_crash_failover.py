@@ -16,9 +16,9 @@ from django.db import connection
 from apps.coordination.lockkeys import Namespace
 from apps.coordination.models import JobRun
 from apps.coordination.overlaps import overlapping_tick_pairs, overlapping_ticks
+from harness.fakekube import FakeKube
 from harness.processes import Proc, ProcessGroup, free_port, wait_http
 from tests.coordination.test_beacon import beacon_waiters
-from tests.fakekube import FakeKube
 from tests.integration.test_runleader import JOB, first_tick_after, wait_for
 
 pytestmark = pytest.mark.slow

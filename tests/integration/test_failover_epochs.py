@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from apps.coordination.fencing import EPOCH_SHIFT
+from harness.fakekube import FakeKube
 from harness.pg import Pair, PgServer
 from harness.processes import ProcessGroup
-from tests.fakekube import FakeKube
 from tests.integration.test_runleader import JOB, start_leader, wait_for
 
 pytestmark = pytest.mark.slow

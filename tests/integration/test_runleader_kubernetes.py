@@ -12,8 +12,8 @@ import pytest
 from apps.coordination.leaselock.kubernetes import EPOCH_ANNOTATION
 from apps.coordination.models import JobRun
 from apps.coordination.overlaps import overlapping_ticks
+from harness.fakekube import FakeKube
 from harness.processes import Proc, ProcessGroup
-from tests.fakekube import FakeKube
 from tests.integration.test_runleader import (
     DEADLINE,
     JOB,

@@ -16,9 +16,9 @@ from django.db.models import F
 from apps.agents.models import AgentPool
 from apps.search.models import SearchDocument
 from apps.workspaces.models import Resource
+from harness import cmdb30
 from harness.processes import ProcessGroup
 from tests.integration.test_runleader import holder, start_leaders, wait_for
-from tests.search import cmdb30
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ from apps.search.models import EmbeddingModelState, SearchDocument, SearchIndexQ
 from apps.search.text import resource_text
 from apps.workspaces import cmdb
 from apps.workspaces.models import Resource, StateVersion, Workspace
+from harness import cmdb30
 from tests.access.fixtures import grant, make_user
 from tests.agents.fixtures import Pool
-from tests.search import cmdb30
 
 pytestmark = pytest.mark.django_db
 

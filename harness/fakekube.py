@@ -1,4 +1,5 @@
-"""A fake Kubernetes API server for tests: a real HTTP server in a thread of the test process.
+"""A fake Kubernetes API server for tests and benchmarks: a real HTTP server in a thread of the
+calling process (the ``fakekube`` fixture is in tests/conftest.py).
 
 The official client talks to it through a ``Configuration`` whose host is ``server.url`` (or a
 kubeconfig written by ``write_kubeconfig`` for child processes). It serves what the project uses
@@ -47,7 +48,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from kubernetes import client
 
 MICROTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
@@ -818,10 +818,3 @@ def _json_patch(doc: dict[str, Any], ops: list[Any]) -> dict[str, Any]:
         else:
             raise ApiError(400, "unsupported JSON patch operation %s" % kind)
     return doc
-
-
-@pytest.fixture
-def fakekube() -> Iterator[FakeKube]:
-    server = FakeKube().start()
-    yield server
-    server.stop()
