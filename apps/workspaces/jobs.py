@@ -134,15 +134,7 @@ def task_log_retention(tick: Tick) -> None:
     marker), in fenced batches of chunks (apps/workspaces/retention.py)."""
     cutoff = timezone.now() - timedelta(days=settings.TASK_LOG_RETENTION_DAYS)
     done = retention.prune_task_logs(cutoff=cutoff, atomic=tick.fenced, should_stop=tick.stopping)
-    if done.rows:
-        logger.info(
-            "task_log_retention (%s, epoch %d): %d log chunks of %d tasks deleted in %d batches",
-            tick.holder,
-            tick.epoch,
-            done.rows,
-            done.items,
-            done.batches,
-        )
+    _report_pruned(tick, done, "log chunks of %d tasks" % done.items)
 
 
 @job(name="state_version_retention", every=settings.JOB_STATE_VERSION_RETENTION_EVERY)
@@ -155,15 +147,7 @@ def state_version_retention(tick: Tick) -> None:
         atomic=tick.fenced,
         should_stop=tick.stopping,
     )
-    if done.rows:
-        logger.info(
-            "state_version_retention (%s, epoch %d): %d state versions of %d workspaces deleted in %d batches",
-            tick.holder,
-            tick.epoch,
-            done.rows,
-            done.items,
-            done.batches,
-        )
+    _report_pruned(tick, done, "state versions of %d workspaces" % done.items)
 
 
 @job(name="state_transition_retention", every=settings.JOB_STATE_TRANSITION_RETENTION_EVERY)
@@ -171,11 +155,17 @@ def state_transition_retention(tick: Tick) -> None:
     """Delete state transitions (audit rows) older than STATE_TRANSITION_RETENTION_DAYS, in fenced batches."""
     cutoff = timezone.now() - timedelta(days=settings.STATE_TRANSITION_RETENTION_DAYS)
     done = retention.prune_state_transitions(cutoff=cutoff, atomic=tick.fenced, should_stop=tick.stopping)
+    _report_pruned(tick, done, "transitions")
+
+
+def _report_pruned(tick: Tick, done: retention.Pruned, what: str) -> None:
     if done.rows:
         logger.info(
-            "state_transition_retention (%s, epoch %d): %d transitions deleted in %d batches",
+            "%s (%s, epoch %d): %d %s deleted in %d batches",
+            tick.job,
             tick.holder,
             tick.epoch,
             done.rows,
+            what,
             done.batches,
         )
