@@ -16,12 +16,13 @@ it means), or read ``Forwarded`` (RFC 7239; the ingress sends ``X-Forwarded-For`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from django.conf import settings
@@ -189,7 +190,10 @@ class CpuShares:
     per-minute rate admits a minute's budget at once (bench_isolation's REST flood never reached
     it in 11 s). Counted in CPU time, one client gets at most ``share`` of a CPU on average,
     whatever it asks for, so the others keep the rest. CPU time, not wall time: waiting for the
-    database or for the GIL under someone else's load is not the client's cost. Bounded: at most
+    database or for the GIL under someone else's load is not the client's cost.
+    It also keeps each client's recent usage (:meth:`usage`: CPU-seconds per second, a moving
+    average over ``USAGE_SECONDS``), by which :class:`Lanes` serves a heavy client behind the
+    others even while it is within its share. Bounded: at most
     ``max_keys`` clients kept, the least recently charged forgotten first (a forgotten debt is
     forgiven: it costs at most one burst). Written from request threads, read on the event loop,
     without a lock: two charges of one client at the same instant may keep only one (a request's
@@ -209,7 +213,8 @@ class CpuShares:
         self._burst = burst  # None: API_CLIENT_CPU_BURST_SECONDS
         self.max_keys = max_keys
         self.clock = clock
-        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (CPU-seconds left, when)
+        # key -> (CPU-seconds left, when, recent usage in CPU-seconds per second, as of when)
+        self.buckets: dict[str, tuple[float, float, float]] = {}
 
     @property
     def share(self) -> float:
@@ -219,19 +224,33 @@ class CpuShares:
     def burst(self) -> float:
         return float(settings.API_CLIENT_CPU_BURST_SECONDS if self._burst is None else self._burst)
 
+    def _now(self, key: str, now: float) -> tuple[float, float]:
+        """(CPU-seconds left, recent usage) of ``key`` at ``now``."""
+        tokens, when, usage = self.buckets.get(key, (self.burst, now, 0.0))
+        elapsed = max(now - when, 0.0)
+        return min(self.burst, tokens + elapsed * self.share), usage * math.exp(-elapsed / USAGE_SECONDS)
+
     def _left(self, key: str, now: float) -> float:
-        tokens, when = self.buckets.get(key, (self.burst, now))
-        return min(self.burst, tokens + (now - when) * self.share)
+        return self._now(key, now)[0]
 
     def charge(self, key: str, seconds: float) -> None:
-        if self.share <= 0:
+        if self.share <= 0 and settings.API_CLIENT_BACKGROUND_USAGE <= 0:
             return
         now = self.clock()
-        left = self._left(key, now) - max(seconds, 0.0)
+        left, usage = self._now(key, now)
+        seconds = max(seconds, 0.0)
         self.buckets.pop(key, None)
         while len(self.buckets) >= self.max_keys:
             self.buckets.pop(next(iter(self.buckets)), None)
-        self.buckets[key] = (left, now)
+        # An exponential moving average of the CPU-seconds per second: a charge adds seconds/tau,
+        # which decays by e^(-t/tau); a client using R of a core steadily reads R.
+        self.buckets[key] = (left - seconds, now, usage + seconds / USAGE_SECONDS)
+
+    def usage(self, key: str) -> float:
+        """The client's recent CPU usage on this replica, in CPU-seconds per second (0 if unknown)."""
+        if key not in self.buckets:
+            return 0.0
+        return self._now(key, self.clock())[1]
 
     def delay(self, key: str) -> float:
         """Seconds until ``key`` is out of debt (0 if it is not in debt)."""
@@ -241,6 +260,7 @@ class CpuShares:
         return 0.0 if left >= 0 else -left / self.share
 
 
+USAGE_SECONDS = 2.0  # the time constant of CpuShares.usage's moving average
 cpu_shares = CpuShares()
 SHARE_WAITS = Counter(
     "iacplatform_api_cpu_share_waits_total",
@@ -248,6 +268,78 @@ SHARE_WAITS = Counter(
 )
 SHARE_WAIT_SECONDS = Counter(
     "iacplatform_api_cpu_share_wait_seconds_total", "Seconds API requests were held for their client's CPU share."
+)
+
+
+class Lanes:
+    """Which requests run in Django now on this replica: the heavy clients' behind everyone else's.
+
+    A request under ``/api/`` whose client recently used more than ``API_CLIENT_BACKGROUND_USAGE``
+    of a core here (:meth:`CpuShares.usage`) runs in the background lane: one such request at a
+    time on the replica, and only while no other request is in Django, or once it has waited
+    ``API_BACKGROUND_MAX_WAIT_SECONDS``. Every other request (foreground) goes straight in.
+
+    Why: within its CPU share a client still runs beside everyone else's requests, and one
+    process's requests share one GIL and the event loop: bench_isolation's REST flood, 0.46 of a
+    core at 46 requests per second and never over its share, made another client's REST list 3-5x
+    slower at p99 (its /healthz and socket round trips 2-4x). Nothing preempts a running request,
+    so what isolation can do is decide what starts: a foreground request then shares the
+    interpreter with at most the one background request already running, and no background
+    request starts beside it. A heavy client alone on the replica waits for nothing.
+    Guarantees: at most one background request in Django at a time; a background request waits
+    at most the maximum for the foreground, then (behind any other background one) runs.
+    Does NOT: preempt or slow a request already running; count across replicas; apply to the
+    WebSocket consumers (their frames have their own rate limits, iacplatform/wsflow.py).
+    Runs on the event loop only (no lock: the counts change between awaits).
+    """
+
+    def __init__(self) -> None:
+        self.foreground = 0
+        self.background_busy = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def foreground_turn(self) -> AsyncIterator[None]:
+        self.foreground += 1
+        try:
+            yield
+        finally:
+            self.foreground -= 1
+            if self.foreground == 0:
+                self._wake()
+
+    @contextlib.asynccontextmanager
+    async def background_turn(self, max_wait: float) -> AsyncIterator[float]:
+        """Waits for the background lane; yields the seconds waited."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + max_wait
+        while self.background_busy or (self.foreground and loop.time() < deadline):
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, None if self.background_busy else deadline - loop.time())
+        self.background_busy = True
+        try:
+            yield loop.time() - started
+        finally:
+            self.background_busy = False
+            self._wake()
+
+
+lanes = Lanes()
+BACKGROUND_REQUESTS = Counter(
+    "iacplatform_api_background_requests_total",
+    "API requests run in the background lane (their client over API_CLIENT_BACKGROUND_USAGE).",
+)
+BACKGROUND_WAIT_SECONDS = Counter(
+    "iacplatform_api_background_wait_seconds_total", "Seconds API requests waited for the background lane."
 )
 
 
@@ -293,14 +385,17 @@ class InFlight:
         self.clients: dict[str, list[Any]] = {}  # key -> [its semaphore, requests holding or waiting]
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        limit = settings.API_MAX_IN_FLIGHT_PER_CLIENT
-        if scope["type"] != "http" or not _api(scope.get("path", "")):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not _api(scope.get("path", "")):
+            async with lanes.foreground_turn():
+                await self.app(scope, receive, send)
+            return
+        limit = settings.API_MAX_IN_FLIGHT_PER_CLIENT
         key = scope_key(scope)
         if limit <= 0:
-            await self._wait_for_share(key)
-            await self.app(scope, receive, send)
+            await self._run(key, scope, receive, send)
             return
         entry = self.clients.get(key)
         if entry is None:
@@ -308,12 +403,23 @@ class InFlight:
         entry[1] += 1
         try:
             async with entry[0]:
-                await self._wait_for_share(key)
-                await self.app(scope, receive, send)
+                await self._run(key, scope, receive, send)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
                 del self.clients[key]
+
+    async def _run(self, key: str, scope: Scope, receive: Any, send: Any) -> None:
+        await self._wait_for_share(key)
+        heavy = settings.API_CLIENT_BACKGROUND_USAGE
+        if heavy > 0 and cpu_shares.usage(key) > heavy:
+            BACKGROUND_REQUESTS.inc()
+            async with lanes.background_turn(settings.API_BACKGROUND_MAX_WAIT_SECONDS) as waited:
+                BACKGROUND_WAIT_SECONDS.inc(waited)
+                await self.app(scope, receive, send)
+            return
+        async with lanes.foreground_turn():
+            await self.app(scope, receive, send)
 
     @staticmethod
     async def _wait_for_share(key: str) -> None:

@@ -160,6 +160,165 @@ async def test_a_client_over_its_cpu_share_waits_before_django_and_others_do_not
     edge.cpu_shares.buckets.clear()
 
 
+def test_a_clients_recent_usage_is_a_moving_average_of_its_cpu_seconds_per_second(settings: Any) -> None:
+    import math
+
+    from iacplatform.edge import USAGE_SECONDS, CpuShares
+
+    now = [100.0]
+    shares = CpuShares(share=0.5, burst=2.0, clock=lambda: now[0])
+    assert shares.usage("a") == 0
+    for _ in range(400):  # 10 ms of CPU every 20 ms for 8 s: half a core
+        shares.charge("a", 0.010)
+        now[0] += 0.020
+    assert shares.usage("a") == pytest.approx(0.5, rel=0.05)
+    now[0] += USAGE_SECONDS
+    assert shares.usage("a") == pytest.approx(0.5 * math.exp(-1), rel=0.05)  # idle: it decays
+    settings.API_CLIENT_BACKGROUND_USAGE = 0.25
+    off = CpuShares(share=0, burst=1, clock=lambda: now[0])
+    off.charge("b", 1.0)
+    assert off.usage("b") > 0  # kept for the lanes even with the share off
+    settings.API_CLIENT_BACKGROUND_USAGE = 0
+    off.charge("c", 1.0)
+    assert off.usage("c") == 0  # both off: nothing kept
+
+
+def _lane_app(settings: Any) -> tuple[Any, dict[str, Any]]:
+    import asyncio
+
+    from iacplatform import edge
+
+    settings.API_MAX_IN_FLIGHT_PER_CLIENT = 2
+    settings.API_CLIENT_CPU_SHARE = 0.5
+    settings.API_CLIENT_BACKGROUND_USAGE = 0.25
+    settings.API_BACKGROUND_MAX_WAIT_SECONDS = 5.0
+    edge.cpu_shares.buckets.clear()
+    state: dict[str, Any] = {"running": [], "log": [], "release": {}}
+
+    async def django(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        who = scope["client"][0]
+        state["log"].append(("start", who, sorted(state["running"])))
+        state["running"].append(who)
+        release = state["release"].setdefault(who, asyncio.Event())
+        await release.wait()
+        state["running"].remove(who)
+
+    return edge.InFlight(django), state
+
+
+def _lane_request(app: Any, address: str, token: str, path: str = "/api/v1/workspaces/") -> Any:
+    import asyncio
+
+    scope = {"type": "http", "path": path, "client": [address, 1], "headers": [(b"authorization", token.encode())]}
+    return asyncio.create_task(app(scope, None, None))
+
+
+def _lane_key(address: str, token: str) -> str:
+    from iacplatform import edge
+
+    return edge.refusal_key(token, "", address)
+
+
+async def test_a_heavy_client_runs_behind_the_others_one_request_at_a_time(settings: Any) -> None:
+    import asyncio
+
+    from iacplatform import edge
+
+    app, state = _lane_app(settings)
+    heavy, other = ("198.51.100.1", "Token heavy"), ("198.51.100.2", "Token other")
+    heavy_two = ("198.51.100.3", "Token heavy-two")
+    for address, token in (heavy, heavy_two):
+        edge.cpu_shares.charge(_lane_key(address, token), 0.9)  # 0.45 of a core lately, within its share
+    assert edge.cpu_shares.delay(_lane_key(*heavy)) == 0
+    polite = _lane_request(app, *other)
+    await asyncio.sleep(0.01)
+    first = _lane_request(app, *heavy)
+    second = _lane_request(app, *heavy_two)
+    admin = _lane_request(app, "198.51.100.2", "Token other", "/admin/")  # outside /api/: foreground too
+    await asyncio.sleep(0.05)
+    assert state["running"] == ["198.51.100.2", "198.51.100.2"]  # the heavy ones wait for the others
+    state["release"]["198.51.100.2"].set()
+    await asyncio.wait_for(asyncio.gather(polite, admin), 1)
+    await asyncio.sleep(0.01)
+    assert len(state["running"]) == 1  # then one background request at a time
+    started = state["running"][0]
+    state["release"]["198.51.100.2"] = asyncio.Event()
+    late = _lane_request(app, *other)  # a foreground request goes straight in beside it
+    await asyncio.sleep(0.01)
+    assert sorted(state["running"]) == sorted([started, "198.51.100.2"])
+    state["release"][started].set()
+    await asyncio.sleep(0.01)
+    assert state["running"] == ["198.51.100.2"]  # the other heavy request waits for the later foreground one
+    state["release"]["198.51.100.2"].set()
+    await asyncio.wait_for(late, 1)
+    for who in ("198.51.100.1", "198.51.100.3"):
+        state["release"].setdefault(who, asyncio.Event()).set()
+    await asyncio.wait_for(asyncio.gather(first, second), 1)
+    starts = [(who, beside) for kind, who, beside in state["log"] if who != "198.51.100.2"]
+    assert starts == [(started, []), ({"198.51.100.1", "198.51.100.3"}.difference({started}).pop(), [])]
+    assert edge.lanes.foreground == 0 and not edge.lanes.background_busy
+    edge.cpu_shares.buckets.clear()
+
+
+async def test_a_heavy_client_waits_at_most_the_maximum_and_alone_waits_for_nothing(settings: Any) -> None:
+    import asyncio
+    import time
+
+    from iacplatform import edge
+
+    app, state = _lane_app(settings)
+    settings.API_BACKGROUND_MAX_WAIT_SECONDS = 0.2
+    heavy = ("198.51.100.1", "Token heavy")
+    edge.cpu_shares.charge(_lane_key(*heavy), 0.9)
+    state["release"]["198.51.100.1"] = asyncio.Event()
+    state["release"]["198.51.100.1"].set()
+    started = time.monotonic()
+    await asyncio.wait_for(_lane_request(app, *heavy), 1)
+    assert time.monotonic() - started < 0.1  # nobody else in Django: straight in
+    busy = _lane_request(app, "198.51.100.2", "Token other")  # a foreground request that never ends
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await asyncio.wait_for(_lane_request(app, *heavy), 2)
+    assert 0.2 <= time.monotonic() - started < 1.0  # waited the maximum, then ran beside it
+    state["release"].setdefault("198.51.100.2", asyncio.Event()).set()
+    await busy
+    settings.API_CLIENT_BACKGROUND_USAGE = 0  # off: the same client is not held
+    busy = _lane_request(app, "198.51.100.2", "Token other")
+    state["release"]["198.51.100.2"] = asyncio.Event()
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await asyncio.wait_for(_lane_request(app, *heavy), 1)
+    assert time.monotonic() - started < 0.1
+    state["release"]["198.51.100.2"].set()
+    await busy
+    edge.cpu_shares.buckets.clear()
+
+
+async def test_a_heavy_request_cancelled_while_it_waits_leaves_the_lane_free(settings: Any) -> None:
+    import asyncio
+
+    from iacplatform import edge
+
+    app, state = _lane_app(settings)
+    heavy = ("198.51.100.1", "Token heavy")
+    edge.cpu_shares.charge(_lane_key(*heavy), 0.9)
+    busy = _lane_request(app, "198.51.100.2", "Token other")
+    await asyncio.sleep(0.01)
+    waiting = _lane_request(app, *heavy)  # the client hangs up while it waits
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not edge.lanes.background_busy
+    state["release"]["198.51.100.2"].set()
+    await busy
+    state["release"]["198.51.100.1"] = asyncio.Event()
+    state["release"]["198.51.100.1"].set()
+    await asyncio.wait_for(_lane_request(app, *heavy), 1)  # the lane is free for its next request
+    assert edge.lanes.foreground == 0 and not edge.lanes.background_busy and edge.lanes._waiters == []
+    edge.cpu_shares.buckets.clear()
+
+
 @pytest.mark.django_db
 def test_each_api_request_is_charged_the_cpu_time_of_its_thread_to_its_client(client: Any) -> None:
     from django.contrib.auth import get_user_model
@@ -174,7 +333,7 @@ def test_each_api_request_is_charged_the_cpu_time_of_its_thread_to_its_client(cl
     assert response.status_code == 200
     key = edge.refusal_key("Token " + token, "", "127.0.0.1")
     assert list(edge.cpu_shares.buckets) == [key]
-    left, _ = edge.cpu_shares.buckets[key]
+    left = edge.cpu_shares.buckets[key][0]
     assert 0 < left < edge.cpu_shares.burst  # charged what it used, more than nothing
     assert client.get("/readyz").status_code in (200, 503)
     assert list(edge.cpu_shares.buckets) == [key]  # outside /api/: not charged
