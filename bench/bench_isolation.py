@@ -39,7 +39,7 @@ from apps.agents.protocol import PROTOCOL_VERSION
 from bench.report import Progress, Row
 from harness.stats import percentile
 
-MEASURE_SECONDS = 8.0
+MEASURE_SECONDS = 20.0
 WARMUP_SECONDS = 2.0
 INTERVAL = 0.05
 FLOODERS = 4
@@ -56,7 +56,7 @@ def _fixture() -> dict[str, str]:
     from django.contrib.sessions.backends.db import SessionStore
 
     from apps.access.tokens import do_create_token
-    from apps.agents.models import AgentPool
+    from apps.agents.models import Agent, AgentPool
     from apps.hub import actions
     from apps.workspaces.models import Workspace
 
@@ -66,6 +66,9 @@ def _fixture() -> dict[str, str]:
     pool = AgentPool.objects.filter(name="bench-isolation").first() or AgentPool(name="bench-isolation")
     token = pool.set_new_token()
     pool.save()
+    # The agents earlier runs registered (a new one per connection) would make the REST list the
+    # probe measures longer with every run: each run starts from the same, empty pool.
+    Agent.objects.filter(pool=pool).delete()
     workspace, _ = Workspace.objects.get_or_create(name="bench-isolation", defaults={"pool": pool})
     session = actions.do_open_session(user=abuser, workspace=workspace, resource_address="null_resource.bench")
     store = SessionStore()

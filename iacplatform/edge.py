@@ -21,11 +21,13 @@ import hashlib
 import ipaddress
 import json
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from prometheus_client import Counter
 
 Scope = dict[str, Any]
@@ -274,29 +276,39 @@ SHARE_WAIT_SECONDS = Counter(
 class Lanes:
     """Which requests run in Django now on this replica: the heavy clients' behind everyone else's.
 
-    A request under ``/api/`` whose client recently used more than ``API_CLIENT_BACKGROUND_USAGE``
-    of a core here (:meth:`CpuShares.usage`) runs in the background lane: one such request at a
+    A request under ``/api/`` whose client has more than one request outstanding on this replica
+    (in Django or waiting in :class:`InFlight`) and recently used more than
+    ``API_CLIENT_BACKGROUND_USAGE`` of a core here (:meth:`CpuShares.usage`) runs in the background
+    lane: one such request at a
     time on the replica, and only while no other request is in Django, or once it has waited
     ``API_BACKGROUND_MAX_WAIT_SECONDS``. Every other request (foreground) goes straight in.
+
+    A background request already running yields too: before each of its queries outside a
+    transaction, its thread waits while a foreground request is in Django (:meth:`pause`,
+    installed by :class:`ChargeCpu`). Nothing can preempt a Python thread, but a query is a
+    point where stopping costs nothing: what runs beside a foreground request is then at most
+    the background request's work between two queries. Inside a transaction it never waits (it
+    may hold row locks the foreground request needs).
 
     Why: within its CPU share a client still runs beside everyone else's requests, and one
     process's requests share one GIL and the event loop: bench_isolation's REST flood, 0.46 of a
     core at 46 requests per second and never over its share, made another client's REST list 3-5x
-    slower at p99 (its /healthz and socket round trips 2-4x). Nothing preempts a running request,
-    so what isolation can do is decide what starts: a foreground request then shares the
-    interpreter with at most the one background request already running, and no background
-    request starts beside it. A heavy client alone on the replica waits for nothing.
-    Guarantees: at most one background request in Django at a time; a background request waits
-    at most the maximum for the foreground, then (behind any other background one) runs.
-    Does NOT: preempt or slow a request already running; count across replicas; apply to the
-    WebSocket consumers (their frames have their own rate limits, iacplatform/wsflow.py).
-    Runs on the event loop only (no lock: the counts change between awaits).
+    slower at p99 (its /healthz and socket round trips 2-4x). A heavy client alone on the replica
+    waits for nothing.
+    Guarantees: at most one background request in Django at a time; a background request is held
+    (before it starts and at its queries together) at most the maximum wait, then (behind any
+    other background one) runs. Does NOT: stop a background request between its queries, or in
+    a transaction; count across replicas; apply to the WebSocket consumers (their frames have
+    their own rate limits, iacplatform/wsflow.py). The counts change on the event loop only;
+    request threads read ``idle`` (a threading.Event, set while no foreground request runs).
     """
 
     def __init__(self) -> None:
         self.foreground = 0
         self.background_busy = False
         self._waiters: list[asyncio.Future[None]] = []
+        self.idle = threading.Event()
+        self.idle.set()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -307,12 +319,24 @@ class Lanes:
     @contextlib.asynccontextmanager
     async def foreground_turn(self) -> AsyncIterator[None]:
         self.foreground += 1
+        self.idle.clear()
         try:
             yield
         finally:
             self.foreground -= 1
             if self.foreground == 0:
+                self.idle.set()
                 self._wake()
+
+    def pause(self, until: float) -> float:
+        """On a background request's thread: wait while a foreground request is in Django, at
+        most until ``until`` (time.monotonic); returns the seconds waited."""
+        left = until - time.monotonic()
+        if left <= 0 or self.idle.is_set():
+            return 0.0
+        started = time.monotonic()
+        self.idle.wait(left)
+        return time.monotonic() - started
 
     @contextlib.asynccontextmanager
     async def background_turn(self, max_wait: float) -> AsyncIterator[float]:
@@ -334,6 +358,7 @@ class Lanes:
 
 
 lanes = Lanes()
+BACKGROUND_UNTIL = "iacplatform.background_until"  # in a background request's scope: its deadline
 BACKGROUND_REQUESTS = Counter(
     "iacplatform_api_background_requests_total",
     "API requests run in the background lane (their client over API_CLIENT_BACKGROUND_USAGE).",
@@ -360,10 +385,28 @@ class ChargeCpu:
         if not _api(request.path):
             return self.get_response(request)
         started = time.thread_time()
+        until = getattr(request, "scope", {}).get(BACKGROUND_UNTIL)
         try:
-            return self.get_response(request)
+            if until is None:
+                return self.get_response(request)
+            with connection.execute_wrapper(_yield_to_foreground(until)):
+                return self.get_response(request)
         finally:
             cpu_shares.charge(request_key(request), time.thread_time() - started)
+
+
+def _yield_to_foreground(until: float) -> Callable[..., Any]:
+    """A query wrapper of a background request (:class:`Lanes`): before each query outside a
+    transaction, its thread waits while a foreground request is in Django."""
+
+    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if not context["connection"].in_atomic_block:
+            waited = lanes.pause(until)
+            if waited:
+                BACKGROUND_WAIT_SECONDS.inc(waited)
+        return execute(sql, params, many, context)
+
+    return wrapper
 
 
 class InFlight:
@@ -394,28 +437,31 @@ class InFlight:
             return
         limit = settings.API_MAX_IN_FLIGHT_PER_CLIENT
         key = scope_key(scope)
-        if limit <= 0:
-            await self._run(key, scope, receive, send)
-            return
         entry = self.clients.get(key)
         if entry is None:
-            entry = self.clients[key] = [asyncio.Semaphore(limit), 0]
+            entry = self.clients[key] = [asyncio.Semaphore(limit) if limit > 0 else None, 0]
         entry[1] += 1
         try:
-            async with entry[0]:
-                await self._run(key, scope, receive, send)
+            async with entry[0] or contextlib.nullcontext():
+                await self._run(key, entry, scope, receive, send)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
                 del self.clients[key]
 
-    async def _run(self, key: str, scope: Scope, receive: Any, send: Any) -> None:
+    async def _run(self, key: str, entry: list[Any], scope: Scope, receive: Any, send: Any) -> None:
         await self._wait_for_share(key)
+        # Heavy: more than one request outstanding here (it does not wait for its answers before
+        # it asks again) and a real share of a core lately. A client that waits for each answer
+        # is never held behind the others, whatever it uses.
         heavy = settings.API_CLIENT_BACKGROUND_USAGE
-        if heavy > 0 and cpu_shares.usage(key) > heavy:
+        if heavy > 0 and entry[1] > 1 and cpu_shares.usage(key) > heavy:
             BACKGROUND_REQUESTS.inc()
-            async with lanes.background_turn(settings.API_BACKGROUND_MAX_WAIT_SECONDS) as waited:
+            max_wait = settings.API_BACKGROUND_MAX_WAIT_SECONDS
+            async with lanes.background_turn(max_wait) as waited:
                 BACKGROUND_WAIT_SECONDS.inc(waited)
+                # What is left of its wait, for its queries (ChargeCpu, lanes.pause).
+                scope[BACKGROUND_UNTIL] = time.monotonic() + max(max_wait - waited, 0.0)
                 await self.app(scope, receive, send)
             return
         async with lanes.foreground_turn():

@@ -488,10 +488,11 @@ API_MAX_IN_FLIGHT_PER_CLIENT = env_int("API_MAX_IN_FLIGHT_PER_CLIENT", 2)
 # per second on average, BURST at once; past it its requests wait before Django; 0 disables.
 API_CLIENT_CPU_SHARE = env_number("API_CLIENT_CPU_SHARE", 0.5)
 API_CLIENT_CPU_BURST_SECONDS = env_number("API_CLIENT_CPU_BURST_SECONDS", 2.0)
-# A client that recently used more than this much of a core (CPU-seconds per second, averaged over
-# ~2 s) on a replica is served behind the others (iacplatform/edge.Lanes): one of its requests at
-# a time, while no other request runs, or after waiting at most MAX_WAIT seconds; 0 disables.
-API_CLIENT_BACKGROUND_USAGE = env_number("API_CLIENT_BACKGROUND_USAGE", 0.25)
+# A client with more than one request outstanding on a replica that recently used more than this
+# much of a core there (CPU-seconds per second, averaged over ~2 s) is served behind the others
+# (iacplatform/edge.Lanes): one of its requests at a time, while no other request runs, or once it
+# waited MAX_WAIT seconds in all; 0 disables.
+API_CLIENT_BACKGROUND_USAGE = env_number("API_CLIENT_BACKGROUND_USAGE", 0.1)
 API_BACKGROUND_MAX_WAIT_SECONDS = env_number("API_BACKGROUND_MAX_WAIT_SECONDS", 1.0)
 # The web process's GIL switch interval (iacplatform/asgi.py; Python's default is 5 ms).
 WEB_GIL_SWITCH_INTERVAL_MS = env_number("WEB_GIL_SWITCH_INTERVAL_MS", 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -184,39 +185,48 @@ def test_a_clients_recent_usage_is_a_moving_average_of_its_cpu_seconds_per_secon
 
 
 def _lane_app(settings: Any) -> tuple[Any, dict[str, Any]]:
+    """InFlight over a fake Django whose request NAME (its path) runs until released."""
     import asyncio
 
     from iacplatform import edge
 
     settings.API_MAX_IN_FLIGHT_PER_CLIENT = 2
     settings.API_CLIENT_CPU_SHARE = 0.5
-    settings.API_CLIENT_BACKGROUND_USAGE = 0.25
+    settings.API_CLIENT_BACKGROUND_USAGE = 0.1
     settings.API_BACKGROUND_MAX_WAIT_SECONDS = 5.0
     edge.cpu_shares.buckets.clear()
-    state: dict[str, Any] = {"running": [], "log": [], "release": {}}
+    state: dict[str, Any] = {"running": set(), "started": {}, "release": {}}
 
     async def django(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        who = scope["client"][0]
-        state["log"].append(("start", who, sorted(state["running"])))
-        state["running"].append(who)
-        release = state["release"].setdefault(who, asyncio.Event())
-        await release.wait()
-        state["running"].remove(who)
+        name = scope["path"].rstrip("/").rsplit("/", 1)[-1]
+        state["started"][name] = (time.monotonic(), set(state["running"]))
+        state["running"].add(name)
+        await state["release"].setdefault(name, asyncio.Event()).wait()
+        state["running"].discard(name)
 
     return edge.InFlight(django), state
 
 
-def _lane_request(app: Any, address: str, token: str, path: str = "/api/v1/workspaces/") -> Any:
+def _lane_request(app: Any, state: dict[str, Any], client: str, name: str, *, api: bool = True) -> Any:
     import asyncio
 
-    scope = {"type": "http", "path": path, "client": [address, 1], "headers": [(b"authorization", token.encode())]}
+    path = ("/api/v1/x/%s/" if api else "/admin/%s/") % name
+    scope = {"type": "http", "path": path, "client": [client, 1], "headers": [(b"authorization", b"Token t")]}
+    state["release"].setdefault(name, asyncio.Event())
     return asyncio.create_task(app(scope, None, None))
 
 
-def _lane_key(address: str, token: str) -> str:
+def _heavy(client: str) -> None:
     from iacplatform import edge
 
-    return edge.refusal_key(token, "", address)
+    edge.cpu_shares.charge(edge.refusal_key("Token t", "", client), 0.9)  # 0.45 of a core lately
+
+
+async def _settle() -> None:
+    import asyncio
+
+    for _ in range(5):
+        await asyncio.sleep(0.01)
 
 
 async def test_a_heavy_client_runs_behind_the_others_one_request_at_a_time(settings: Any) -> None:
@@ -225,72 +235,86 @@ async def test_a_heavy_client_runs_behind_the_others_one_request_at_a_time(setti
     from iacplatform import edge
 
     app, state = _lane_app(settings)
-    heavy, other = ("198.51.100.1", "Token heavy"), ("198.51.100.2", "Token other")
-    heavy_two = ("198.51.100.3", "Token heavy-two")
-    for address, token in (heavy, heavy_two):
-        edge.cpu_shares.charge(_lane_key(address, token), 0.9)  # 0.45 of a core lately, within its share
-    assert edge.cpu_shares.delay(_lane_key(*heavy)) == 0
-    polite = _lane_request(app, *other)
-    await asyncio.sleep(0.01)
-    first = _lane_request(app, *heavy)
-    second = _lane_request(app, *heavy_two)
-    admin = _lane_request(app, "198.51.100.2", "Token other", "/admin/")  # outside /api/: foreground too
-    await asyncio.sleep(0.05)
-    assert state["running"] == ["198.51.100.2", "198.51.100.2"]  # the heavy ones wait for the others
-    state["release"]["198.51.100.2"].set()
-    await asyncio.wait_for(asyncio.gather(polite, admin), 1)
-    await asyncio.sleep(0.01)
-    assert len(state["running"]) == 1  # then one background request at a time
-    started = state["running"][0]
-    state["release"]["198.51.100.2"] = asyncio.Event()
-    late = _lane_request(app, *other)  # a foreground request goes straight in beside it
-    await asyncio.sleep(0.01)
-    assert sorted(state["running"]) == sorted([started, "198.51.100.2"])
-    state["release"][started].set()
-    await asyncio.sleep(0.01)
-    assert state["running"] == ["198.51.100.2"]  # the other heavy request waits for the later foreground one
-    state["release"]["198.51.100.2"].set()
-    await asyncio.wait_for(late, 1)
-    for who in ("198.51.100.1", "198.51.100.3"):
-        state["release"].setdefault(who, asyncio.Event()).set()
-    await asyncio.wait_for(asyncio.gather(first, second), 1)
-    starts = [(who, beside) for kind, who, beside in state["log"] if who != "198.51.100.2"]
-    assert starts == [(started, []), ({"198.51.100.1", "198.51.100.3"}.difference({started}).pop(), [])]
-    assert edge.lanes.foreground == 0 and not edge.lanes.background_busy
+    for heavy in ("198.51.100.1", "198.51.100.3"):
+        _heavy(heavy)
+        assert edge.cpu_shares.delay(edge.refusal_key("Token t", "", heavy)) == 0  # within its share
+    tasks = [_lane_request(app, state, "198.51.100.2", "polite")]
+    await _settle()
+    # Each heavy client's first request is its only one outstanding: straight in. Its second is
+    # asked before the first is answered: behind the others.
+    for heavy, name in (("198.51.100.1", "h"), ("198.51.100.3", "k")):
+        tasks += [_lane_request(app, state, heavy, name + "1"), _lane_request(app, state, heavy, name + "2")]
+        await _settle()
+    tasks.append(_lane_request(app, state, "198.51.100.2", "admin", api=False))  # outside /api/: foreground
+    await _settle()
+    assert state["running"] == {"polite", "h1", "k1", "admin"}
+    for name in ("polite", "h1", "k1", "admin"):
+        state["release"][name].set()
+    await _settle()
+    [first] = state["running"]  # the others are done: one background request, not two
+    assert first in ("h2", "k2") and state["started"][first][1] == set()
+    tasks.append(_lane_request(app, state, "198.51.100.2", "late"))  # foreground: straight in beside it
+    await _settle()
+    assert state["running"] == {first, "late"}
+    state["release"][first].set()
+    await _settle()
+    assert state["running"] == {"late"}  # the other background request waits for the later foreground one
+    state["release"]["late"].set()
+    await _settle()
+    [second] = state["running"]
+    assert {first, second} == {"h2", "k2"} and state["started"][second][1] == set()
+    state["release"][second].set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert edge.lanes.foreground == 0 and not edge.lanes.background_busy and edge.lanes.idle.is_set()
     edge.cpu_shares.buckets.clear()
 
 
 async def test_a_heavy_client_waits_at_most_the_maximum_and_alone_waits_for_nothing(settings: Any) -> None:
     import asyncio
-    import time
 
     from iacplatform import edge
 
     app, state = _lane_app(settings)
-    settings.API_BACKGROUND_MAX_WAIT_SECONDS = 0.2
-    heavy = ("198.51.100.1", "Token heavy")
-    edge.cpu_shares.charge(_lane_key(*heavy), 0.9)
-    state["release"]["198.51.100.1"] = asyncio.Event()
-    state["release"]["198.51.100.1"].set()
+    heavy = "198.51.100.1"
+    _heavy(heavy)
+    settings.API_BACKGROUND_MAX_WAIT_SECONDS = 0.3
+    busy = _lane_request(app, state, "198.51.100.2", "busy")  # a foreground request that does not end
+    await _settle()
+    one, two = _lane_request(app, state, heavy, "one"), _lane_request(app, state, heavy, "two")
+    asked = time.monotonic()
+    await _settle()
+    assert state["running"] == {"busy", "one"}
+    state["release"]["one"].set()
+    await asyncio.sleep(0.6)
+    assert 0.3 <= state["started"]["two"][0] - asked < 1.0  # waited the maximum, then ran beside it
+    state["release"]["two"].set()
+    state["release"]["busy"].set()
+    await asyncio.gather(busy, one, two)
+    # Alone on the replica: its background request waits for nothing but its own foreground one.
+    three, four = _lane_request(app, state, heavy, "three"), _lane_request(app, state, heavy, "four")
+    await _settle()
+    assert state["running"] == {"three"}
+    released = time.monotonic()
+    state["release"]["three"].set()
+    await _settle()
+    assert state["running"] == {"four"} and state["started"]["four"][0] - released < 0.1
+    state["release"]["four"].set()
+    await asyncio.gather(three, four)
+    # A client that waits for each answer is never held, whatever it uses; nor anyone with the lane off.
+    busy = _lane_request(app, state, "198.51.100.2", "busy2")
+    await _settle()
+    state["release"]["alone"] = asyncio.Event()
+    state["release"]["alone"].set()
     started = time.monotonic()
-    await asyncio.wait_for(_lane_request(app, *heavy), 1)
-    assert time.monotonic() - started < 0.1  # nobody else in Django: straight in
-    busy = _lane_request(app, "198.51.100.2", "Token other")  # a foreground request that never ends
-    await asyncio.sleep(0.01)
-    started = time.monotonic()
-    await asyncio.wait_for(_lane_request(app, *heavy), 2)
-    assert 0.2 <= time.monotonic() - started < 1.0  # waited the maximum, then ran beside it
-    state["release"].setdefault("198.51.100.2", asyncio.Event()).set()
-    await busy
-    settings.API_CLIENT_BACKGROUND_USAGE = 0  # off: the same client is not held
-    busy = _lane_request(app, "198.51.100.2", "Token other")
-    state["release"]["198.51.100.2"] = asyncio.Event()
-    await asyncio.sleep(0.01)
-    started = time.monotonic()
-    await asyncio.wait_for(_lane_request(app, *heavy), 1)
+    await asyncio.wait_for(_lane_request(app, state, heavy, "alone"), 1)
     assert time.monotonic() - started < 0.1
-    state["release"]["198.51.100.2"].set()
-    await busy
+    settings.API_CLIENT_BACKGROUND_USAGE = 0
+    five, six = _lane_request(app, state, heavy, "five"), _lane_request(app, state, heavy, "six")
+    await _settle()
+    assert state["running"] == {"busy2", "five", "six"}
+    for name in ("busy2", "five", "six"):
+        state["release"][name].set()
+    await asyncio.gather(busy, five, six)
     edge.cpu_shares.buckets.clear()
 
 
@@ -300,23 +324,64 @@ async def test_a_heavy_request_cancelled_while_it_waits_leaves_the_lane_free(set
     from iacplatform import edge
 
     app, state = _lane_app(settings)
-    heavy = ("198.51.100.1", "Token heavy")
-    edge.cpu_shares.charge(_lane_key(*heavy), 0.9)
-    busy = _lane_request(app, "198.51.100.2", "Token other")
-    await asyncio.sleep(0.01)
-    waiting = _lane_request(app, *heavy)  # the client hangs up while it waits
-    await asyncio.sleep(0.01)
-    waiting.cancel()
+    heavy = "198.51.100.1"
+    _heavy(heavy)
+    busy = _lane_request(app, state, "198.51.100.2", "busy")
+    await _settle()
+    first, waiting = _lane_request(app, state, heavy, "first"), _lane_request(app, state, heavy, "waiting")
+    await _settle()
+    assert "waiting" not in state["running"]
+    waiting.cancel()  # the client hangs up while it waits
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert not edge.lanes.background_busy
-    state["release"]["198.51.100.2"].set()
-    await busy
-    state["release"]["198.51.100.1"] = asyncio.Event()
-    state["release"]["198.51.100.1"].set()
-    await asyncio.wait_for(_lane_request(app, *heavy), 1)  # the lane is free for its next request
+    state["release"]["first"].set()
+    state["release"]["busy"].set()
+    await asyncio.gather(first, busy)
+    again, next_ = _lane_request(app, state, heavy, "again"), _lane_request(app, state, heavy, "next")
+    await _settle()
+    state["release"]["again"].set()
+    state["release"]["next"].set()
+    await asyncio.wait_for(asyncio.gather(again, next_), 1)  # the lane is free for its next request
+    assert "next" in state["started"]
     assert edge.lanes.foreground == 0 and not edge.lanes.background_busy and edge.lanes._waiters == []
     edge.cpu_shares.buckets.clear()
+
+
+async def test_a_running_background_request_yields_at_its_queries_while_a_foreground_one_runs() -> None:
+    import asyncio
+    import types
+
+    from iacplatform import edge
+
+    lanes = edge.Lanes()
+    assert lanes.pause(time.monotonic() + 5) == 0  # no foreground request: no wait
+    async with lanes.foreground_turn():
+        thread = asyncio.ensure_future(asyncio.to_thread(lanes.pause, time.monotonic() + 5))
+        await asyncio.sleep(0.2)
+        assert not thread.done()  # held while the foreground request runs
+    assert 0.15 < await asyncio.wait_for(thread, 1) < 1.0  # and let go as soon as it ends
+    async with lanes.foreground_turn():
+        assert await asyncio.to_thread(lanes.pause, time.monotonic() + 0.1) == pytest.approx(0.1, abs=0.08)
+        assert await asyncio.to_thread(lanes.pause, time.monotonic() - 1) == 0  # its wait is spent
+    # The query wrapper: waits outside a transaction, never inside one (it may hold locks).
+    calls = []
+
+    def execute(*args: Any) -> str:
+        calls.append(args)
+        return "done"
+
+    wrapper = edge._yield_to_foreground(time.monotonic() + 5)
+    async with edge.lanes.foreground_turn():
+        atomic = {"connection": types.SimpleNamespace(in_atomic_block=True)}
+        started = time.monotonic()
+        assert await asyncio.to_thread(wrapper, execute, "SELECT 1", None, False, atomic) == "done"
+        assert time.monotonic() - started < 0.1
+        plain = {"connection": types.SimpleNamespace(in_atomic_block=False)}
+        query = asyncio.ensure_future(asyncio.to_thread(wrapper, execute, "SELECT 2", None, False, plain))
+        await asyncio.sleep(0.2)
+        assert not query.done() and len(calls) == 1
+    assert await asyncio.wait_for(query, 1) == "done" and len(calls) == 2
 
 
 @pytest.mark.django_db
