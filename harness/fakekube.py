@@ -489,21 +489,22 @@ class FakeKube:
             details={"name": name, "group": "coordination.k8s.io", "kind": "leases"} if name else None,
         )
 
-    def _drop_for(self, method: str, path: str) -> bool:
+    def _take(self, rules: list[Any], method: str, path: str) -> Any:
+        """The first rule (a drop or a fault) matching the request that has uses left, one use
+        taken; None if there is none."""
         with self._cond:
-            for drop in self._drops:
-                if (drop.method in (None, method)) and (drop.path is None or drop.path in path) and drop.times > 0:
-                    drop.times -= 1
-                    return True
-        return False
+            for rule in rules:
+                if (rule.method in (None, method)) and (rule.path is None or rule.path in path) and rule.times > 0:
+                    rule.times -= 1
+                    return rule
+        return None
+
+    def _drop_for(self, method: str, path: str) -> bool:
+        return self._take(self._drops, method, path) is not None
 
     def _fault_for(self, method: str, path: str) -> Fault | None:
-        with self._cond:
-            for fault in self._faults:
-                if (fault.method in (None, method)) and (fault.path is None or fault.path in path) and fault.times > 0:
-                    fault.times -= 1
-                    return fault
-        return None
+        fault: Fault | None = self._take(self._faults, method, path)
+        return fault
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
